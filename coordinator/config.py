@@ -1,0 +1,155 @@
+"""The job configuration: one pydantic model, validated at the edge (CLI, REST); unknown keys are errors.
+
+Load a file with `load_config(path_or_preset, overrides)`; overrides are `dotted.key=value` strings whose
+value is parsed as YAML (so `model.hidden=[3000]` works).
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS_PACKAGE = "coordinator.presets"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["mnist", "digits", "synthetic"] = "digits"
+    # Folder with the four MNIST IDX files (.gz or raw); mnist only. None: $HES_MNIST_DIR.
+    path: str | None = None
+    # Held out from the training images as dev. None: 10,000 for mnist (the paper), 20% otherwise.
+    dev_size: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _path_only_for_mnist(self) -> DataConfig:
+        if self.path is not None and self.dataset != "mnist":
+            raise ValueError(f"data.path is only read for dataset 'mnist', not {self.dataset!r}")
+        return self
+
+
+class ModelConfig(_Strict):
+    arch: Literal["mlp", "convnet"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [300], min_length=1)
+    activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
+    # Initial weights: "normal" draws N(0, 1) as the paper's MLP did; "fan_in" scales by 1/sqrt(fan_in).
+    # None: normal for mlp, fan_in for convnet.
+    init: Literal["normal", "fan_in"] | None = None
+
+
+class TrainConfig(_Strict):
+    epochs: Annotated[int, Field(ge=1, le=100000)] = 30
+    batch_size: Annotated[int, Field(ge=1)] = 1000
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0  # applied to the batch-mean gradient
+    l2: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0e-4  # W -= 2 * lr * l2 * W (weights only)
+    # False: the batches come in the same order every epoch, as in the paper's code.
+    shuffle: bool = False
+
+
+class HybridConfig(_Strict):
+    mode: Literal["hybrid", "backprop", "stale", "localsgd"] = "hybrid"
+    r: Annotated[int, Field(ge=1, le=100000)] = 2  # full round when iteration % r == 0
+    k: Annotated[int, Field(ge=1, le=100000)] = 10  # trials per worker per stochastic round
+    # Std of the shift added to the batch-SUMMED gradient (the paper's "sigma^2", see seed/NOTES.md).
+    sigma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.25
+    combine: Literal["argmin", "notebook"] = "argmin"
+    # Every this-many rounds each worker reports a digest of its parameters; 0 turns the check off.
+    replica_check_every: Annotated[int, Field(ge=0)] = 10
+
+
+class ClusterConfig(_Strict):
+    workers: Annotated[int, Field(ge=0, le=1024)] = 2  # 0: run in this process, no Ray
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1
+    gpus_per_worker: Annotated[float, Field(ge=0, le=64)] = 0
+    address: str | None = None  # Ray address; None starts or joins a local Ray
+
+
+class JobConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")] = "job"
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = 100
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field."""
+
+
+def format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_config(raw: dict[str, Any]) -> JobConfig:
+    """Build a JobConfig or raise ConfigError naming every bad field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(raw).__name__}")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_file(path_or_preset: str) -> dict[str, Any]:
+    """A config as a dict: a YAML/JSON file, or the name of a shipped preset (see `hes presets`)."""
+    p = Path(path_or_preset)
+    if p.is_file():
+        text = p.read_text()
+        source = str(p)
+    elif path_or_preset in preset_names():
+        text = resources.files(PRESETS_PACKAGE).joinpath(f"{path_or_preset}.yaml").read_text()
+        source = f"preset {path_or_preset}"
+    else:
+        raise ConfigError(f"config: {path_or_preset!r} is neither a file nor a preset ({', '.join(preset_names())})")
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config: {source} does not parse: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {source} must hold a mapping at the top level")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Set `dotted.key=value` in raw (value parsed as YAML). Unknown keys surface at validation."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value does not parse as YAML: {err}") from None
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path_or_preset: str | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    raw = read_config_file(path_or_preset) if path_or_preset else {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate_config(raw)

@@ -1,0 +1,194 @@
+"""One training job from config to outputs: data, model, pool, the round loop, evaluation, checkpoints.
+
+Runs in `hes train` (cluster.workers: 0, in this process) and inside the coordinator actor (Ray path).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coordinator.accounting import Counters
+from coordinator.config import JobConfig
+from coordinator.outputs import load_checkpoint, save_checkpoint, write_history, write_json, write_model
+from coordinator.rounds import Pool, RoundEvent, RoundLoop
+from workers.data import Dataset, load_dataset
+from workers.hybrid import Hyper, HybridState, evaluate
+from workers.models import Model, build_model
+from workers.replica import Replica, Schedule
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@dataclass
+class Progress:
+    """What `GET /v1/jobs/{id}` and the progress bar show while a job runs."""
+    status: str = "PENDING"
+    message: str = ""
+    round: int = 0
+    total_rounds: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    latest: dict[str, float] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+
+    @property
+    def fraction(self) -> float:
+        return self.round / self.total_rounds if self.total_rounds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "status": self.status, "message": self.message,
+            "progress": {"round": self.round, "total_rounds": self.total_rounds, "epoch": self.epoch,
+                         "epochs": self.epochs, "fraction": round(self.fraction, 6)},
+            "metrics": dict(self.latest), "rounds": dict(c.rounds), "bytes": c.bytes_doc(),
+            "seconds": dict(c.seconds), "improvements": c.improvements,
+            "replica_checks": {"checked": c.replica_checked, "mismatches": c.replica_mismatches},
+        }
+
+
+def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
+    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed)
+    model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init, data.image_side)
+    if cfg.train.batch_size > len(data.x_train):
+        raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(data.x_train)} training "
+                         f"examples of {data.name}")
+    hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights)
+    schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
+                        cfg.train.shuffle)
+    return data, model, hyper, schedule
+
+
+def make_replica(cfg: JobConfig, model: Model, data: Dataset, hyper: Hyper, schedule: Schedule, worker: int,
+                 n_workers: int, device: str = "cpu") -> Replica:
+    k = 0 if cfg.hybrid.mode == "stale" else cfg.hybrid.k
+    return Replica(model, data, hyper, schedule, cfg.seed, k, cfg.hybrid.combine, worker, n_workers, device)
+
+
+class Job:
+    """Owns the parameters (the single source of truth) and runs rounds through a pool."""
+
+    def __init__(self, cfg: JobConfig, out_dir: str | Path, resume: bool = False,
+                 pool_factory: Callable[[JobConfig, Dataset, Model, Hyper, Schedule], Pool] | None = None) -> None:
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data, self.model, self.hyper, self.schedule = build_parts(cfg)
+        self.progress = Progress(epochs=cfg.train.epochs,
+                                 total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch)
+        self.history: list[dict[str, Any]] = []
+        theta0, grad0, version = self.model.initial_parameters(cfg.seed), None, 0
+        if resume:
+            theta0, grad0, meta = load_checkpoint(self.out)
+            version = int(meta["version"])
+            self.history = meta["history"]
+            self.progress.counters = Counters.from_dict(meta["counters"])
+        self.state = HybridState(version, torch.from_numpy(theta0),
+                                 None if grad0 is None else torch.from_numpy(grad0))
+        self.pool_factory = pool_factory or local_pool
+        self.stop_requested = False
+        write_json(self.out / "config.json", cfg.model_dump())
+
+    def stop(self) -> None:
+        self.stop_requested = True
+
+    def run(self, on_round: Callable[[RoundEvent, Progress], None] | None = None,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train to the end (or to a stop), write the outputs, return the result document."""
+        p, c = self.progress, self.progress.counters
+        p.status, started = "RUNNING", time.perf_counter()
+        seconds_before = c.seconds["total"]
+        pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule)
+        loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode, self.cfg.hybrid.combine,
+                         pool, c, self.cfg.hybrid.replica_check_every)
+        rpe = self.schedule.rounds_per_epoch
+        try:
+            for t in range(self.state.version, p.total_rounds):
+                if self.stop_requested:
+                    break
+                event = loop.run_round(t)
+                self.state = loop.state
+                p.round, p.epoch = t + 1, (t + 1) // rpe
+                c.seconds["total"] = seconds_before + time.perf_counter() - started
+                if math.isfinite(event.loss):
+                    p.latest["batch_loss"] = event.loss
+                if (t + 1) % rpe == 0:
+                    row = self._end_epoch(p.epoch, t + 1)
+                    if on_epoch:
+                        on_epoch(row)
+                if on_round:
+                    on_round(event, p)
+            loop.flush()
+        finally:
+            pool.close()
+        c.seconds["total"] = seconds_before + time.perf_counter() - started
+        p.status = "STOPPED" if p.round < p.total_rounds else "SUCCEEDED"
+        p.message = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else ""
+        return self._finish()
+
+    def _end_epoch(self, epoch: int, rounds_done: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        theta = self.state.theta
+        train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
+        dev_loss, dev_acc = evaluate(self.model, theta, self.data.x_dev, self.data.y_dev)
+        c = self.progress.counters
+        c.seconds["evaluation"] += time.perf_counter() - t0
+        b = c.bytes_doc()
+        row = {"epoch": epoch, "round": rounds_done, "train_loss": train_loss, "train_accuracy": train_acc,
+               "dev_loss": dev_loss, "dev_accuracy": dev_acc, "rounds_full": c.rounds["full"],
+               "rounds_stochastic": c.rounds["stochastic"], "bytes_full_up": b["full"]["up"],
+               "bytes_full_down": b["full"]["down"], "bytes_stochastic_up": b["stochastic"]["up"],
+               "bytes_stochastic_down": b["stochastic"]["down"], "bytes_sync": b["sync"],
+               "bytes_total": b["total"], "improvements": c.improvements,
+               "seconds": round(c.seconds["total"], 4)}
+        self.history.append(row)
+        self.progress.latest.update(train_loss=train_loss, train_accuracy=train_acc, dev_loss=dev_loss,
+                                    dev_accuracy=dev_acc)
+        self._checkpoint()
+        write_history(self.out / "history.csv", self.history)
+        return row
+
+    def _checkpoint(self) -> None:
+        grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
+        meta = {"version": self.state.version, "history": self.history,
+                "counters": self.progress.counters.to_dict()}
+        save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta)
+
+    def _finish(self) -> dict[str, Any]:
+        p, c, theta = self.progress, self.progress.counters, self.state.theta
+        final = {}
+        for split, x, y in (("train", self.data.x_train, self.data.y_train), ("dev", self.data.x_dev, self.data.y_dev),
+                            ("test", self.data.x_test, self.data.y_test)):
+            loss, acc = evaluate(self.model, theta, x, y)
+            final[f"{split}_accuracy"], final[f"{split}_loss"] = acc, loss
+        result = {
+            "status": p.status, "message": p.message, "config": self.cfg.model_dump(),
+            "num_parameters": self.model.num_parameters, "num_workers": self.cfg.cluster.workers,
+            "final": final, "rounds": dict(c.rounds), "bytes": c.bytes_doc(),
+            "seconds": {"total": c.seconds["total"], "full_rounds": c.seconds["full_rounds"],
+                        "stochastic_rounds": c.seconds["stochastic_rounds"], "evaluation": c.seconds["evaluation"]},
+            "replica_checks": {"checked": c.replica_checked, "mismatches": c.replica_mismatches},
+            "improvements": c.improvements, "stale_results_dropped": c.stale_results_dropped,
+            "worker_failures": c.worker_failures,
+        }
+        self._checkpoint()
+        write_history(self.out / "history.csv", self.history)
+        named = {k: v.detach().cpu().numpy() for k, v in self.model.unflatten(theta).items()}
+        write_model(self.out / "model.safetensors", named,
+                    {"arch": self.model.arch, "activation": self.model.activation, "job": self.cfg.name})
+        write_json(self.out / "result.json", result)
+        return result
+
+
+def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule) -> Pool:
+    from coordinator.pool import LocalPool
+
+    replica = make_replica(cfg, model, data, hyper, schedule, 0, 1)
+    replica.start(model.initial_parameters(cfg.seed))
+    return LocalPool(replica)

@@ -1,0 +1,141 @@
+"""The round loop and nothing else: schedule a round, send its task, combine the results, apply.
+
+The coordinator is the single source of truth: it applies every decision to its own state at once and
+ships it to the workers inside the next round's task (see workers/messages.py). A `Pool` moves the
+messages, in this process (`coordinator.pool.LocalPool`) or to Ray actors (`coordinator.ray_pool`).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from coordinator.accounting import Counters, RoundBytes
+from workers.hybrid import Decision, DecisionKind, Hyper, HybridState, apply_decision
+from workers.messages import Result, RoundKind, Sync, Task
+from workers.replica import Schedule, digest
+
+
+class Pool(Protocol):
+    n_workers: int
+
+    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        """Every worker's result for `task`, ordered by worker; resyncs workers that need it."""
+        ...
+
+    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None: ...
+
+    def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    round: int
+    kind: str  # full | stochastic
+    seconds: float
+    bytes: RoundBytes
+    improvements: int
+    loss: float  # the round's batch loss: mean over examples (full, localsgd) or best trial cost
+
+
+class RoundLoop:
+    def __init__(self, state: HybridState, hyper: Hyper, schedule: Schedule, mode: str, combine: str,
+                 pool: Pool, counters: Counters, check_every: int = 10) -> None:
+        self.state, self.hyper, self.schedule = state, hyper, schedule
+        self.mode, self.combine_rule, self.pool, self.counters = mode, combine, pool, counters
+        self.check_every = 0 if mode == "localsgd" else check_every
+        self.pending = Decision(state.version - 1, DecisionKind.NONE)
+
+    def snapshot(self) -> Sync:
+        g = None if self.state.grad is None else self.state.grad.cpu().numpy()
+        return Sync(self.state.version, self.state.theta.cpu().numpy(), g)
+
+    def run_round(self, t: int) -> RoundEvent:
+        assert t == self.state.version, f"round {t} on a state at version {self.state.version}"
+        started = time.perf_counter()
+        kind = self.schedule.kind(t)
+        want_digest = bool(self.check_every) and t > 0 and t % self.check_every == 0
+        task = Task(t, kind, self.pending, want_digest)
+        results, rb = self.pool.round(task, self.snapshot)
+        results = self._drop_stale(t, results)
+        if want_digest:
+            results = self._check_replicas(task, results, rb)
+        decision = self.combine(t, kind, results)
+        self.state = apply_decision(self.state, decision, self.hyper)
+        self.pending = decision
+        seconds = time.perf_counter() - started
+        improvements = sum(r.improvements for r in results)
+        self.counters.add_round(kind.label, rb, seconds, improvements)
+        if kind == RoundKind.STOCHASTIC:
+            loss = min((r.cost for r in results), default=float("nan")) if self.mode != "stale" else float("nan")
+        else:
+            loss = sum(r.loss_sum for r in results) / max(1, sum(r.examples for r in results))
+        return RoundEvent(t, kind.label, seconds, rb, improvements, loss)
+
+    def flush(self) -> None:
+        """Send the last decision so every replica ends at the coordinator's version; a last replica check."""
+        if self.pending.kind == DecisionKind.NONE:
+            return
+        task = Task(self.state.version, RoundKind.APPLY, self.pending, self.mode != "localsgd")
+        results, rb = self.pool.round(task, self.snapshot)
+        if task.want_digest:
+            self._check_replicas(task, self._drop_stale(task.round, results), rb)
+        self.counters.add_bytes(rb)
+        self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
+
+    def _drop_stale(self, t: int, results: list[Result]) -> list[Result]:
+        fresh = [r for r in results if r.round == t]
+        self.counters.stale_results_dropped += len(results) - len(fresh)
+        return fresh
+
+    def _check_replicas(self, task: Task, results: list[Result], rb: RoundBytes) -> list[Result]:
+        """Compare each worker's digest (taken after applying the previous decision) with ours."""
+        ours = digest(self.state.theta)
+        out = []
+        for r in results:
+            self.counters.replica_checked += 1
+            if r.digest == ours:
+                out.append(r)
+                continue
+            self.counters.replica_mismatches += 1
+            self.pool.resync(r.worker, self.snapshot(), rb)
+            if task.kind == RoundKind.APPLY:
+                continue
+            redo = Task(task.round, task.kind, Decision(task.round - 1, DecisionKind.NONE), False)
+            out.append(self.pool.rerun(r.worker, redo, rb))
+        return out
+
+    def combine(self, t: int, kind: RoundKind, results: list[Result]) -> Decision:
+        if not results:
+            raise RuntimeError(f"round {t}: no worker returned a result")
+        if kind == RoundKind.FULL:
+            return Decision(t, DecisionKind.GRAD, array=_weighted_mean(results, by_examples=False))
+        if kind == RoundKind.AVERAGE:
+            return Decision(t, DecisionKind.PARAMS, array=_weighted_mean(results, by_examples=True))
+        if kind == RoundKind.LOCAL:
+            return Decision(t, DecisionKind.LOCAL)
+        if self.mode == "stale":
+            return Decision(t, DecisionKind.STALE)
+        if self.combine_rule == "notebook":
+            improved = any(r.improvements > 0 for r in results)
+            return Decision(t, DecisionKind.STALE if improved else DecisionKind.BIAS_ONLY)
+        best = min(results, key=lambda r: (r.cost, r.worker))  # argmin: Algorithm 2 as written
+        return Decision(t, DecisionKind.SEED, seed=best.seed)
+
+
+def _weighted_mean(results: list[Result], by_examples: bool) -> np.ndarray:
+    """Full round: sum of the workers' summed gradients / examples = the batch-mean gradient.
+    Average round: the workers' parameters weighted by their shard sizes."""
+    examples = sum(r.examples for r in results)
+    total = None
+    for r in results:
+        assert r.array is not None
+        part = r.array * np.float32(r.examples) if by_examples else r.array
+        total = np.array(part, dtype=np.float32, copy=True) if total is None else total + part
+    assert total is not None
+    return (total / np.float32(examples)).astype(np.float32)

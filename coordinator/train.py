@@ -1,0 +1,70 @@
+"""`hes train`: run one job to the end with a progress bar; in this process or on Ray.
+
+cluster.workers == 0 runs the Job here; >= 1 starts (or joins) Ray, creates the coordinator actor and
+its worker actors, and follows the actor's progress.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from coordinator.config import JobConfig
+from coordinator.job import Job, Progress
+from coordinator.rounds import RoundEvent
+
+
+def _bar(total: int, initial: int, enabled: bool) -> tqdm:
+    return tqdm(total=total, initial=initial, unit="round", disable=not enabled or not sys.stderr.isatty(),
+                dynamic_ncols=True)
+
+
+def _postfix(p: dict[str, Any]) -> dict[str, str]:
+    m = p.get("metrics", {})
+    out = {"epoch": f"{p['progress']['epoch']}/{p['progress']['epochs']}"}
+    if "batch_loss" in m:
+        out["loss"] = f"{m['batch_loss']:.3f}"
+    if "dev_accuracy" in m:
+        out["dev"] = f"{m['dev_accuracy']:.4f}"
+    out["bytes"] = f"{p['bytes']['total'] / 1e6:.1f}MB"
+    return out
+
+
+def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    if cfg.cluster.workers >= 1:
+        return train_on_ray(cfg, out, resume, progress)
+    job = Job(cfg, out, resume=resume)
+    bar = _bar(job.progress.total_rounds, job.state.version, progress)
+
+    def on_round(event: RoundEvent, p: Progress) -> None:
+        bar.update(1)
+        if event.round % 10 == 0 or p.round == p.total_rounds:
+            bar.set_postfix(_postfix(p.to_dict()), refresh=False)
+
+    try:
+        return job.run(on_round=on_round)
+    finally:
+        bar.close()
+
+
+def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    from coordinator.actor import start_job, connect_ray
+
+    connect_ray(cfg.cluster.address)
+    handle = start_job(cfg, str(out.resolve()), resume=resume)
+    snapshot = handle.wait_progress(timeout=60)
+    bar = _bar(snapshot["progress"]["total_rounds"], snapshot["progress"]["round"], progress)
+    try:
+        while True:
+            snapshot = handle.progress()
+            bar.n = snapshot["progress"]["round"]
+            bar.set_postfix(_postfix(snapshot), refresh=True)
+            if handle.done():
+                break
+            time.sleep(0.5)
+        return handle.result()
+    finally:
+        bar.close()

@@ -1,0 +1,189 @@
+"""The Hybrid-ES update as pure functions over a frozen state (no Ray, no FastAPI).
+
+Units (see seed/NOTES.md): `grad` is the batch-MEAN gradient of the cross-entropy. The paper's code adds
+sigma * z to the batch-SUMMED weight gradient and multiplies by lr / B, so a trial is
+    theta_k = descend(theta, grad) - lr * (sigma / B) * z_k        on the weights, biases untouched,
+    descend(theta, g) = theta - lr * g - 2 * lr * l2 * theta       (the L2 term on the weights only).
+With B = 1000, lr = 5, sigma = 1.25 a trial moves each weight by 5 * 1.25 / 1000 = 0.00625 std.
+
+Every replica applies a round's `Decision` with `apply_decision`, so the coordinator and the workers
+hold bitwise-identical parameters without ever sending them on a stochastic round.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workers.models import Model
+from workers.noise import perturbation
+
+
+@dataclass(frozen=True)
+class Hyper:
+    lr: float
+    l2: float
+    sigma: float
+    batch_size: int
+    num_weights: int
+
+    @property
+    def shift_scale(self) -> float:
+        """lr * sigma / B: how far one unit of z moves a weight."""
+        return self.lr * self.sigma / self.batch_size
+
+
+@dataclass(frozen=True)
+class HybridState:
+    """Everything a replica needs: parameters after `version` rounds and the gradient stochastic rounds shift."""
+    version: int
+    theta: torch.Tensor  # (P,) float32
+    grad: torch.Tensor | None  # (P,) float32, batch-mean; None before the first full round
+
+
+class DecisionKind(enum.IntEnum):
+    NONE = 0  # nothing to apply (version unchanged)
+    GRAD = 1  # full round: descend along `array` (the combined gradient), which becomes the last gradient
+    SEED = 2  # argmin: descend along grad + (sigma / B) * z(seed), which becomes the last gradient
+    STALE = 3  # re-apply the last gradient (mode stale; notebook when a trial beat the current cost)
+    BIAS_ONLY = 4  # notebook when no trial beat the current cost: only the biases move, along the last gradient
+    PARAMS = 5  # localsgd: replace the parameters by `array` (the average of the workers')
+    LOCAL = 6  # localsgd, between averages: every replica stepped on its own shard (coordinator: nothing)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a round resolved to; `round` is the round it ends (the replica's version becomes round + 1)."""
+    round: int
+    kind: DecisionKind
+    seed: int = 0
+    array: np.ndarray | None = None
+
+
+def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor,
+                            y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(summed cross-entropy, gradient of the summed cross-entropy) over a batch; grad (P,) float32."""
+    leaf = theta.detach().requires_grad_(True)
+    loss = F.cross_entropy(model.forward(leaf, x), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, leaf)
+    return float(loss.detach()), grad
+
+
+@torch.no_grad()
+def batch_cost(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of theta on a batch, rounded to float32 as it travels (4 bytes)."""
+    return float(np.float32(F.cross_entropy(model.forward(theta, x), y).item()))
+
+
+@torch.no_grad()
+def descend(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
+    """theta - lr * grad, minus 2 * lr * l2 * W on the weights (seed/NOTES.md)."""
+    out = theta - hyper.lr * grad
+    if hyper.l2:
+        nw = hyper.num_weights
+        out[:nw] -= (2.0 * hyper.lr * hyper.l2) * theta[:nw]
+    return out
+
+
+def noise(seed: int, hyper: Hyper, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(perturbation(seed, hyper.num_weights)).to(device)
+
+
+@torch.no_grad()
+def shift(base: torch.Tensor, z: torch.Tensor, hyper: Hyper) -> torch.Tensor:
+    """base with the weights moved by -lr * (sigma / B) * z."""
+    out = base.clone()
+    out[: hyper.num_weights] -= hyper.shift_scale * z
+    return out
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    seed: int  # the best trial's seed
+    cost: float  # its cost (float32 value)
+    improvements: int  # trials whose cost beat the reference cost
+    reference_cost: float
+
+
+@torch.no_grad()
+def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor, y: torch.Tensor,
+               hyper: Hyper, reference: str = "unperturbed") -> TrialOutcome:
+    """Evaluate K seeded trials around `state` on one batch and keep the best (lowest cost, then first).
+
+    reference "unperturbed": improvements count trials beating descend(theta, grad), the unshifted step;
+    reference "current": trials beating the cost of theta itself (what the paper's notebook compared with).
+    """
+    if state.grad is None:
+        raise ValueError("a stochastic round needs a gradient: the first round of a job must be full")
+    base = descend(state.theta, state.grad, hyper)
+    ref_theta = base if reference == "unperturbed" else state.theta
+    reference_cost = batch_cost(model, ref_theta, x, y)
+    best_seed, best_cost, improvements = seeds[0], math.inf, 0
+    for seed in seeds:
+        cost = batch_cost(model, shift(base, noise(seed, hyper, base.device), hyper), x, y)
+        cost = cost if math.isfinite(cost) else math.inf
+        if cost < reference_cost:
+            improvements += 1
+        if cost < best_cost:
+            best_seed, best_cost = seed, cost
+    return TrialOutcome(best_seed, best_cost, improvements, reference_cost)
+
+
+@torch.no_grad()
+def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> HybridState:
+    """The next state after `decision`; the same arithmetic on every replica."""
+    kind = decision.kind
+    if kind in (DecisionKind.NONE, DecisionKind.LOCAL):
+        return replace(state, version=decision.round + 1) if kind == DecisionKind.LOCAL else state
+    version = decision.round + 1
+    if kind == DecisionKind.GRAD:
+        assert decision.array is not None
+        grad = torch.from_numpy(decision.array).to(state.theta.device)
+        return HybridState(version, descend(state.theta, grad, hyper), grad)
+    if kind == DecisionKind.PARAMS:
+        assert decision.array is not None
+        theta = torch.from_numpy(np.array(decision.array, copy=True)).to(state.theta.device)
+        return HybridState(version, theta, state.grad)
+    if state.grad is None:
+        raise ValueError(f"decision {kind.name} of round {decision.round} needs a gradient")
+    if kind == DecisionKind.SEED:
+        z = noise(decision.seed, hyper, state.theta.device)
+        theta = shift(descend(state.theta, state.grad, hyper), z, hyper)
+        grad = state.grad.clone()
+        grad[: hyper.num_weights] += (hyper.sigma / hyper.batch_size) * z
+        return HybridState(version, theta, grad)
+    if kind == DecisionKind.STALE:
+        return HybridState(version, descend(state.theta, state.grad, hyper), state.grad)
+    if kind == DecisionKind.BIAS_ONLY:
+        theta = state.theta.clone()
+        nw = hyper.num_weights
+        theta[nw:] -= hyper.lr * state.grad[nw:]
+        return HybridState(version, theta, state.grad)
+    raise ValueError(f"unknown decision kind {kind}")
+
+
+def local_step(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               hyper: Hyper) -> tuple[float, torch.Tensor]:
+    """One plain SGD step on a worker's own shard (localsgd); returns (summed loss, new theta)."""
+    loss_sum, grad_sum = batch_loss_and_grad_sum(model, theta, x, y)
+    return loss_sum, descend(theta, grad_sum / len(x), hyper)
+
+
+@torch.no_grad()
+def evaluate(model: Model, theta: torch.Tensor, x: np.ndarray, y: np.ndarray,
+             chunk: int = 5000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy as a fraction) over a whole split, in chunks."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    total_loss, correct = 0.0, 0
+    for at in range(0, len(x), chunk):
+        xb = torch.from_numpy(x[at:at + chunk]).to(theta.device)
+        yb = torch.from_numpy(y[at:at + chunk]).to(theta.device)
+        logits = model.forward(theta, xb)
+        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return total_loss / len(x), correct / len(x)

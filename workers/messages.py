@@ -1,0 +1,157 @@
+"""Messages between the coordinator and the workers, and their compact wire encoding.
+
+One round is ONE call per worker: the coordinator sends a `Task` that carries the decision of the
+previous round (so a stochastic round costs one small message down, not two), the worker applies it,
+does the round's work and answers with a `Result`. Sizes on the wire (little-endian, no field names):
+    Task header       <IBB   round u32, kind u8, flags u8                      =  6 B
+    + decision        <B[q]  kind u8 [+ seed i64]                              =  1 or 9 B
+                      or kind u8 + P float32 (a full round's gradient)         =  1 + 4P B
+    Result header     <IHB   round u32, worker u16, status u8                  =  7 B
+    + trials          <qfH   best seed i64, its cost f32, improvements u16     = 14 B
+    + gradient        <fI    summed loss f32, examples u32, then P float32     =  8 + 4P B
+    + digest          8 B of blake2b over the parameter bytes (replica check, counted as sync)
+So a stochastic round moves 6 + 9 = 15 B down and 7 + 14 = 21 B up per worker, whatever the model size.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.hybrid import Decision, DecisionKind
+
+_TASK = struct.Struct("<IBB")
+_RESULT = struct.Struct("<IHB")
+_TRIALS = struct.Struct("<qfH")
+_GRAD = struct.Struct("<fI")
+_SEED = struct.Struct("<q")
+DIGEST_BYTES = 8
+
+
+class RoundKind(enum.IntEnum):
+    FULL = 0  # gradients up, the combined gradient down
+    STOCHASTIC = 1  # seed and cost up, the chosen seed down
+    LOCAL = 2  # localsgd between averages: a local step, the loss up
+    AVERAGE = 3  # localsgd every r-th round: parameters up, their average down
+    APPLY = 4  # job end: apply the last decision, report a digest (accounted as sync)
+
+    @property
+    def label(self) -> str:
+        """The metric and result.json kind: full or stochastic."""
+        if self == RoundKind.APPLY:
+            return "sync"
+        return "full" if self in (RoundKind.FULL, RoundKind.AVERAGE) else "stochastic"
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    NEED_SYNC = 1  # the worker's cached version does not fit the task: send it the state
+
+
+FLAG_DIGEST = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    round: int
+    kind: RoundKind
+    decision: Decision  # of round - 1 (kind NONE when the worker is already up to date)
+    want_digest: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    round: int
+    worker: int
+    status: Status = Status.OK
+    seed: int = 0
+    cost: float = 0.0
+    improvements: int = 0
+    loss_sum: float = 0.0
+    examples: int = 0
+    array: np.ndarray | None = None  # float32 (P,): a gradient sum (full) or parameters (average)
+    digest: bytes = b""
+
+
+@dataclass(frozen=True)
+class Sync:
+    """The whole replica state, for a new, restarted or diverged worker."""
+    version: int
+    theta: np.ndarray
+    grad: np.ndarray | None
+
+
+def _f32(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
+def encode_decision(d: Decision) -> bytes:
+    head = bytes([int(d.kind)])
+    if d.kind == DecisionKind.SEED:
+        return head + _SEED.pack(d.seed)
+    if d.kind in (DecisionKind.GRAD, DecisionKind.PARAMS):
+        assert d.array is not None
+        return head + _f32(d.array)
+    return head
+
+
+def encode_task(t: Task) -> tuple[bytes, bytes]:
+    """(header, decision) bytes: the two parts are accounted to the kinds of two different rounds."""
+    return _TASK.pack(t.round, int(t.kind), FLAG_DIGEST if t.want_digest else 0), encode_decision(t.decision)
+
+
+def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
+    rnd, kind, flags = _TASK.unpack(header)
+    dkind = DecisionKind(decision[0])
+    seed, array = 0, None
+    if dkind == DecisionKind.SEED:
+        (seed,) = _SEED.unpack(bytes(decision[1:9]))
+    elif dkind in (DecisionKind.GRAD, DecisionKind.PARAMS):
+        array = np.frombuffer(decision, dtype="<f4", offset=1)
+    return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST))
+
+
+def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, bytes]:
+    """(payload, digest) bytes; the digest is accounted as sync."""
+    out = _RESULT.pack(r.round, r.worker, int(r.status))
+    if r.status == Status.OK:
+        if kind == RoundKind.STOCHASTIC:
+            out += _TRIALS.pack(r.seed, r.cost, min(r.improvements, 0xFFFF))
+        else:
+            out += _GRAD.pack(r.loss_sum, r.examples)
+            if r.array is not None:
+                out += _f32(r.array)
+    return out, r.digest
+
+
+def decode_result(payload: bytes, digest: bytes, kind: RoundKind) -> Result:
+    rnd, worker, status = _RESULT.unpack_from(payload)
+    at = _RESULT.size
+    if status != Status.OK:
+        return Result(rnd, worker, Status(status))
+    if kind == RoundKind.STOCHASTIC:
+        seed, cost, imp = _TRIALS.unpack_from(payload, at)
+        return Result(rnd, worker, Status.OK, seed=seed, cost=cost, improvements=imp, digest=digest)
+    loss_sum, examples = _GRAD.unpack_from(payload, at)
+    at += _GRAD.size
+    array = np.frombuffer(payload, dtype="<f4", offset=at) if len(payload) > at else None
+    return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest)
+
+
+_SYNC = struct.Struct("<IB")
+
+
+def encode_sync(s: Sync) -> bytes:
+    has_grad = s.grad is not None
+    return _SYNC.pack(s.version, int(has_grad)) + _f32(s.theta) + (_f32(s.grad) if has_grad else b"")
+
+
+def decode_sync(data: bytes) -> Sync:
+    version, has_grad = _SYNC.unpack_from(data)
+    arr = np.frombuffer(data, dtype="<f4", offset=_SYNC.size)
+    if has_grad:
+        half = len(arr) // 2
+        return Sync(version, arr[:half], arr[half:])
+    return Sync(version, arr, None)

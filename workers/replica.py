@@ -1,0 +1,108 @@
+"""A worker's logic without Ray: it caches (version, theta, grad), owns nothing, and does one round per task.
+
+Round t uses the minibatch `schedule.batch(t)`. A full round computes the summed gradient on this worker's
+shard of it; a stochastic round tries K seeded shifts on the WHOLE minibatch (so costs from different
+workers compare) and keeps the best; localsgd rounds step on the shard.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers.data import Dataset
+from workers.hybrid import (
+    DecisionKind, Hyper, HybridState, apply_decision, batch_loss_and_grad_sum, local_step, run_trials,
+)
+from workers.messages import Result, RoundKind, Status, Sync, Task
+from workers.models import Model
+from workers.noise import trial_seed
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which examples and which kind of work each round has; a pure function of the round index."""
+    mode: str  # hybrid | backprop | stale | localsgd
+    r: int
+    batch_size: int
+    n_train: int
+    seed: int
+    shuffle: bool
+
+    @property
+    def rounds_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+    def kind(self, t: int) -> RoundKind:
+        first = (t % self.rounds_per_epoch) % self.r == 0  # counted inside each epoch, as the paper's code
+        if self.mode == "backprop":
+            return RoundKind.FULL
+        if self.mode == "localsgd":
+            return RoundKind.AVERAGE if first else RoundKind.LOCAL
+        return RoundKind.FULL if first else RoundKind.STOCHASTIC
+
+    def batch(self, t: int) -> np.ndarray:
+        epoch, j = divmod(t, self.rounds_per_epoch)
+        lo, hi = j * self.batch_size, (j + 1) * self.batch_size
+        if not self.shuffle:
+            return np.arange(lo, hi)
+        return np.random.default_rng((self.seed, epoch)).permutation(self.n_train)[lo:hi]
+
+    def shard(self, t: int, worker: int, n_workers: int) -> np.ndarray:
+        return np.array_split(self.batch(t), n_workers)[worker]
+
+
+def digest(theta: torch.Tensor) -> bytes:
+    """8 bytes of blake2b over the parameter bytes: equal iff the replicas agree (to 2^-64)."""
+    return hashlib.blake2b(theta.detach().cpu().numpy().tobytes(), digest_size=8).digest()
+
+
+class Replica:
+    """One worker's cache and work. `handle(task)` is all the coordinator calls; `sync` refills it."""
+
+    def __init__(self, model: Model, data: Dataset, hyper: Hyper, schedule: Schedule, job_seed: int,
+                 k: int, combine: str, worker: int, n_workers: int, device: str = "cpu") -> None:
+        self.model, self.hyper, self.schedule = model, hyper, schedule
+        self.job_seed, self.k, self.combine = job_seed, k, combine
+        self.worker, self.n_workers = worker, n_workers
+        self.device = torch.device(device)
+        self.x = torch.from_numpy(data.x_train).to(self.device)
+        self.y = torch.from_numpy(data.y_train).to(self.device)
+        self.state: HybridState | None = None
+
+    def start(self, theta0: np.ndarray) -> None:
+        """Version 0 from the initial parameters (which every node can derive from the job seed)."""
+        self.state = HybridState(0, torch.from_numpy(np.array(theta0, copy=True)).to(self.device), None)
+
+    def sync(self, s: Sync) -> None:
+        grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
+        self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad)
+
+    def handle(self, task: Task) -> Result:
+        st = self.state
+        needed = task.round - 1 if task.decision.kind != DecisionKind.NONE else task.round
+        if st is None or st.version != needed:
+            return Result(task.round, self.worker, Status.NEED_SYNC)
+        st = apply_decision(st, task.decision, self.hyper)
+        self.state = st
+        dig = digest(st.theta) if task.want_digest else b""
+        t = task.round
+        if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
+            return Result(t, self.worker, digest=dig)
+        if task.kind == RoundKind.STOCHASTIC:
+            idx = torch.from_numpy(self.schedule.batch(t)).to(self.device)
+            seeds = [trial_seed(self.job_seed, t, self.worker, i) for i in range(self.k)]
+            ref = "current" if self.combine == "notebook" else "unperturbed"
+            out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper, reference=ref)
+            return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements, digest=dig)
+        idx = torch.from_numpy(self.schedule.shard(t, self.worker, self.n_workers)).to(self.device)
+        if task.kind == RoundKind.FULL:
+            loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx])
+            return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),
+                          array=grad_sum.cpu().numpy(), digest=dig)
+        loss_sum, theta = local_step(self.model, st.theta, self.x[idx], self.y[idx], self.hyper)
+        self.state = HybridState(st.version, theta, st.grad)
+        array = theta.cpu().numpy() if task.kind == RoundKind.AVERAGE else None
+        return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx), array=array, digest=dig)
