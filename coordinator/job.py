@@ -66,17 +66,19 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     return data, model, hyper, schedule
 
 
-def make_replica(cfg: JobConfig, model: Model, data: Dataset, hyper: Hyper, schedule: Schedule, worker: int,
-                 n_workers: int, device: str = "cpu") -> Replica:
-    k = 0 if cfg.hybrid.mode == "stale" else cfg.hybrid.k
-    return Replica(model, data, hyper, schedule, cfg.seed, k, cfg.hybrid.combine, worker, n_workers, device)
+def worker_k(cfg: JobConfig) -> int:
+    """Trials per worker per stochastic round: none for the stale control, which does no search."""
+    return 0 if cfg.hybrid.mode == "stale" else cfg.hybrid.k
+
+
+PoolFactory = Callable[[JobConfig, Dataset, Model, Hyper, Schedule, Counters], Pool]
 
 
 class Job:
     """Owns the parameters (the single source of truth) and runs rounds through a pool."""
 
     def __init__(self, cfg: JobConfig, out_dir: str | Path, resume: bool = False,
-                 pool_factory: Callable[[JobConfig, Dataset, Model, Hyper, Schedule], Pool] | None = None) -> None:
+                 pool_factory: PoolFactory | None = None) -> None:
         self.cfg, self.out = cfg, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data, self.model, self.hyper, self.schedule = build_parts(cfg)
@@ -92,6 +94,7 @@ class Job:
         self.state = HybridState(version, torch.from_numpy(theta0),
                                  None if grad0 is None else torch.from_numpy(grad0))
         self.pool_factory = pool_factory or local_pool
+        self.pool: Pool | None = None
         self.stop_requested = False
         write_json(self.out / "config.json", cfg.model_dump())
 
@@ -104,7 +107,7 @@ class Job:
         p, c = self.progress, self.progress.counters
         p.status, started = "RUNNING", time.perf_counter()
         seconds_before = c.seconds["total"]
-        pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule)
+        pool = self.pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule, c)
         loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode, self.cfg.hybrid.combine,
                          pool, c, self.cfg.hybrid.replica_check_every)
         rpe = self.schedule.rounds_per_epoch
@@ -186,9 +189,11 @@ class Job:
         return result
 
 
-def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule) -> Pool:
+def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
+               counters: Counters) -> Pool:
     from coordinator.pool import LocalPool
 
-    replica = make_replica(cfg, model, data, hyper, schedule, 0, 1)
+    replica = Replica(model, data.x_train, data.y_train, hyper, schedule, cfg.seed, worker_k(cfg),
+                      cfg.hybrid.combine, 0, 1)
     replica.start(model.initial_parameters(cfg.seed))
     return LocalPool(replica)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workers.data import Dataset
 from workers.hybrid import (
     DecisionKind, Hyper, HybridState, apply_decision, batch_loss_and_grad_sum, local_step, run_trials,
 )
@@ -62,14 +61,14 @@ def digest(theta: torch.Tensor) -> bytes:
 class Replica:
     """One worker's cache and work. `handle(task)` is all the coordinator calls; `sync` refills it."""
 
-    def __init__(self, model: Model, data: Dataset, hyper: Hyper, schedule: Schedule, job_seed: int,
-                 k: int, combine: str, worker: int, n_workers: int, device: str = "cpu") -> None:
+    def __init__(self, model: Model, x_train: np.ndarray, y_train: np.ndarray, hyper: Hyper, schedule: Schedule,
+                 job_seed: int, k: int, combine: str, worker: int, n_workers: int, device: str = "cpu") -> None:
         self.model, self.hyper, self.schedule = model, hyper, schedule
         self.job_seed, self.k, self.combine = job_seed, k, combine
         self.worker, self.n_workers = worker, n_workers
         self.device = torch.device(device)
-        self.x = torch.from_numpy(data.x_train).to(self.device)
-        self.y = torch.from_numpy(data.y_train).to(self.device)
+        self.x = torch.as_tensor(x_train).to(self.device)
+        self.y = torch.as_tensor(y_train).to(self.device)
         self.state: HybridState | None = None
 
     def start(self, theta0: np.ndarray) -> None:

@@ -1,0 +1,156 @@
+"""The coordinator as a Ray actor: one per job, named `hes-job-<id>` so a restarted service can reattach.
+
+It runs the Job (the parameter server and round loop) on a thread of its own and answers progress,
+event and stop calls concurrently. `start_job` / `find_job` return a `JobHandle` for drivers.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from coordinator.config import JobConfig, validate_config
+from coordinator.job import Job, Progress
+from coordinator.rounds import RoundEvent
+
+NAMESPACE = "hes"
+MAX_EVENTS = 100_000  # round events kept for the service's metrics between two drains
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` ("auto" finds a local `ray start`), or $RAY_ADDRESS; else start Ray here."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "include_dashboard": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def actor_name(job_id: str) -> str:
+    return f"hes-job-{job_id}"
+
+
+@ray.remote(num_cpus=0, max_concurrency=8, max_restarts=0)
+class CoordinatorActor:
+    def __init__(self, config: dict[str, Any], out_dir: str, resume: bool) -> None:
+        self.cfg: JobConfig = validate_config(config)
+        self.out_dir, self.resume = out_dir, resume
+        self.job: Job | None = None
+        self.progress = Progress(epochs=self.cfg.train.epochs)
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.result_doc: dict[str, Any] | None = None
+        self.stop_requested = False
+        self.lock = threading.Lock()
+
+    def run(self) -> dict[str, Any]:
+        from coordinator.ray_pool import ray_pool
+
+        try:
+            self.job = Job(self.cfg, self.out_dir, resume=self.resume, pool_factory=ray_pool)
+            self.progress = self.job.progress
+            if self.stop_requested:
+                self.job.stop()
+            self.result_doc = self.job.run(on_round=self._on_round)
+        except Exception as err:  # the job fails; the actor stays up to report why
+            self.progress.status = "FAILED"
+            self.progress.message = f"{type(err).__name__}: {err}"
+            self.result_doc = self._failed_result(traceback.format_exc())
+        return self.result_doc
+
+    def _on_round(self, event: RoundEvent, p: Progress) -> None:
+        with self.lock:
+            self.events.append({"round": event.round, "kind": event.kind, "seconds": event.seconds,
+                                "up": dict(event.bytes.up), "down": dict(event.bytes.down),
+                                "improvements": event.improvements, "loss": event.loss})
+
+    def _failed_result(self, trace: str) -> dict[str, Any]:
+        p = self.progress
+        doc = {"status": "FAILED", "message": p.message, "config": self.cfg.model_dump(), **p.to_dict()}
+        doc["status"], doc["message"] = "FAILED", p.message
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.out_dir) / "error.log").write_text(trace)
+        return doc
+
+    def status(self) -> dict[str, Any]:
+        doc = self.progress.to_dict()
+        pool = getattr(self.job, "pool", None)
+        doc["workers"] = {"alive": getattr(pool, "alive", 0), "restarting": getattr(pool, "restarting", 0)}
+        doc["worker_failures"] = self.progress.counters.worker_failures
+        return doc
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        with self.lock:
+            out = list(self.events)
+            self.events.clear()
+        return out
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self.job is not None:
+            self.job.stop()
+
+    def result(self) -> dict[str, Any] | None:
+        return self.result_doc
+
+
+class JobHandle:
+    """A driver's view of one coordinator actor."""
+
+    def __init__(self, actor: ray.actor.ActorHandle, run_ref: ray.ObjectRef | None) -> None:
+        self.actor, self.run_ref = actor, run_ref
+
+    def progress(self) -> dict[str, Any]:
+        return ray.get(self.actor.status.remote(), timeout=60)
+
+    def wait_progress(self, timeout: float = 60) -> dict[str, Any]:
+        return ray.get(self.actor.status.remote(), timeout=timeout)
+
+    def events(self) -> list[dict[str, Any]]:
+        return ray.get(self.actor.drain_events.remote(), timeout=60)
+
+    def done(self) -> bool:
+        if self.run_ref is not None:
+            ready, _ = ray.wait([self.run_ref], timeout=0)
+            return bool(ready)
+        return self.result() is not None
+
+    def result(self) -> dict[str, Any]:
+        if self.run_ref is not None:
+            return ray.get(self.run_ref)
+        return ray.get(self.actor.result.remote(), timeout=60)
+
+    def stop(self) -> None:
+        ray.get(self.actor.stop.remote(), timeout=60)
+
+    def kill(self) -> None:
+        ray.kill(self.actor)
+
+
+def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | None = None,
+              detached: bool = False) -> JobHandle:
+    """Create the coordinator actor (on this node, where out_dir is) and start its run."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)}
+    if job_id is not None:
+        options.update(name=actor_name(job_id), namespace=NAMESPACE)
+    if detached:
+        options["lifetime"] = "detached"
+    actor = CoordinatorActor.options(**options).remote(cfg.model_dump(), out_dir, resume)
+    return JobHandle(actor, actor.run.remote())
+
+
+def find_job(job_id: str) -> JobHandle | None:
+    """Reattach to a running job's coordinator after a service restart; None when it is gone."""
+    try:
+        actor = ray.get_actor(actor_name(job_id), namespace=NAMESPACE)
+    except ValueError:
+        return None
+    return JobHandle(actor, None)

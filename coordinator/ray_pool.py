@@ -1,0 +1,155 @@
+"""The Ray pool: worker actors spread over the cluster's nodes, byte accounting at the send sites.
+
+Bytes are the lengths of the encoded payloads (workers/messages.py) each worker receives or returns:
+a large decision (a full round's gradient) is `ray.put` once and its reference passed to every worker,
+but every worker still receives it, so it counts once per worker, e.g. 238,510 params * 4 B = 954,040 B
+(+ 1 B kind) per worker. Ray's own framing is not payload; `make bench` measures it on the wire.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from coordinator.accounting import Counters, RoundBytes
+from coordinator.config import JobConfig
+from coordinator.job import worker_k
+from workers.actor import WorkerActor, WorkerSpec
+from workers.data import Dataset
+from workers.hybrid import Decision, DecisionKind, Hyper
+from workers.messages import Result, Status, Sync, Task, decode_result, encode_sync, encode_task
+from workers.models import Model
+from workers.replica import Schedule
+
+PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
+MAX_ATTEMPTS = 6  # per worker call, across actor restarts and replacements
+PLACEMENT_TIMEOUT_S = 60.0
+
+
+class ClusterTooSmall(RuntimeError):
+    """The job asks for more CPUs/GPUs than the Ray cluster has."""
+
+
+def decision_label(d: Decision, fallback: str) -> str:
+    if d.kind in (DecisionKind.GRAD, DecisionKind.PARAMS):
+        return "full"
+    if d.kind == DecisionKind.NONE:
+        return fallback
+    return "stochastic"
+
+
+class RayPool:
+    def __init__(self, specs: list[WorkerSpec], data: tuple, cpus: float, gpus: float,
+                 counters: Counters) -> None:
+        self.n_workers = len(specs)
+        self.specs, self.cpus, self.gpus, self.counters = specs, cpus, gpus, counters
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        total = ray.cluster_resources()
+        need_cpu, need_gpu = cpus * len(specs), gpus * len(specs)
+        if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
+            raise ClusterTooSmall(
+                f"cluster.workers: {len(specs)} workers x {cpus} CPU / {gpus} GPU need {need_cpu:g} CPUs and "
+                f"{need_gpu:g} GPUs; the Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs")
+        self.pg = placement_group([bundle] * len(specs), strategy="SPREAD")
+        ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            remove_placement_group(self.pg)
+            raise ClusterTooSmall(f"cluster.workers: {len(specs)} workers could not be placed within "
+                                  f"{PLACEMENT_TIMEOUT_S:.0f} s (CPUs busy with other jobs?)")
+        self.data_ref = ray.put(data)  # the training set enters the object store once per job
+        self.counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
+        self.actors = [self._spawn(i) for i in range(len(specs))]
+        self.alive = len(specs)
+        self.restarting = 0
+
+    def _spawn(self, i: int) -> ray.actor.ActorHandle:
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+        return WorkerActor.options(num_cpus=self.cpus, num_gpus=self.gpus, scheduling_strategy=strategy,
+                                   max_restarts=2, max_task_retries=0).remote(self.specs[i], self.data_ref)
+
+    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        rb = RoundBytes()
+        header, decision = encode_task(task)
+        arg = ray.put(decision) if len(decision) > PUT_THRESHOLD else decision
+        refs = [a.step.remote(header, arg) for a in self.actors]
+        label = task.kind.label
+        dlabel = decision_label(task.decision, label)
+        results = []
+        for i, ref in enumerate(refs):
+            rb.add(label, "down", len(header))
+            rb.add(dlabel, "down", len(decision))
+            res = self._collect(i, ref, task, rb)
+            if res.status == Status.NEED_SYNC:
+                res = self._sync_and_rerun(i, task, state(), rb)
+            results.append(res)
+        return results, rb
+
+    def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes) -> Result:
+        try:
+            payload, digest = ray.get(ref)
+        except (RayActorError, ActorUnavailableError):
+            self.counters.worker_failures += 1
+            self._revive(i)
+            return Result(task.round, i, Status.NEED_SYNC)
+        rb.add(task.kind.label, "up", len(payload))
+        rb.add("sync", "up", len(digest))
+        return decode_result(payload, digest, task.kind)
+
+    def _revive(self, i: int) -> None:
+        """Wait for Ray to restart worker i; replace it when it is gone for good."""
+        self.restarting += 1
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    ray.get(self.actors[i].info.remote(), timeout=30)
+                    return
+                except ActorDiedError:
+                    self.actors[i] = self._spawn(i)
+                except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    time.sleep(0.5)
+            raise RuntimeError(f"worker {i} did not come back after {MAX_ATTEMPTS} attempts")
+        finally:
+            self.restarting -= 1
+
+    def _sync_and_rerun(self, i: int, task: Task, state: Sync, rb: RoundBytes) -> Result:
+        redo = Task(task.round, task.kind, Decision(task.round - 1, DecisionKind.NONE), task.want_digest)
+        for _ in range(MAX_ATTEMPTS):
+            self.resync(i, state, rb)
+            res = self.rerun(i, redo, rb)
+            if res.status == Status.OK:
+                return res
+        raise RuntimeError(f"worker {i} kept failing in round {task.round}")
+
+    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
+        data = encode_sync(state)
+        rb.add("sync", "down", len(data))
+        try:
+            ray.get(self.actors[worker].sync.remote(data))
+        except (RayActorError, ActorUnavailableError):
+            self.counters.worker_failures += 1
+            self._revive(worker)
+            self.resync(worker, state, rb)
+
+    def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
+        header, decision = encode_task(task)
+        rb.add(task.kind.label, "down", len(header) + len(decision))
+        return self._collect(worker, self.actors[worker].step.remote(header, decision), task, rb)
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)
+
+
+def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
+             counters: Counters) -> RayPool:
+    """The Job pool factory for cluster.workers >= 1."""
+    n = cfg.cluster.workers
+    specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
+                        max(1, int(cfg.cluster.cpus_per_worker))) for i in range(n)]
+    return RayPool(specs, (data.x_train, data.y_train), cfg.cluster.cpus_per_worker,
+                   cfg.cluster.gpus_per_worker, counters)
