@@ -1,0 +1,74 @@
+"""In-process jobs (cluster.workers: 0): they learn, write their outputs, stop and resume bit for bit."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from coordinator.config import validate_config
+from coordinator.job import Job
+from service.cli import main as hes
+
+
+def digits_cfg(**hybrid: object) -> dict:
+    return {"name": "t", "seed": 3, "data": {"dataset": "digits"},
+            "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
+            "train": {"epochs": 4, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
+            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin", **hybrid},
+            "cluster": {"workers": 0}}
+
+
+def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
+    result = Job(validate_config(digits_cfg()), tmp_path).run()
+    assert result["status"] == "SUCCEEDED"
+    assert result["final"]["dev_accuracy"] > 0.7  # chance is 0.1
+    assert result["rounds"] == {"full": 24, "stochastic": 20}  # 11 rounds an epoch: 6 full, 5 stochastic
+    assert result["replica_checks"]["checked"] > 0 and result["replica_checks"]["mismatches"] == 0
+    assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert weights["w0"].shape == (32, 64) and weights["b1"].shape == (10,)
+
+
+@pytest.mark.parametrize("hybrid", [{"mode": "backprop"}, {"mode": "stale"}, {"mode": "localsgd"},
+                                    {"combine": "notebook"}, {"r": 1}, {"r": 4}])
+def test_every_mode_runs(tmp_path: Path, hybrid: dict) -> None:
+    result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
+    assert result["status"] == "SUCCEEDED"
+    assert result["final"]["train_accuracy"] > 0.3
+    if hybrid.get("mode") == "backprop" or hybrid.get("r") == 1:
+        assert result["rounds"]["stochastic"] == 0
+
+
+def test_stop_then_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = validate_config(digits_cfg())
+    whole = Job(cfg, tmp_path / "whole")
+    whole.run()
+    part = Job(cfg, tmp_path / "part")
+
+    def stop_at_17(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 17:
+            part.stop()
+
+    assert part.run(on_round=stop_at_17)["status"] == "STOPPED"
+    resumed = Job(cfg, tmp_path / "part", resume=True)
+    assert resumed.state.version == 18
+    assert resumed.run()["status"] == "SUCCEEDED"
+    assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
+    assert len(resumed.history) == 4
+
+
+def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "job.json"
+    cfg.write_text(json.dumps(digits_cfg()))
+    assert hes(["train", "--config", str(cfg), "--set", "train.epochs=1", "--out", str(tmp_path / "o"),
+                "--quiet"]) == 0
+    assert "dev" in capsys.readouterr().out
+    assert hes(["train", "--config", str(cfg), "--set", "hybrid.k=0", "--out", str(tmp_path / "x")]) == 2
+    assert "hybrid.k" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,118 @@
+"""The Ray path on a real two-node cluster: bitwise agreement with in-process, bytes, replica repair, failures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from coordinator.actor import start_job
+from coordinator.config import validate_config
+from coordinator.job import Job
+from coordinator.ray_pool import ClusterTooSmall, ray_pool
+from workers.messages import Sync, encode_sync
+
+pytestmark = pytest.mark.slow
+
+
+def cfg(workers: int, **hybrid: object) -> dict:
+    return {"name": "ray", "seed": 5, "data": {"dataset": "digits"},
+            "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
+            "train": {"epochs": 2, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
+            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin",
+                       "replica_check_every": 3, **hybrid},
+            "cluster": {"workers": workers, "cpus_per_worker": 1}}
+
+
+def run_ray(tmp: Path, raw: dict, on_round=None) -> Job:  # type: ignore[no-untyped-def]
+    job = Job(validate_config(raw), tmp, pool_factory=ray_pool)
+    job.result = job.run(on_round=on_round)  # type: ignore[attr-defined]
+    return job
+
+
+def test_one_worker_is_bitwise_the_in_process_engine(ray_cluster: object, tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # a worker with cpus_per_worker 1 computes on one thread
+    local = Job(validate_config({**cfg(0)}), tmp_path / "local")
+    local.run()
+    remote = run_ray(tmp_path / "ray", cfg(1))
+    assert np.array_equal(local.state.theta.numpy(), remote.state.theta.numpy())
+
+
+def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path) -> None:
+    nodes = []
+
+    def look(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 0:
+            nodes.extend(ray.get([a.info.remote() for a in job_ref[0].pool.actors]))
+
+    job_ref: list[Job] = []
+    job = Job(validate_config(cfg(2)), tmp_path, pool_factory=ray_pool)
+    job_ref.append(job)
+    r = job.run(on_round=look)
+    assert r["status"] == "SUCCEEDED" and r["final"]["dev_accuracy"] > 0.5
+    n, rounds, p = 2, r["rounds"], r["num_parameters"]
+    s, f = r["bytes"]["stochastic"], r["bytes"]["full"]
+    assert s["up"] / (n * rounds["stochastic"]) <= 32 and s["down"] / (n * rounds["stochastic"]) <= 16
+    assert abs(f["up"] / (n * rounds["full"] * p * 4) - 1) <= 0.02
+    assert abs(f["down"] / (n * rounds["full"] * p * 4) - 1) <= 0.02
+    assert r["replica_checks"]["checked"] > 0 and r["replica_checks"]["mismatches"] == 0
+    assert r["bytes"]["dataset"] > 0
+    assert len({i["node"] for i in nodes}) == 2  # SPREAD over the two nodes
+
+
+def test_corrupted_replica_is_detected_and_repaired(ray_cluster: object, tmp_path: Path) -> None:
+    clean = run_ray(tmp_path / "clean", cfg(2))
+
+    saved = {}
+
+    def corrupt(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 7:  # keep the state at version 8, what worker 1 holds after round 8's task
+            saved["theta"], saved["grad"] = job.state.theta.numpy().copy(), job.state.grad.numpy().copy()
+        if event.round == 8:  # round 9 checks replicas (every 3 rounds): it must catch and repair this
+            bad = Sync(8, saved["theta"] + np.float32(1e-3), saved["grad"])
+            ray.get(job.pool.actors[1].sync.remote(encode_sync(bad)))  # type: ignore[union-attr]
+
+    job = Job(validate_config(cfg(2)), tmp_path / "bad", pool_factory=ray_pool)
+    r = job.run(on_round=corrupt)
+    assert r["replica_checks"]["mismatches"] >= 1
+    assert r["bytes"]["sync"] > 0
+    assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
+
+
+def test_killed_worker_restarts_and_the_job_carries_on(ray_cluster: object, tmp_path: Path) -> None:
+    clean = run_ray(tmp_path / "clean", cfg(2))
+
+    def kill(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round in (4, 9):
+            ray.kill(job.pool.actors[event.round % 2], no_restart=False)  # type: ignore[union-attr]
+
+    job = Job(validate_config(cfg(2)), tmp_path / "kill", pool_factory=ray_pool)
+    r = job.run(on_round=kill)
+    assert r["status"] == "SUCCEEDED" and r["worker_failures"] >= 2
+    assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
+
+
+def test_localsgd_moves_parameters_every_r_rounds(ray_cluster: object, tmp_path: Path) -> None:
+    r = run_ray(tmp_path, cfg(2, mode="localsgd")).result  # type: ignore[attr-defined]
+    n, p = 2, r["num_parameters"]
+    assert abs(r["bytes"]["full"]["up"] / (n * r["rounds"]["full"] * p * 4) - 1) <= 0.02
+    assert r["bytes"]["stochastic"]["up"] / (n * r["rounds"]["stochastic"]) <= 32
+
+
+def test_too_many_cpus_is_refused_with_the_field(ray_cluster: object, tmp_path: Path) -> None:
+    raw = cfg(3)
+    raw["cluster"]["cpus_per_worker"] = 2
+    with pytest.raises(ClusterTooSmall, match="cluster.workers: 3 workers x 2.0 CPU"):
+        Job(validate_config(raw), tmp_path, pool_factory=ray_pool).run()
+
+
+def test_coordinator_actor_runs_a_job(ray_cluster: object, tmp_path: Path) -> None:
+    handle = start_job(validate_config(cfg(2)), str(tmp_path), job_id="test-actor")
+    result = handle.result()
+    assert result["status"] == "SUCCEEDED"
+    assert handle.progress()["progress"]["fraction"] == 1.0
+    events = handle.events()
+    assert {e["kind"] for e in events} == {"full", "stochastic"}
+    assert (tmp_path / "result.json").is_file()

@@ -1,0 +1,46 @@
+"""Wire encoding: round trips, and a stochastic round's size whatever the model's size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workers.hybrid import Decision, DecisionKind
+from workers.messages import (
+    Result, RoundKind, Status, Sync, Task, decode_result, decode_sync, decode_task, encode_result, encode_sync,
+    encode_task,
+)
+
+
+@pytest.mark.parametrize("params", [238_510, 2_385_010])
+def test_stochastic_round_sizes_do_not_depend_on_the_model(params: int) -> None:
+    task = Task(7, RoundKind.STOCHASTIC, Decision(6, DecisionKind.SEED, seed=2**62 + 5), want_digest=False)
+    header, decision = encode_task(task)
+    assert len(header) + len(decision) == 15  # <= 16 B down per worker
+    back = decode_task(header, decision)
+    assert back == task
+    res = Result(7, 3, seed=2**63 - 1, cost=0.25, improvements=4)
+    payload, digest = encode_result(res, RoundKind.STOCHASTIC)
+    assert len(payload) == 21 and digest == b""  # <= 32 B up per worker
+    assert decode_result(payload, digest, RoundKind.STOCHASTIC) == res
+
+
+def test_full_round_round_trip() -> None:
+    g = np.arange(10, dtype=np.float32)
+    header, decision = encode_task(Task(8, RoundKind.FULL, Decision(7, DecisionKind.GRAD, array=g), True))
+    assert len(decision) == 1 + 4 * 10
+    t = decode_task(header, decision)
+    assert t.want_digest and np.array_equal(t.decision.array, g)
+    payload, digest = encode_result(Result(8, 1, loss_sum=3.5, examples=500, array=g, digest=b"12345678"),
+                                    RoundKind.FULL)
+    assert len(payload) == 7 + 8 + 40
+    r = decode_result(payload, digest, RoundKind.FULL)
+    assert r.examples == 500 and r.loss_sum == 3.5 and np.array_equal(r.array, g) and r.digest == b"12345678"
+
+
+def test_need_sync_and_sync_round_trip() -> None:
+    payload, _ = encode_result(Result(3, 0, Status.NEED_SYNC), RoundKind.FULL)
+    assert decode_result(payload, b"", RoundKind.FULL).status == Status.NEED_SYNC
+    theta, grad = np.ones(5, np.float32), np.full(5, 2, np.float32)
+    s = decode_sync(encode_sync(Sync(9, theta, grad)))
+    assert s.version == 9 and np.array_equal(s.theta, theta) and np.array_equal(s.grad, grad)
+    assert decode_sync(encode_sync(Sync(0, theta, None))).grad is None
