@@ -22,14 +22,17 @@ MAX_EVENTS = 100_000  # round events kept for the service's metrics between two 
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` ("auto" finds a local `ray start`), or $RAY_ADDRESS; else start Ray here."""
+    """Join the cluster at `address` ("auto" finds a local `ray start`), or $RAY_ADDRESS; else start Ray here.
+
+    address "local" always starts a fresh Ray here (with num_cpus), even when a `ray start` cluster runs.
+    """
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "include_dashboard": False}
-    if address:
+    if address and address != "local":
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address=address, num_cpus=num_cpus, **kwargs)
 
 
 def actor_name(job_id: str) -> str:
@@ -81,7 +84,9 @@ class CoordinatorActor:
         doc = self.progress.to_dict()
         pool = getattr(self.job, "pool", None)
         doc["workers"] = {"alive": getattr(pool, "alive", 0), "restarting": getattr(pool, "restarting", 0)}
-        doc["worker_failures"] = self.progress.counters.worker_failures
+        c = self.progress.counters
+        doc["worker_failures"] = c.worker_failures
+        doc["sent"] = {"up": dict(c.up), "down": dict(c.down)}  # by kind, with sync split by direction
         return doc
 
     def drain_events(self) -> list[dict[str, Any]]:
@@ -143,7 +148,7 @@ def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | 
         options.update(name=actor_name(job_id), namespace=NAMESPACE)
     if detached:
         options["lifetime"] = "detached"
-    actor = CoordinatorActor.options(**options).remote(cfg.model_dump(), out_dir, resume)
+    actor = CoordinatorActor.options(**options).remote(cfg.model_dump(), out_dir, resume)  # type: ignore[attr-defined]
     return JobHandle(actor, actor.run.remote())
 
 

@@ -48,8 +48,9 @@ class TrainConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1)] = 1000
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0  # applied to the batch-mean gradient
     l2: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0e-4  # W -= 2 * lr * l2 * W (weights only)
-    # False: the batches come in the same order every epoch, as in the paper's code.
-    shuffle: bool = False
+    # Reshuffle the training set every epoch (seeded). False: the same batch order every epoch, as in the
+    # paper's code; with r = 2 the odd batches then never get a gradient of their own.
+    shuffle: bool = True
 
 
 class HybridConfig(_Strict):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from coordinator.accounting import Counters
@@ -19,7 +18,7 @@ from coordinator.config import JobConfig
 from coordinator.outputs import load_checkpoint, save_checkpoint, write_history, write_json, write_model
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
 from workers.data import Dataset, load_dataset
-from workers.hybrid import Hyper, HybridState, evaluate
+from workers.hybrid import HybridState, Hyper, evaluate
 from workers.models import Model, build_model
 from workers.replica import Replica, Schedule
 

@@ -68,8 +68,9 @@ class RayPool:
 
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-        return WorkerActor.options(num_cpus=self.cpus, num_gpus=self.gpus, scheduling_strategy=strategy,
-                                   max_restarts=2, max_task_retries=0).remote(self.specs[i], self.data_ref)
+        options = {"num_cpus": self.cpus, "num_gpus": self.gpus, "scheduling_strategy": strategy,
+                   "max_restarts": 2, "max_task_retries": 0}
+        return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         rb = RoundBytes()

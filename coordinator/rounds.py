@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from coordinator.accounting import Counters, RoundBytes
-from workers.hybrid import Decision, DecisionKind, Hyper, HybridState, apply_decision
+from workers.hybrid import Decision, DecisionKind, HybridState, Hyper, apply_decision
 from workers.messages import Result, RoundKind, Sync, Task
 from workers.replica import Schedule, digest
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from coordinator.config import JobConfig
@@ -36,6 +37,8 @@ def _postfix(p: dict[str, Any]) -> dict[str, str]:
 def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     if cfg.cluster.workers >= 1:
         return train_on_ray(cfg, out, resume, progress)
+    # The in-process engine is one worker: it computes on as many threads as a worker would.
+    torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_worker)))
     job = Job(cfg, out, resume=resume)
     bar = _bar(job.progress.total_rounds, job.state.version, progress)
 
@@ -51,7 +54,7 @@ def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True
 
 
 def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
-    from coordinator.actor import start_job, connect_ray
+    from coordinator.actor import connect_ray, start_job
 
     connect_ray(cfg.cluster.address)
     handle = start_job(cfg, str(out.resolve()), resume=resume)

@@ -144,8 +144,8 @@ _SYNC = struct.Struct("<IB")
 
 
 def encode_sync(s: Sync) -> bytes:
-    has_grad = s.grad is not None
-    return _SYNC.pack(s.version, int(has_grad)) + _f32(s.theta) + (_f32(s.grad) if has_grad else b"")
+    grad = b"" if s.grad is None else _f32(s.grad)
+    return _SYNC.pack(s.version, int(bool(grad))) + _f32(s.theta) + grad
 
 
 def decode_sync(data: bytes) -> Sync:

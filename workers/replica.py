@@ -13,7 +13,13 @@ import numpy as np
 import torch
 
 from workers.hybrid import (
-    DecisionKind, Hyper, HybridState, apply_decision, batch_loss_and_grad_sum, local_step, run_trials,
+    DecisionKind,
+    HybridState,
+    Hyper,
+    apply_decision,
+    batch_loss_and_grad_sum,
+    local_step,
+    run_trials,
 )
 from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model

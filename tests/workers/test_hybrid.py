@@ -7,7 +7,16 @@ import numpy as np
 import torch
 
 from workers.hybrid import (
-    Decision, DecisionKind, Hyper, HybridState, apply_decision, batch_cost, descend, noise, run_trials, shift,
+    Decision,
+    DecisionKind,
+    HybridState,
+    Hyper,
+    apply_decision,
+    batch_cost,
+    descend,
+    noise,
+    run_trials,
+    shift,
 )
 from workers.models import mlp
 

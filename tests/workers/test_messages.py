@@ -6,7 +6,16 @@ import pytest
 
 from workers.hybrid import Decision, DecisionKind
 from workers.messages import (
-    Result, RoundKind, Status, Sync, Task, decode_result, decode_sync, decode_task, encode_result, encode_sync,
+    Result,
+    RoundKind,
+    Status,
+    Sync,
+    Task,
+    decode_result,
+    decode_sync,
+    decode_task,
+    encode_result,
+    encode_sync,
     encode_task,
 )
 

@@ -1,0 +1,135 @@
+"""Prometheus metrics of the service: exactly the names, types and labels of DESIGN.md, on a registry of its own.
+
+Per-job counters follow the coordinator's cumulative counters (each poll adds what grew since the last);
+the two histograms observe every round the coordinator reports (its drained round events).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               generate_latest)
+
+from service.store import STATUSES
+
+ROUND_KINDS = ("full", "stochastic")
+BYTE_KINDS = ("full", "stochastic", "sync")
+DIRECTIONS = ("up", "down")
+WORKER_STATES = ("alive", "restarting")
+# A stochastic round moves ~36 B per worker, a full round 4 B per parameter per worker and direction:
+# MLP 784-300-10 on 2 workers = 238,510 * 4 B * 2 * 2 = 3.8 MB. Powers of 4 from 16 B to 4 GiB cover both.
+BYTE_BUCKETS = tuple(float(4**i) for i in range(2, 17))
+SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        disable_created_metrics()  # no `*_created` series: the contract's names and nothing else
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rounds = Counter("hes_rounds_total", "Rounds completed, by job and kind", ["job", "kind"], registry=r)
+        self.sent_bytes = Counter("hes_sent_bytes_total", "Payload bytes between coordinator and workers",
+                                  ["job", "kind", "direction"], registry=r)
+        self.round_bytes = Histogram("hes_round_sent_bytes", "Payload bytes one round moved (all workers, "
+                                     "both directions)", ["kind"], buckets=BYTE_BUCKETS, registry=r)
+        self.round_seconds = Histogram("hes_round_duration_seconds", "Wall time of one round", ["kind"],
+                                       buckets=SECOND_BUCKETS, registry=r)
+        self.progress = Gauge("hes_job_progress_ratio", "Rounds done / total rounds", ["job"], registry=r)
+        self.train_loss = Gauge("hes_train_loss", "Training-set loss at the last epoch end", ["job"], registry=r)
+        self.dev_accuracy = Gauge("hes_dev_accuracy", "Dev-set accuracy at the last epoch end (fraction)",
+                                  ["job"], registry=r)
+        self.improvements = Counter("hes_stochastic_improvements_total", "Trials that beat the unperturbed "
+                                    "gradient (paper Fig. 14)", ["job"], registry=r)
+        self.workers = Gauge("hes_workers", "Worker actors of running jobs, by state", ["state"], registry=r)
+        self.worker_failures = Counter("hes_worker_failures_total", "Worker actor failures seen by "
+                                       "coordinators", registry=r)
+        self.jobs = Gauge("hes_jobs", "Jobs in the store, by status", ["status"], registry=r)
+        for state in WORKER_STATES:
+            self.workers.labels(state=state).set(0)
+        for status in STATUSES:
+            self.jobs.labels(status=status).set(0)
+        for kind in ROUND_KINDS:
+            self.round_bytes.labels(kind=kind)
+            self.round_seconds.labels(kind=kind)
+        self._seen: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def track(self, job_id: str) -> None:
+        """Create a job's series at zero, so they exist from the moment it is submitted."""
+        with self._lock:
+            if job_id in self._seen:
+                return
+            self._seen[job_id] = {}
+            for kind in ROUND_KINDS:
+                self.rounds.labels(job=job_id, kind=kind)
+            for kind in BYTE_KINDS:
+                for direction in DIRECTIONS:
+                    self.sent_bytes.labels(job=job_id, kind=kind, direction=direction)
+            self.improvements.labels(job=job_id)
+            self.progress.labels(job=job_id).set(0)
+
+    def update(self, job_id: str, snapshot: dict[str, Any], events: Sequence[dict[str, Any]] = ()) -> None:
+        """Bring a job's series up to a coordinator status snapshot and observe its round events."""
+        self.track(job_id)
+        with self._lock:
+            seen = self._seen[job_id]
+            for kind, n in snapshot.get("rounds", {}).items():
+                self._grow(seen, f"rounds.{kind}", n, self.rounds.labels(job=job_id, kind=kind))
+            for direction, by_kind in snapshot.get("sent", {}).items():
+                for kind, n in by_kind.items():
+                    self._grow(seen, f"bytes.{kind}.{direction}", n,
+                               self.sent_bytes.labels(job=job_id, kind=kind, direction=direction))
+            self._grow(seen, "improvements", snapshot.get("improvements", 0), self.improvements.labels(job=job_id))
+            self._grow(seen, "worker_failures", snapshot.get("worker_failures", 0), self.worker_failures)
+            fraction = snapshot.get("progress", {}).get("fraction")
+            if fraction is not None:
+                self.progress.labels(job=job_id).set(fraction)
+            latest = snapshot.get("metrics", {})
+            if "train_loss" in latest:
+                self.train_loss.labels(job=job_id).set(latest["train_loss"])
+            if "dev_accuracy" in latest:
+                self.dev_accuracy.labels(job=job_id).set(latest["dev_accuracy"])
+        for e in events:
+            if e["kind"] in ROUND_KINDS:
+                moved = sum(e["up"].values()) + sum(e["down"].values())
+                self.round_bytes.labels(kind=e["kind"]).observe(moved)
+                self.round_seconds.labels(kind=e["kind"]).observe(e["seconds"])
+
+    @staticmethod
+    def _grow(seen: dict[str, float], key: str, total: float, counter: Any) -> None:
+        delta = total - seen.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+            seen[key] = total
+
+    def set_workers(self, alive: int, restarting: int) -> None:
+        self.workers.labels(state="alive").set(alive)
+        self.workers.labels(state="restarting").set(restarting)
+
+    def set_jobs(self, counts: dict[str, int]) -> None:
+        for status, n in counts.items():
+            self.jobs.labels(status=status).set(n)
+
+    def remove(self, job_id: str) -> None:
+        """Drop every series of a deleted job."""
+        with self._lock:
+            self._seen.pop(job_id, None)
+            for kind in ROUND_KINDS:
+                _discard(self.rounds, job_id, kind)
+            for kind in BYTE_KINDS:
+                for direction in DIRECTIONS:
+                    _discard(self.sent_bytes, job_id, kind, direction)
+            for metric in (self.improvements, self.progress, self.train_loss, self.dev_accuracy):
+                _discard(metric, job_id)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _discard(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

@@ -1,0 +1,82 @@
+"""The service's settings: one pydantic-settings class read from `HES_*` variables, refusing unsafe values.
+
+    HES_HOST=127.0.0.1 HES_PORT=8000 HES_STATE_DIR=~/.hes HES_API_TOKEN=... hes serve
+    HES_ALLOWED_DATA_ROOTS=/data/mnist:/srv/data    (os.pathsep-separated, or a JSON list)
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HES_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    state_dir: Path = Path("~/.hes")  # holds jobs.db (the job store) and jobs/<id>/ (each job's outputs)
+    api_token: SecretStr | None = None  # when set, /v1/* needs `Authorization: Bearer <token>`
+    # data.path must lie under one of these; empty: <state_dir>/data and $HES_MNIST_DIR when set.
+    allowed_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    max_concurrent_jobs: Annotated[int, Field(ge=1)] = 4  # more are kept PENDING until a slot frees
+    max_k: Annotated[int, Field(ge=1)] = 1000  # hybrid.k above this is refused
+    max_workers_per_job: Annotated[int, Field(ge=1)] = 64
+    max_parameters: Annotated[int, Field(ge=1)] = 50_000_000  # 50M float32 = 200 MB per replica
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    ray_address: str | None = None  # None: start a Ray of our own in this process
+    ray_num_cpus: Annotated[int, Field(ge=0)] | None = None  # CPUs of that Ray; None: all of this machine
+    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often running jobs are polled
+
+    @field_validator("allowed_data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_and_refuse_unsafe(self) -> Settings:
+        if not is_loopback(self.host) and self.api_token is None:
+            raise ValueError(f"host: refusing to listen on the non-loopback address {self.host!r} without "
+                             "an API token; set HES_API_TOKEN or bind 127.0.0.1")
+        self.state_dir = self.state_dir.expanduser().resolve()
+        roots = list(self.allowed_data_roots)
+        if not roots:
+            roots.append(self.state_dir / "data")
+            if os.environ.get("HES_MNIST_DIR"):
+                roots.append(Path(os.environ["HES_MNIST_DIR"]))
+        self.allowed_data_roots = [r.expanduser().resolve() for r in roots]
+        return self
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "jobs.db"
