@@ -15,6 +15,7 @@ import ray
 
 from coordinator.config import JobConfig, validate_config
 from coordinator.job import Job, Progress
+from coordinator.outputs import write_json
 from coordinator.rounds import RoundEvent
 
 NAMESPACE = "hes"
@@ -73,11 +74,16 @@ class CoordinatorActor:
                                 "improvements": event.improvements, "loss": event.loss})
 
     def _failed_result(self, trace: str) -> dict[str, Any]:
-        p = self.progress
-        doc = {"status": "FAILED", "message": p.message, "config": self.cfg.model_dump(), **p.to_dict()}
-        doc["status"], doc["message"] = "FAILED", p.message
-        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.out_dir) / "error.log").write_text(trace)
+        """result.json of a failed job: what it had done, and why it stopped (traceback in error.log)."""
+        p = self.progress.to_dict()
+        doc = {"status": "FAILED", "message": self.progress.message, "config": self.cfg.model_dump(),
+               "num_parameters": self.job.model.num_parameters if self.job else None,
+               "num_workers": self.cfg.cluster.workers, "final": {}, "rounds": p["rounds"], "bytes": p["bytes"],
+               "seconds": p["seconds"], "replica_checks": p["replica_checks"]}
+        out = Path(self.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.log").write_text(trace)
+        write_json(out / "result.json", doc)
         return doc
 
     def status(self) -> dict[str, Any]:

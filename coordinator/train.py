@@ -5,6 +5,7 @@ its worker actors, and follows the actor's progress.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def _postfix(p: dict[str, Any]) -> dict[str, str]:
 
 
 def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the job to its end; Ctrl-C stops it cleanly (status STOPPED, checkpoint kept)."""
     if cfg.cluster.workers >= 1:
         return train_on_ray(cfg, out, resume, progress)
     # The in-process engine is one worker: it computes on as many threads as a worker would.
@@ -47,27 +49,40 @@ def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True
         if event.round % 10 == 0 or p.round == p.total_rounds:
             bar.set_postfix(_postfix(p.to_dict()), refresh=False)
 
+    previous = signal.signal(signal.SIGINT, lambda *_: job.stop())
     try:
         return job.run(on_round=on_round)
     finally:
+        signal.signal(signal.SIGINT, previous)
         bar.close()
 
 
 def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    import ray
+
     from coordinator.actor import connect_ray, start_job
 
     connect_ray(cfg.cluster.address)
     handle = start_job(cfg, str(out.resolve()), resume=resume)
-    snapshot = handle.wait_progress(timeout=60)
-    bar = _bar(snapshot["progress"]["total_rounds"], snapshot["progress"]["round"], progress)
+    bar = None
     try:
-        while True:
-            snapshot = handle.progress()
+        while not handle.done():
+            try:
+                snapshot = handle.progress()
+            except KeyboardInterrupt:
+                handle.stop()
+                continue
+            if bar is None:
+                bar = _bar(snapshot["progress"]["total_rounds"], snapshot["progress"]["round"], progress)
             bar.n = snapshot["progress"]["round"]
             bar.set_postfix(_postfix(snapshot), refresh=True)
-            if handle.done():
-                break
-            time.sleep(0.5)
+            try:
+                time.sleep(0.5)
+            except KeyboardInterrupt:
+                handle.stop()
         return handle.result()
+    except ray.exceptions.RayActorError as err:
+        raise RuntimeError(f"the job's coordinator actor died: {err}") from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()

@@ -32,6 +32,8 @@ def fmt_bytes(n: float) -> str:
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
+    if not result.get("final"):
+        return [f"status {result['status']}: {result.get('message', '')}"]
     f, b, r = result["final"], result["bytes"], result["rounds"]
     return [
         f"status {result['status']} {result.get('message', '')}".rstrip(),
@@ -69,6 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"hes train: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        print(f"hes train: {err}", file=sys.stderr)
+        return 1
     for line in summary_lines(result):
         print(line)
     print(f"outputs in {out}/: result.json history.csv model.safetensors checkpoint.npz")

@@ -116,3 +116,21 @@ def test_coordinator_actor_runs_a_job(ray_cluster: object, tmp_path: Path) -> No
     events = handle.events()
     assert {e["kind"] for e in events} == {"full", "stochastic"}
     assert (tmp_path / "result.json").is_file()
+
+
+def test_hes_train_on_ray_and_a_failing_job(ray_cluster: object, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from service.cli import main as hes
+
+    f = tmp_path / "job.json"
+    f.write_text(json.dumps(cfg(2)))
+    assert hes(["train", "--config", str(f), "--set", "train.epochs=1", "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+    assert "2 workers" in capsys.readouterr().out
+    # More CPUs than the cluster has: the job fails with a message naming the field, nothing hangs.
+    code = hes(["train", "--config", str(f), "--set", "cluster.cpus_per_worker=64", "--out", str(tmp_path / "no"),
+                "--quiet"])
+    assert code == 1
+    assert "cluster.workers" in capsys.readouterr().out
+    assert json.loads((tmp_path / "no" / "result.json").read_text())["status"] == "FAILED"

@@ -1,0 +1,215 @@
+"""The service's Ray side: starts queued jobs, polls running ones, persists what they report.
+
+One `Runner` per service process. `tick()` (every HES_POLL_SECONDS, from a background task) polls each
+running job's coordinator actor for its status and round events, updates the store and the metrics,
+persists terminal results, then starts queued jobs while the concurrency limit and the cluster's CPUs
+allow. On startup `reattach()` finds the coordinators of jobs that were running (named detached actors)
+or marks those jobs FAILED, saying their coordinator is gone.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from coordinator.actor import JobHandle, find_job, start_job
+from coordinator.config import validate_config
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store import JobRecord, Store, now
+from service.validation import needs
+
+log = logging.getLogger("hes.service")
+RAY_TIMEOUT_S = 30.0
+
+
+def read_history(out_dir: Path) -> list[dict[str, Any]]:
+    """history.csv as typed rows (ints where the column holds counts)."""
+    path = out_dir / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+class Runner:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.settings, self.store, self.metrics = settings, store, metrics
+        self.handles: dict[str, JobHandle] = {}
+        self.workers: dict[str, dict[str, int]] = {}
+        self.lock = threading.RLock()  # start, stop and forget decisions; tick holds it throughout
+
+    def cluster(self) -> dict[str, float]:
+        return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+    def reattach(self) -> None:
+        """After a (re)start: reattach to coordinators of jobs that were started, or fail those jobs."""
+        for rec in self.store.all():
+            self.metrics.update(rec.id, rec.progress)
+            if rec.terminal or rec.started_at is None:
+                continue
+            handle = find_job(rec.id)
+            if handle is None:
+                self._fail(rec, f"the coordinator of this job is gone (Ray actor hes-job-{rec.id} no longer "
+                                "exists: the service restarted and its Ray cluster did not keep the job)"
+                                + _resume_hint(Path(rec.out_dir)))
+                continue
+            log.info("reattached to job %s", rec.id)
+            self.handles[rec.id] = handle
+        self.metrics.set_jobs(self.store.counts())
+
+    def tick(self) -> None:
+        with self.lock:
+            for job_id in list(self.handles):
+                self._poll(job_id)
+            self._start_queued()
+            alive = sum(w.get("alive", 0) for w in self.workers.values())
+            restarting = sum(w.get("restarting", 0) for w in self.workers.values())
+        self.metrics.set_workers(alive, restarting)
+        self.metrics.set_jobs(self.store.counts())
+
+    def _poll(self, job_id: str) -> None:
+        rec = self.store.get(job_id)
+        handle = self.handles[job_id]
+        if rec is None:
+            self._drop(job_id, kill=True)
+            return
+        try:
+            snap = handle.wait_progress(timeout=RAY_TIMEOUT_S)
+            events = handle.events()
+            result = handle.result() if handle.done() else None
+        except ray.exceptions.GetTimeoutError:
+            log.warning("job %s: its coordinator did not answer within %.0f s", job_id, RAY_TIMEOUT_S)
+            return
+        except ray.exceptions.RayError as err:
+            self._fail(rec, f"the coordinator of this job died: {type(err).__name__}: {_first_line(err)}"
+                            + _resume_hint(Path(rec.out_dir)))
+            self._drop(job_id, kill=True)
+            return
+        self.metrics.update(job_id, snap, events)
+        self.workers[job_id] = snap.get("workers", {})
+        progress = _merge(rec.progress, snap)
+        fields: dict[str, Any] = {"progress": progress}
+        if progress["progress"]["epoch"] > len(rec.history) or result is not None:
+            fields["history"] = read_history(Path(rec.out_dir))
+        if result is not None:
+            fields.update(status=result.get("status", "FAILED"), message=result.get("message", ""),
+                          result=result, finished_at=now())
+            self._drop(job_id, kill=True)
+        elif snap["status"] == "RUNNING":
+            fields.update(status="RUNNING", message=snap.get("message", ""))
+        self.store.update(job_id, **fields)
+
+    def _start_queued(self) -> None:
+        """Start PENDING jobs in submission order (first in, first out) while they fit."""
+        queued = [r for r in self.store.unfinished() if r.started_at is None]
+        if not queued:
+            return
+        total = self.cluster()
+        for rec in queued:
+            running = len(self.handles)
+            if running >= self.settings.max_concurrent_jobs:
+                self._wait(rec, f"queued: {running} jobs run, the limit is {self.settings.max_concurrent_jobs} "
+                                "(HES_MAX_CONCURRENT_JOBS)")
+                return
+            cfg = validate_config(rec.config)
+            need = needs(cfg)
+            free = self._free(total)
+            short = [k for k in ("CPU", "GPU") if need[k] > free[k]]
+            if short:
+                self._wait(rec, f"queued: needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs; "
+                                f"{free['CPU']:g} CPUs and {free['GPU']:g} GPUs of the Ray cluster are free")
+                return
+            self.handles[rec.id] = start_job(cfg, rec.out_dir, job_id=rec.id, detached=True)
+            self.store.update(rec.id, started_at=now(),
+                              message=f"starting: loading data and placing {cfg.cluster.workers} workers")
+            log.info("started job %s", rec.id)
+
+    def _free(self, total: dict[str, float]) -> dict[str, float]:
+        """The cluster's resources minus what the jobs this service runs hold."""
+        held = {"CPU": 0.0, "GPU": 0.0}
+        for job_id in self.handles:
+            rec = self.store.get(job_id)
+            if rec is not None:
+                for k, v in needs(validate_config(rec.config)).items():
+                    held[k] += v
+        return {k: total.get(k, 0.0) - held[k] for k in held}
+
+    def _wait(self, rec: JobRecord, message: str) -> None:
+        if rec.message != message:
+            self.store.update(rec.id, message=message)
+
+    def _fail(self, rec: JobRecord, message: str) -> None:
+        self.store.update(rec.id, status="FAILED", message=message, finished_at=now(),
+                          history=read_history(Path(rec.out_dir)),
+                          result={"status": "FAILED", "message": message, "config": rec.config, **rec.progress})
+
+    def _drop(self, job_id: str, kill: bool) -> None:
+        handle = self.handles.pop(job_id, None)
+        self.workers.pop(job_id, None)
+        if handle is not None and kill:
+            try:
+                handle.kill()
+            except ray.exceptions.RayError:
+                pass
+
+    def stop(self, job_id: str) -> JobRecord | None:
+        """Ask a job to stop (one that has not started is STOPPED at once); None when it is already over."""
+        with self.lock:
+            rec = self.store.get(job_id)
+            if rec is None or rec.terminal:
+                return None
+            handle = self.handles.get(job_id)
+            if handle is not None:
+                handle.stop()
+                self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
+                                                  "round, keeping its checkpoint")
+            else:
+                message = "stopped before it started"
+                self.store.update(job_id, status="STOPPED", message=message, finished_at=now(),
+                                  result={"status": "STOPPED", "message": message, "config": rec.config,
+                                          **rec.progress})
+            return self.store.get(job_id)
+
+    def forget(self, job_id: str) -> bool:
+        """Delete a terminal job: its record, its series, its outputs. False when it is not terminal."""
+        with self.lock:
+            rec = self.store.get(job_id)
+            if rec is None or not rec.terminal:
+                return False
+            self._drop(job_id, kill=True)
+            self.store.delete(job_id)
+        self.metrics.remove(job_id)
+        self.metrics.set_jobs(self.store.counts())
+        shutil.rmtree(rec.out_dir, ignore_errors=True)
+        return True
+
+
+def _merge(stored: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+    """The coordinator's snapshot; before its job is built it knows no total yet, so keep the stored one."""
+    doc = {k: v for k, v in snap.items() if k not in ("status", "message")}
+    if not snap.get("progress", {}).get("total_rounds") and "progress" in stored:
+        doc["progress"] = stored["progress"]
+    return doc
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
+def _resume_hint(out_dir: Path) -> str:
+    if (out_dir / "checkpoint.npz").is_file():
+        return f"; its last checkpoint is in {out_dir} (`hes train --resume {out_dir}` continues it)"
+    return ""
