@@ -21,7 +21,7 @@ from coordinator.job import worker_k
 from workers.actor import WorkerActor, WorkerSpec
 from workers.data import Dataset
 from workers.hybrid import Decision, DecisionKind, Hyper
-from workers.messages import Result, Status, Sync, Task, decode_result, encode_sync, encode_task
+from workers.messages import ARRAY_DECISIONS, Result, Status, Sync, Task, decode_result, encode_sync, encode_task
 from workers.models import Model
 from workers.replica import Schedule
 
@@ -35,7 +35,7 @@ class ClusterTooSmall(RuntimeError):
 
 
 def decision_label(d: Decision, fallback: str) -> str:
-    if d.kind in (DecisionKind.GRAD, DecisionKind.PARAMS):
+    if d.kind in ARRAY_DECISIONS:
         return "full"
     if d.kind == DecisionKind.NONE:
         return fallback

@@ -114,7 +114,8 @@ class RoundLoop:
         if not results:
             raise RuntimeError(f"round {t}: no worker returned a result")
         if kind == RoundKind.FULL:
-            return Decision(t, DecisionKind.GRAD, array=_weighted_mean(results, by_examples=False))
+            step = DecisionKind.SET_GRAD if self.schedule.assisted else DecisionKind.GRAD
+            return Decision(t, step, array=_weighted_mean(results, by_examples=False))
         if kind == RoundKind.AVERAGE:
             return Decision(t, DecisionKind.PARAMS, array=_weighted_mean(results, by_examples=True))
         if kind == RoundKind.LOCAL:

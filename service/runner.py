@@ -108,8 +108,8 @@ class Runner:
             fields.update(status=result.get("status", "FAILED"), message=result.get("message", ""),
                           result=result, finished_at=now())
             self._drop(job_id, kill=True)
-        elif snap["status"] == "RUNNING":
-            fields.update(status="RUNNING", message=snap.get("message", ""))
+        elif snap["status"] == "RUNNING" and rec.status != "RUNNING":
+            fields.update(status="RUNNING", message="")
         self.store.update(job_id, **fields)
 
     def _start_queued(self) -> None:

@@ -53,6 +53,7 @@ class DecisionKind(enum.IntEnum):
     BIAS_ONLY = 4  # notebook when no trial beat the current cost: only the biases move, along the last gradient
     PARAMS = 5  # localsgd: replace the parameters by `array` (the average of the workers')
     LOCAL = 6  # localsgd, between averages: every replica stepped on its own shard (coordinator: nothing)
+    SET_GRAD = 7  # Assisted H-ES (r = 1): `array` becomes the gradient the next round's trials shift; no step
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
         assert decision.array is not None
         grad = torch.from_numpy(decision.array).to(state.theta.device)
         return HybridState(version, descend(state.theta, grad, hyper), grad)
+    if kind == DecisionKind.SET_GRAD:
+        assert decision.array is not None
+        return HybridState(version, state.theta, torch.from_numpy(decision.array).to(state.theta.device))
     if kind == DecisionKind.PARAMS:
         assert decision.array is not None
         theta = torch.from_numpy(np.array(decision.array, copy=True)).to(state.theta.device)

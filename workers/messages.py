@@ -28,6 +28,7 @@ _TRIALS = struct.Struct("<qfH")
 _GRAD = struct.Struct("<fI")
 _SEED = struct.Struct("<q")
 DIGEST_BYTES = 8
+ARRAY_DECISIONS = (DecisionKind.GRAD, DecisionKind.PARAMS, DecisionKind.SET_GRAD)
 
 
 class RoundKind(enum.IntEnum):
@@ -91,7 +92,7 @@ def encode_decision(d: Decision) -> bytes:
     head = bytes([int(d.kind)])
     if d.kind == DecisionKind.SEED:
         return head + _SEED.pack(d.seed)
-    if d.kind in (DecisionKind.GRAD, DecisionKind.PARAMS):
+    if d.kind in ARRAY_DECISIONS:
         assert d.array is not None
         return head + _f32(d.array)
     return head
@@ -108,7 +109,7 @@ def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
     seed, array = 0, None
     if dkind == DecisionKind.SEED:
         (seed,) = _SEED.unpack(bytes(decision[1:9]))
-    elif dkind in (DecisionKind.GRAD, DecisionKind.PARAMS):
+    elif dkind in ARRAY_DECISIONS:
         array = np.frombuffer(decision, dtype="<f4", offset=1)
     return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST))
 

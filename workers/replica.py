@@ -37,19 +37,33 @@ class Schedule:
     shuffle: bool
 
     @property
-    def rounds_per_epoch(self) -> int:
+    def assisted(self) -> bool:
+        """r = 1 is the paper's "Assisted H-ES": every batch gets a full round, then trials around its gradient."""
+        return self.mode == "hybrid" and self.r == 1
+
+    @property
+    def batches_per_epoch(self) -> int:
         return self.n_train // self.batch_size
 
+    @property
+    def rounds_per_epoch(self) -> int:
+        return self.batches_per_epoch * (2 if self.assisted else 1)
+
     def kind(self, t: int) -> RoundKind:
-        first = (t % self.rounds_per_epoch) % self.r == 0  # counted inside each epoch, as the paper's code
+        j = t % self.rounds_per_epoch
         if self.mode == "backprop":
             return RoundKind.FULL
+        if self.assisted:
+            return RoundKind.FULL if j % 2 == 0 else RoundKind.STOCHASTIC
+        first = j % self.r == 0  # counted inside each epoch, as the paper's code
         if self.mode == "localsgd":
             return RoundKind.AVERAGE if first else RoundKind.LOCAL
         return RoundKind.FULL if first else RoundKind.STOCHASTIC
 
     def batch(self, t: int) -> np.ndarray:
         epoch, j = divmod(t, self.rounds_per_epoch)
+        if self.assisted:
+            j //= 2  # the full round and the trials of one batch
         lo, hi = j * self.batch_size, (j + 1) * self.batch_size
         if not self.shuffle:
             return np.arange(lo, hi)

@@ -41,8 +41,10 @@ def test_every_mode_runs(tmp_path: Path, hybrid: dict) -> None:
     result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
     assert result["status"] == "SUCCEEDED"
     assert result["final"]["train_accuracy"] > 0.3
-    if hybrid.get("mode") == "backprop" or hybrid.get("r") == 1:
+    if hybrid.get("mode") == "backprop":
         assert result["rounds"]["stochastic"] == 0
+    if hybrid.get("r") == 1:  # Assisted H-ES: every batch gets a full round, then trials around its gradient
+        assert result["rounds"]["stochastic"] == result["rounds"]["full"] == 44
 
 
 def test_stop_then_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> None:
@@ -72,3 +74,14 @@ def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert hes(["train", "--config", str(cfg), "--set", "hybrid.k=0", "--out", str(tmp_path / "x")]) == 2
     assert "hybrid.k" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_assisted_schedule_pairs_rounds_on_one_batch() -> None:
+    from workers.messages import RoundKind
+    from workers.replica import Schedule
+
+    s = Schedule("hybrid", 1, batch_size=10, n_train=45, seed=0, shuffle=True)
+    assert s.rounds_per_epoch == 8
+    assert [s.kind(t) for t in range(4)] == [RoundKind.FULL, RoundKind.STOCHASTIC] * 2
+    assert (s.batch(2) == s.batch(3)).all() and not (s.batch(1) == s.batch(2)).all()
+    assert not (s.batch(0) == s.batch(8)).all()  # reshuffled the next epoch
