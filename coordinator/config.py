@@ -59,7 +59,9 @@ class HybridConfig(_Strict):
     k: Annotated[int, Field(ge=1, le=100000)] = 10  # trials per worker per stochastic round
     # Std of the shift added to the batch-SUMMED gradient (the paper's "sigma^2", see seed/NOTES.md).
     sigma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.25
-    combine: Literal["argmin", "notebook"] = "argmin"
+    # argmin: Algorithm 2 as written (apply the best trial). notebook: the paper's code (seed/NOTES.md).
+    # elitist: (1 + lambda) selection, apply the best trial only if it beats the current cost, else keep.
+    combine: Literal["argmin", "notebook", "elitist"] = "argmin"
     # Every this-many rounds each worker reports a digest of its parameters; 0 turns the check off.
     replica_check_every: Annotated[int, Field(ge=0)] = 10
 

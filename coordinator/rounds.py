@@ -126,6 +126,8 @@ class RoundLoop:
             improved = any(r.improvements > 0 for r in results)
             return Decision(t, DecisionKind.STALE if improved else DecisionKind.BIAS_ONLY)
         best = min(results, key=lambda r: (r.cost, r.worker))  # argmin: Algorithm 2 as written
+        if self.combine_rule == "elitist" and not any(r.improvements > 0 for r in results):
+            return Decision(t, DecisionKind.KEEP)  # (1 + lambda) selection: the parent survives
         return Decision(t, DecisionKind.SEED, seed=best.seed)
 
 

@@ -54,6 +54,7 @@ class DecisionKind(enum.IntEnum):
     PARAMS = 5  # localsgd: replace the parameters by `array` (the average of the workers')
     LOCAL = 6  # localsgd, between averages: every replica stepped on its own shard (coordinator: nothing)
     SET_GRAD = 7  # Assisted H-ES (r = 1): `array` becomes the gradient the next round's trials shift; no step
+    KEEP = 8  # elitist, when no trial beat the current cost: the parameters survive unchanged
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,10 @@ def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tens
 def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> HybridState:
     """The next state after `decision`; the same arithmetic on every replica."""
     kind = decision.kind
-    if kind in (DecisionKind.NONE, DecisionKind.LOCAL):
-        return replace(state, version=decision.round + 1) if kind == DecisionKind.LOCAL else state
+    if kind == DecisionKind.NONE:
+        return state
+    if kind in (DecisionKind.LOCAL, DecisionKind.KEEP):
+        return replace(state, version=decision.round + 1)
     version = decision.round + 1
     if kind == DecisionKind.GRAD:
         assert decision.array is not None

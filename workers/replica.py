@@ -113,7 +113,7 @@ class Replica:
         if task.kind == RoundKind.STOCHASTIC:
             idx = torch.from_numpy(self.schedule.batch(t)).to(self.device)
             seeds = [trial_seed(self.job_seed, t, self.worker, i) for i in range(self.k)]
-            ref = "current" if self.combine == "notebook" else "unperturbed"
+            ref = "unperturbed" if self.combine == "argmin" else "current"
             out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper, reference=ref)
             return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements, digest=dig)
         idx = torch.from_numpy(self.schedule.shard(t, self.worker, self.n_workers)).to(self.device)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from coordinator.config import validate_config
@@ -85,3 +86,23 @@ def test_assisted_schedule_pairs_rounds_on_one_batch() -> None:
     assert [s.kind(t) for t in range(4)] == [RoundKind.FULL, RoundKind.STOCHASTIC] * 2
     assert (s.batch(2) == s.batch(3)).all() and not (s.batch(1) == s.batch(2)).all()
     assert not (s.batch(0) == s.batch(8)).all()  # reshuffled the next epoch
+
+
+def test_combine_rules_decide_as_documented() -> None:
+    from coordinator.accounting import Counters
+    from coordinator.rounds import RoundLoop
+    from workers.hybrid import DecisionKind, HybridState
+    from workers.messages import Result, RoundKind
+
+    def decide(rule: str, improvements: tuple[int, int]) -> tuple[DecisionKind, int]:
+        loop = RoundLoop(HybridState(0, torch.zeros(1), None), None, None, "hybrid", rule, None, Counters())  # type: ignore[arg-type]
+        results = [Result(3, 0, seed=11, cost=0.5, improvements=improvements[0]),
+                   Result(3, 1, seed=22, cost=0.25, improvements=improvements[1])]
+        d = loop.combine(3, RoundKind.STOCHASTIC, results)
+        return d.kind, d.seed
+
+    assert decide("argmin", (0, 0)) == (DecisionKind.SEED, 22)  # the best trial, whatever it costs
+    assert decide("elitist", (0, 1)) == (DecisionKind.SEED, 22)
+    assert decide("elitist", (0, 0))[0] == DecisionKind.KEEP
+    assert decide("notebook", (1, 0))[0] == DecisionKind.STALE
+    assert decide("notebook", (0, 0))[0] == DecisionKind.BIAS_ONLY

@@ -97,3 +97,9 @@ def test_nan_costs_never_win() -> None:
     model, state, hyper, x, y = setup(sigma=1e30)
     out = run_trials(model, state, [1, 2], x, y, hyper)
     assert out.improvements == 0 and (math.isinf(out.cost) or math.isfinite(out.cost))
+
+
+def test_keep_decision_moves_nothing() -> None:
+    _, state, hyper, _, _ = setup()
+    kept = apply_decision(state, Decision(5, DecisionKind.KEEP), hyper)
+    assert kept.version == 6 and torch.equal(kept.theta, state.theta) and torch.equal(kept.grad, state.grad)
