@@ -3,6 +3,8 @@
     hes train --config paper-hes-r2 --set cluster.workers=2 --out runs/r2
     hes train --resume runs/r2
     hes presets
+    hes serve --port 8000                 (then: hes submit digits-demo --watch, hes list, hes status ID,
+                                           hes watch ID, hes stop ID; --server URL, $HES_API_TOKEN)
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.config import ConfigError, load_config, preset_names, validate_config
+
+if TYPE_CHECKING:
+    from service.client import Client
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -87,6 +92,134 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    given = {"host": args.host, "port": args.port, "state_dir": args.state_dir}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            print(f"hes serve: {where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}",
+                  file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from service.client import Client
+
+    return Client(args.server)
+
+
+def _print_end(job: dict[str, Any]) -> int:
+    result = job.get("result") or {}
+    if "final" in result:
+        for line in summary_lines(result):
+            print(line)
+    else:
+        print(f"status {job['status']} {job.get('message', '')}".rstrip())
+    return 0 if job["status"] in ("SUCCEEDED", "STOPPED") else 1
+
+
+def _service_call(name: str, fn: Callable[[], int]) -> int:
+    from service.client import ServiceError
+
+    try:
+        return fn()
+    except (ServiceError, ConfigError) as err:
+        print(f"hes {name}: {err}", file=sys.stderr)
+        return 2
+
+
+@command
+def cmd_submit(args: argparse.Namespace) -> int:
+    from coordinator.config import apply_override, read_config_file
+    from service.client import watch
+
+    def run() -> int:
+        raw = read_config_file(args.config)
+        for assignment in args.set or []:
+            apply_override(raw, assignment)
+        client = _client(args)
+        job = client.submit(raw)
+        print(f"submitted job {job['id']} ({job['name']}): {client.server}/v1/jobs/{job['id']}")
+        return _print_end(watch(client, job["id"])) if args.watch else 0
+
+    return _service_call("submit", run)
+
+
+@command
+def cmd_status(args: argparse.Namespace) -> int:
+    def run() -> int:
+        job = _client(args).job(args.id)
+        if args.json:
+            print(json.dumps(job, indent=2))
+            return 0
+        p, m = job["progress"], job.get("metrics") or {}
+        print(f"job {job['id']} ({job['name']}): {job['status']} {job['message']}".rstrip())
+        print(f"progress: round {p['round']}/{p['total_rounds']}, epoch {p['epoch']}/{p['epochs']} "
+              f"({100 * p['fraction']:.1f}%)")
+        if m:
+            print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()) if v is not None))
+        if job.get("bytes"):
+            print(f"bytes: total {fmt_bytes(job['bytes'].get('total', 0))}")
+        if job.get("result"):
+            _print_end(job)
+        return 0
+
+    return _service_call("status", run)
+
+
+@command
+def cmd_watch(args: argparse.Namespace) -> int:
+    from service.client import watch
+
+    return _service_call("watch", lambda: _print_end(watch(_client(args), args.id)))
+
+
+@command
+def cmd_stop(args: argparse.Namespace) -> int:
+    def run() -> int:
+        job = _client(args).stop(args.id)
+        print(f"job {job['id']}: {job['status']} {job['message']}".rstrip())
+        return 0
+
+    return _service_call("stop", run)
+
+
+@command
+def cmd_list(args: argparse.Namespace) -> int:
+    def run() -> int:
+        page = _client(args).jobs(args.status, args.limit, args.offset)
+        print(f"{'id':12}  {'name':24}  {'status':9}  {'progress':>8}  created")
+        for j in page["jobs"]:
+            print(f"{j['id']:12}  {j['name'][:24]:24}  {j['status']:9}  {100 * j['progress']['fraction']:7.1f}%  "
+                  f"{j['times']['created']}")
+        print(f"{len(page['jobs'])} of {page['total']} jobs (offset {page['offset']})")
+        return 0
+
+    return _service_call("list", run)
+
+
+@command
+def cmd_report(args: argparse.Namespace) -> int:
+    from service.report import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hes", description="Hybrid-ES training on Ray: train, serve, submit.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -97,7 +230,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the job whose outputs are in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("presets", help="list the shipped presets (paper Figs. 7 and 8)")
+    p = sub.add_parser("report", help="PNG plots of a job's history: loss, accuracy, bytes per round and in all")
+    p.add_argument("target", metavar="JOB_OR_DIR", help="a job's output folder (or its history.csv), or a job id")
+    p.add_argument("--out", help="folder for the PNGs; default JOB_OR_DIR/report, or report-ID for a job id")
+    p.add_argument("--server", help="service URL for a job id; default $HES_SERVER or http://127.0.0.1:8000")
+    add_service_parsers(sub)
     return ap
+
+
+def add_service_parsers(sub: Any) -> None:
+    """`hes serve` and the client commands (they take --server URL and read $HES_API_TOKEN)."""
+    p = sub.add_parser("serve", help="run the REST service (FastAPI + uvicorn; settings from HES_* variables)")
+    p.add_argument("--host", help="default $HES_HOST or 127.0.0.1; non-loopback needs HES_API_TOKEN")
+    p.add_argument("--port", type=int, help="default $HES_PORT or 8000")
+    p.add_argument("--state-dir", help="job store and job outputs; default $HES_STATE_DIR or ~/.hes")
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--server", help="service URL; default $HES_SERVER or http://127.0.0.1:8000")
+    p = sub.add_parser("submit", parents=[client], help="submit a job config (file or preset) to the service")
+    p.add_argument("config", help="YAML/JSON file or preset name")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. hybrid.r=4")
+    p.add_argument("--watch", action="store_true", help="then show its progress bar until it ends")
+    p = sub.add_parser("status", parents=[client], help="show one job")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="the whole job document")
+    p = sub.add_parser("watch", parents=[client], help="progress bar until the job ends, then its result")
+    p.add_argument("id")
+    p = sub.add_parser("stop", parents=[client], help="stop a job (it keeps its last checkpoint)")
+    p.add_argument("id")
+    p = sub.add_parser("list", parents=[client], help="list jobs, newest first")
+    p.add_argument("--status", choices=["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,19 +84,20 @@ class Runner:
         rec = self.store.get(job_id)
         handle = self.handles[job_id]
         if rec is None:
-            self._drop(job_id, kill=True)
+            self._drop(job_id)
             return
         try:
+            done = handle.done()  # first: when it is done, the status and events that follow are final
             snap = handle.wait_progress(timeout=RAY_TIMEOUT_S)
             events = handle.events()
-            result = handle.result() if handle.done() else None
+            result = handle.result() if done else None
         except ray.exceptions.GetTimeoutError:
             log.warning("job %s: its coordinator did not answer within %.0f s", job_id, RAY_TIMEOUT_S)
             return
         except ray.exceptions.RayError as err:
             self._fail(rec, f"the coordinator of this job died: {type(err).__name__}: {_first_line(err)}"
                             + _resume_hint(Path(rec.out_dir)))
-            self._drop(job_id, kill=True)
+            self._drop(job_id)
             return
         self.metrics.update(job_id, snap, events)
         self.workers[job_id] = snap.get("workers", {})
@@ -107,7 +108,8 @@ class Runner:
         if result is not None:
             fields.update(status=result.get("status", "FAILED"), message=result.get("message", ""),
                           result=result, finished_at=now())
-            self._drop(job_id, kill=True)
+            self.metrics.finish(job_id)
+            self._drop(job_id)
         elif snap["status"] == "RUNNING" and rec.status != "RUNNING":
             fields.update(status="RUNNING", message="")
         self.store.update(job_id, **fields)
@@ -132,7 +134,14 @@ class Runner:
                 self._wait(rec, f"queued: needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs; "
                                 f"{free['CPU']:g} CPUs and {free['GPU']:g} GPUs of the Ray cluster are free")
                 return
-            self.handles[rec.id] = start_job(cfg, rec.out_dir, job_id=rec.id, detached=True)
+            try:
+                # find_job first: a service that died between starting a job and recording it left its actor
+                handle = find_job(rec.id) or start_job(cfg, rec.out_dir, job_id=rec.id, detached=True)
+            except (ray.exceptions.RayError, ValueError) as err:
+                self._fail(rec, f"the job's coordinator could not be started: {type(err).__name__}: "
+                                f"{_first_line(err)}")
+                continue
+            self.handles[rec.id] = handle
             self.store.update(rec.id, started_at=now(),
                               message=f"starting: loading data and placing {cfg.cluster.workers} workers")
             log.info("started job %s", rec.id)
@@ -152,18 +161,20 @@ class Runner:
             self.store.update(rec.id, message=message)
 
     def _fail(self, rec: JobRecord, message: str) -> None:
+        self.metrics.finish(rec.id)
         self.store.update(rec.id, status="FAILED", message=message, finished_at=now(),
                           history=read_history(Path(rec.out_dir)),
                           result={"status": "FAILED", "message": message, "config": rec.config, **rec.progress})
 
-    def _drop(self, job_id: str, kill: bool) -> None:
+    def _drop(self, job_id: str) -> None:
+        """Stop following a job and kill its (detached) coordinator actor, which outlives its run."""
         handle = self.handles.pop(job_id, None)
         self.workers.pop(job_id, None)
-        if handle is not None and kill:
+        if handle is not None:
             try:
                 handle.kill()
             except ray.exceptions.RayError:
-                pass
+                log.info("job %s: its coordinator was already gone", job_id)
 
     def stop(self, job_id: str) -> JobRecord | None:
         """Ask a job to stop (one that has not started is STOPPED at once); None when it is already over."""
@@ -173,7 +184,10 @@ class Runner:
                 return None
             handle = self.handles.get(job_id)
             if handle is not None:
-                handle.stop()
+                try:
+                    handle.stop()
+                except ray.exceptions.RayError as err:  # a dead coordinator: the next poll marks it FAILED
+                    log.warning("job %s: stop failed: %s", job_id, _first_line(err))
                 self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
                                                   "round, keeping its checkpoint")
             else:
@@ -189,7 +203,7 @@ class Runner:
             rec = self.store.get(job_id)
             if rec is None or not rec.terminal:
                 return False
-            self._drop(job_id, kill=True)
+            self._drop(job_id)
             self.store.delete(job_id)
         self.metrics.remove(job_id)
         self.metrics.set_jobs(self.store.counts())

@@ -111,7 +111,7 @@ class HistoryOut(BaseModel):
     """One row per finished epoch (history.csv as JSON)."""
     id: str
     columns: list[str] = Field(default_factory=lambda: list(HISTORY_COLUMNS))
-    rows: list[dict[str, float | None]]
+    rows: list[dict[str, int | float | None]]
 
 
 class FieldError(BaseModel):

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     max_workers_per_job: Annotated[int, Field(ge=1)] = 64
     max_parameters: Annotated[int, Field(ge=1)] = 50_000_000  # 50M float32 = 200 MB per replica
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
-    ray_address: str | None = None  # None: start a Ray of our own in this process
+    # None: start a Ray of our own in this process. Joining a cluster lets jobs outlive a service restart
+    # (a token-auth Ray cluster also needs RAY_AUTH_MODE=token in the service's environment).
+    ray_address: str | None = None
     ray_num_cpus: Annotated[int, Field(ge=0)] | None = None  # CPUs of that Ray; None: all of this machine
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often running jobs are polled
 

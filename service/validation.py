@@ -53,13 +53,18 @@ def resolve_data_path(cfg: JobConfig, settings: Settings) -> JobConfig:
             return cfg
         return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(default).resolve())})})
     roots = settings.allowed_data_roots
-    given = Path(cfg.data.path).expanduser()
-    resolved = (given if given.is_absolute() else roots[0] / given).resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise Refused(f"data.path: {cfg.data.path!r} lies outside the allowed data roots "
+    given = Path(cfg.data.path)  # relative to the first root; no `~`: the client names no home folders
+    try:
+        resolved = (given if given.is_absolute() else roots[0] / given).resolve()
+        inside = any(resolved.is_relative_to(root) for root in roots)
+        is_dir = inside and resolved.is_dir()
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long for the file system
+        raise Refused(f"data.path: {cfg.data.path[:200]!r} is not a usable path ({err})") from None
+    if not inside:
+        raise Refused(f"data.path: {cfg.data.path[:200]!r} lies outside the allowed data roots "
                       f"({', '.join(str(r) for r in roots)}; HES_ALLOWED_DATA_ROOTS)")
-    if not resolved.is_dir():
-        raise Refused(f"data.path: {cfg.data.path!r} does not exist or is not a folder")
+    if not is_dir:
+        raise Refused(f"data.path: {cfg.data.path[:200]!r} does not exist or is not a folder")
     data = cfg.data.model_copy(update={"path": str(resolved)})
     return cfg.model_copy(update={"data": data})
 
