@@ -59,6 +59,9 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     if cfg.train.batch_size > len(data.x_train):
         raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(data.x_train)} training "
                          f"examples of {data.name}")
+    if cfg.cluster.workers > cfg.train.batch_size:
+        raise ValueError(f"cluster.workers: {cfg.cluster.workers} workers cannot share batches of "
+                         f"{cfg.train.batch_size} examples (train.batch_size)")
     hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights)
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
                         cfg.train.shuffle)
