@@ -1,0 +1,109 @@
+"""`make bench`: measure Hybrid-ES on MNIST and write BENCHMARKS.md from the numbers measured in the run.
+
+Run:  .venv/bin/python bench/run.py --mnist ../shared/data/mnist --out BENCHMARKS.md [--only table,rounds]
+Sections (all by default, about 40 minutes on 2 cores): table (the paper's Fig. 7 in process), rounds
+(engine vs plain PyTorch), ray (2 workers: hybrid, stale, localsgd, backprop), bytes (payload per round,
+three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark).
+With --only, the other sections already in --out are kept as they were.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import accuracy
+import ray
+import ray_jobs
+import speed
+import torch
+import wire
+from common import PAPER_EPOCHS, Context, code_version, machine
+
+SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
+    "table": ("1. The paper's table on MNIST (in process)", accuracy.run),
+    "rounds": ("2. Seconds per round: engine vs plain PyTorch (in process)", speed.run),
+    "ray": ("3. Ray, 2 workers: hybrid vs stale, localsgd and backprop", ray_jobs.run_ray),
+    "bytes": ("4. Payload per worker per round, three model sizes", ray_jobs.run_bytes),
+    "overhead": ("5. Orchestration overhead: 1 Ray worker vs in process", ray_jobs.run_overhead),
+    "wire": ("6. Ray's framing on the wire (tshark, multi-node Cluster)", wire.run),
+}
+HEADER = """# BENCHMARKS
+
+Written by `make bench` (`bench/run.py`) from the numbers it measured; every section says how it was run,
+when, and on what. The machine is shared (2 cores, other engineers' test suites running), so timings
+are compared only side by side within one run, as medians and ratios.
+"""
+BLOCK = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
+
+
+def merge(path: Path, new: dict[str, str]) -> str:
+    """The file with the `new` sections replaced (or added), the others kept, in the canonical order."""
+    blocks = {m.group(1): m.group(0) for m in BLOCK.finditer(path.read_text())} if path.is_file() else {}
+    blocks.update(new)
+    return HEADER + "".join("\n" + blocks[key] for key in SECTIONS if key in blocks)
+
+
+def section(key: str, ctx: Context) -> tuple[str, bool]:
+    """Run one section; its Markdown block (with command, dates and machine) and whether it succeeded."""
+    title, fn = SECTIONS[key]
+    started = datetime.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    before, version = machine(), code_version()
+    try:
+        body, ok = fn(ctx), True
+    except Exception:  # a failed section is reported in the file, and the run goes on to the next
+        body, ok = "**This section failed**; the error:\n\n```\n" + traceback.format_exc() + "```", False
+    finished = datetime.datetime.now().astimezone()
+    head = (f"## {title}\n\n"
+            f"- command: `{ctx.command}` (this section alone: add `--only {key}`)\n"
+            f"- ran: {started:%Y-%m-%d %H:%M:%S %Z} to {finished:%H:%M:%S} ({time.perf_counter() - t0:.0f} s)\n"
+            f"- code: {version}\n- machine at the start: {before}\n- machine at the end: {machine()}\n\n")
+    return f"<!-- bench:{key} -->\n{head}{body}\n<!-- /bench:{key} -->\n", ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist", required=True, help="folder with the four MNIST IDX files")
+    parser.add_argument("--out", default="BENCHMARKS.md", help="the Markdown file to write")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS,
+                        help="epochs of the paper-length jobs (table, ray); less than 30 is a smoke run")
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    mnist = str(Path(args.mnist).resolve())
+    if not Path(mnist).is_dir():
+        parser.error(f"--mnist: {mnist} is not a folder")
+    os.environ["HES_MNIST_DIR"] = mnist  # the presets read MNIST from $HES_MNIST_DIR (data.path: null)
+    torch.set_num_threads(1)  # the in-process engine and the coordinator compute as one 1-CPU worker does
+    out = Path(args.out)
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="hes-bench-") as work:
+        ctx = Context(mnist, Path(work), command, args.epochs)
+        for key in (k for k in SECTIONS if k in keys):
+            print(f"bench: {key} ...", file=sys.stderr, flush=True)
+            block, ok = section(key, ctx)
+            out.write_text(merge(out, {key: block}))  # written after every section: a late failure loses nothing
+            if not ok:
+                failed.append(key)
+                print(f"bench: {key} failed, see {out}", file=sys.stderr, flush=True)
+    if ray.is_initialized():
+        ray.shutdown()
+    print(f"bench: wrote {out}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
