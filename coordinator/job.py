@@ -93,6 +93,7 @@ class Job:
             version = int(meta["version"])
             self.history = meta["history"]
             self.progress.counters = Counters.from_dict(meta["counters"])
+            self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self.state = HybridState(version, torch.from_numpy(theta0),
                                  None if grad0 is None else torch.from_numpy(grad0))
         self.pool_factory = pool_factory or local_pool

@@ -55,10 +55,12 @@ class Schedule:
             return RoundKind.FULL
         if self.assisted:
             return RoundKind.FULL if j % 2 == 0 else RoundKind.STOCHASTIC
-        first = j % self.r == 0  # counted inside each epoch, as the paper's code
         if self.mode == "localsgd":
-            return RoundKind.AVERAGE if first else RoundKind.LOCAL
-        return RoundKind.FULL if first else RoundKind.STOCHASTIC
+            # r local steps, the last of them followed by the average; an epoch always ends on an average,
+            # so the coordinator's parameters (evaluated, checkpointed, saved) hold every step taken
+            last = (j + 1) % self.r == 0 or j == self.rounds_per_epoch - 1
+            return RoundKind.AVERAGE if last else RoundKind.LOCAL
+        return RoundKind.FULL if j % self.r == 0 else RoundKind.STOCHASTIC  # counted inside each epoch
 
     def batch(self, t: int) -> np.ndarray:
         epoch, j = divmod(t, self.rounds_per_epoch)

@@ -37,7 +37,7 @@ def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("hybrid", [{"mode": "backprop"}, {"mode": "stale"}, {"mode": "localsgd"},
-                                    {"combine": "notebook"}, {"r": 1}, {"r": 4}])
+                                    {"combine": "notebook"}, {"combine": "elitist"}, {"r": 1}, {"r": 4}])
 def test_every_mode_runs(tmp_path: Path, hybrid: dict) -> None:
     result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
     assert result["status"] == "SUCCEEDED"
@@ -64,6 +64,10 @@ def test_stop_then_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> No
     assert resumed.run()["status"] == "SUCCEEDED"
     assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
     assert len(resumed.history) == 4
+    again = Job(cfg, tmp_path / "part", resume=True)  # resuming a finished job changes nothing
+    assert again.progress.round == again.progress.total_rounds
+    assert again.run()["status"] == "SUCCEEDED"
+    assert np.array_equal(again.state.theta.numpy(), whole.state.theta.numpy())
 
 
 def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,6 +90,24 @@ def test_assisted_schedule_pairs_rounds_on_one_batch() -> None:
     assert [s.kind(t) for t in range(4)] == [RoundKind.FULL, RoundKind.STOCHASTIC] * 2
     assert (s.batch(2) == s.batch(3)).all() and not (s.batch(1) == s.batch(2)).all()
     assert not (s.batch(0) == s.batch(8)).all()  # reshuffled the next epoch
+
+
+def test_localsgd_periods_end_on_an_average_and_so_does_every_epoch() -> None:
+    from workers.messages import RoundKind
+    from workers.replica import Schedule
+
+    s = Schedule("localsgd", 4, batch_size=10, n_train=110, seed=0, shuffle=True)
+    kinds = [s.kind(t) for t in range(22)]
+    averages = [t for t, k in enumerate(kinds) if k == RoundKind.AVERAGE]
+    assert averages == [3, 7, 10, 14, 18, 21]  # every 4th step, and the last round of each 11-round epoch
+
+
+def test_localsgd_final_parameters_hold_every_local_step(tmp_path: Path) -> None:
+    job = Job(validate_config(digits_cfg(mode="localsgd", r=4)), tmp_path)
+    assert job.run()["status"] == "SUCCEEDED"
+    worker = job.pool.replica.state  # type: ignore[attr-defined]
+    assert worker is not None and worker.version == job.state.version
+    assert torch.equal(worker.theta, job.state.theta)
 
 
 def test_combine_rules_decide_as_documented() -> None:
