@@ -110,7 +110,7 @@ def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
     if dkind == DecisionKind.SEED:
         (seed,) = _SEED.unpack(bytes(decision[1:9]))
     elif dkind in ARRAY_DECISIONS:
-        array = np.frombuffer(decision, dtype="<f4", offset=1)
+        array = _owned(decision, 1)
     return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST))
 
 
@@ -119,7 +119,7 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, bytes]:
     out = _RESULT.pack(r.round, r.worker, int(r.status))
     if r.status == Status.OK:
         if kind == RoundKind.STOCHASTIC:
-            out += _TRIALS.pack(r.seed, r.cost, min(r.improvements, 0xFFFF))
+            out += _TRIALS.pack(r.seed, r.cost, min(r.improvements, 0xFFFF))  # saturates: rules need only > 0
         else:
             out += _GRAD.pack(r.loss_sum, r.examples)
             if r.array is not None:
@@ -137,7 +137,7 @@ def decode_result(payload: bytes, digest: bytes, kind: RoundKind) -> Result:
         return Result(rnd, worker, Status.OK, seed=seed, cost=cost, improvements=imp, digest=digest)
     loss_sum, examples = _GRAD.unpack_from(payload, at)
     at += _GRAD.size
-    array = np.frombuffer(payload, dtype="<f4", offset=at) if len(payload) > at else None
+    array = _owned(payload, at) if len(payload) > at else None
     return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest)
 
 
@@ -151,8 +151,14 @@ def encode_sync(s: Sync) -> bytes:
 
 def decode_sync(data: bytes) -> Sync:
     version, has_grad = _SYNC.unpack_from(data)
-    arr = np.frombuffer(data, dtype="<f4", offset=_SYNC.size)
+    arr = _owned(data, _SYNC.size)
     if has_grad:
         half = len(arr) // 2
         return Sync(version, arr[:half], arr[half:])
     return Sync(version, arr, None)
+
+
+def _owned(buffer: bytes | memoryview, offset: int) -> np.ndarray:
+    """float32 values from `buffer` at `offset`, copied: the view would be read-only and misaligned (offset 1,
+    odd headers), and would keep the whole message alive; torch must get memory it may own and write."""
+    return np.frombuffer(buffer, dtype="<f4", offset=offset).astype(np.float32, copy=True)

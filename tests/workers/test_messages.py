@@ -39,6 +39,8 @@ def test_full_round_round_trip() -> None:
     assert len(decision) == 1 + 4 * 10
     t = decode_task(header, decision)
     assert t.want_digest and np.array_equal(t.decision.array, g)
+    arr = t.decision.array
+    assert arr is not None and arr.flags.writeable and arr.flags.aligned  # torch may own and write it
     payload, digest = encode_result(Result(8, 1, loss_sum=3.5, examples=500, array=g, digest=b"12345678"),
                                     RoundKind.FULL)
     assert len(payload) == 7 + 8 + 40
@@ -53,3 +55,4 @@ def test_need_sync_and_sync_round_trip() -> None:
     s = decode_sync(encode_sync(Sync(9, theta, grad)))
     assert s.version == 9 and np.array_equal(s.theta, theta) and np.array_equal(s.grad, grad)
     assert decode_sync(encode_sync(Sync(0, theta, None))).grad is None
+    assert s.theta.flags.writeable and s.grad is not None and s.grad.flags.writeable
