@@ -87,7 +87,7 @@ def _interleaved(ctx: Context) -> tuple[dict[str, list[float]], dict[str, list[f
     def after_round(event: RoundEvent, progress: Progress) -> None:
         if event.round < WARMUP_ROUNDS:
             return
-        idx = torch.from_numpy(schedule.batch(event.round))
+        idx = torch.tensor(schedule.batch(event.round))
         x, y = x_all[idx].reshape(len(idx), -1), y_all[idx]
         started = time.perf_counter()
         if event.kind == "stochastic":

@@ -7,11 +7,12 @@ but every worker still receives it, so it counts once per worker, e.g. 238,510 p
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -28,6 +29,9 @@ from workers.replica import Schedule
 PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
 MAX_ATTEMPTS = 6  # per worker call, across actor restarts and replacements
 PLACEMENT_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 300.0  # a new worker actor: process start, torch import, the training set from the store
+# A worker that has not answered one round's call by then is taken for hung: killed, restarted, resynced.
+CALL_TIMEOUT_S = float(os.environ.get("HES_WORKER_TIMEOUT_S", "600"))
 
 
 class ClusterTooSmall(RuntimeError):
@@ -63,8 +67,25 @@ class RayPool:
         self.data_ref = ray.put(data)  # the training set enters the object store once per job
         self.counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
         self.actors = [self._spawn(i) for i in range(len(specs))]
-        self.alive = len(specs)
         self.restarting = 0
+        self._wait_ready()
+
+    @property
+    def alive(self) -> int:
+        return self.n_workers - self.restarting
+
+    def _wait_ready(self) -> None:
+        """Block until every actor has started and loaded the data, so round 0 times only round 0's work
+        and a worker that cannot start (bad device, out of memory) fails the job here with its reason."""
+        try:
+            ray.get([a.info.remote() for a in self.actors], timeout=READY_TIMEOUT_S)
+        except GetTimeoutError:
+            self.close()
+            raise RuntimeError(f"cluster: {self.n_workers} worker actors did not start within "
+                               f"{READY_TIMEOUT_S:.0f} s") from None
+        except RayActorError as e:
+            self.close()
+            raise RuntimeError(f"cluster: a worker actor failed to start: {e}") from None
 
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
@@ -91,9 +112,11 @@ class RayPool:
 
     def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes) -> Result:
         try:
-            payload, digest = ray.get(ref)
-        except (RayActorError, ActorUnavailableError):
+            payload, digest = ray.get(ref, timeout=CALL_TIMEOUT_S)
+        except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
             self.counters.worker_failures += 1
+            if isinstance(e, GetTimeoutError):  # hung: restart it (max_restarts), it comes back at version 0
+                ray.kill(self.actors[i], no_restart=False)
             self._revive(i)
             return Result(task.round, i, Status.NEED_SYNC)
         rb.add(task.kind.label, "up", len(payload))
@@ -110,7 +133,7 @@ class RayPool:
                     return
                 except ActorDiedError:
                     self.actors[i] = self._spawn(i)
-                except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                except (RayActorError, ActorUnavailableError, GetTimeoutError):
                     time.sleep(0.5)
             raise RuntimeError(f"worker {i} did not come back after {MAX_ATTEMPTS} attempts")
         finally:
@@ -129,9 +152,11 @@ class RayPool:
         data = encode_sync(state)
         rb.add("sync", "down", len(data))
         try:
-            ray.get(self.actors[worker].sync.remote(data))
-        except (RayActorError, ActorUnavailableError):
+            ray.get(self.actors[worker].sync.remote(data), timeout=CALL_TIMEOUT_S)
+        except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
             self.counters.worker_failures += 1
+            if isinstance(e, GetTimeoutError):
+                ray.kill(self.actors[worker], no_restart=False)
             self._revive(worker)
             self.resync(worker, state, rb)
 

@@ -60,6 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
+            extra = [flag for flag, given in (("--config", args.config), ("--set", args.set), ("--out", args.out))
+                     if given]
+            if extra:
+                raise ConfigError(f"{', '.join(extra)}: not with --resume, which continues the job exactly as "
+                                  f"configured in {Path(args.resume) / 'config.json'}")
             out = Path(args.resume)
             raw = json.loads((out / "config.json").read_text())
             cfg = validate_config(raw)

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from coordinator.actor import JobHandle, find_job, start_job
-from coordinator.config import validate_config
+from coordinator.config import ConfigError, validate_config
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import JobRecord, Store, now
@@ -126,7 +126,11 @@ class Runner:
                 self._wait(rec, f"queued: {running} jobs run, the limit is {self.settings.max_concurrent_jobs} "
                                 "(HES_MAX_CONCURRENT_JOBS)")
                 return
-            cfg = validate_config(rec.config)
+            try:
+                cfg = validate_config(rec.config)
+            except ConfigError as err:  # stored by an older version whose config this one no longer takes
+                self._fail(rec, f"its stored config is not valid for this version of the service: {err}")
+                continue
             need = needs(cfg)
             free = self._free(total)
             short = [k for k in ("CPU", "GPU") if need[k] > free[k]]

@@ -6,6 +6,7 @@ workers compare) and keeps the best; localsgd rounds step on the shard.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -69,10 +70,17 @@ class Schedule:
         lo, hi = j * self.batch_size, (j + 1) * self.batch_size
         if not self.shuffle:
             return np.arange(lo, hi)
-        return np.random.default_rng((self.seed, epoch)).permutation(self.n_train)[lo:hi]
+        return _epoch_order(self.seed, epoch, self.n_train)[lo:hi]
 
     def shard(self, t: int, worker: int, n_workers: int) -> np.ndarray:
         return np.array_split(self.batch(t), n_workers)[worker]
+
+
+@functools.lru_cache(maxsize=2)  # the epoch running (and the next): one permutation per epoch, not per round
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    order = np.random.default_rng((seed, epoch)).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def digest(theta: torch.Tensor) -> bytes:
@@ -113,12 +121,12 @@ class Replica:
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
         if task.kind == RoundKind.STOCHASTIC:
-            idx = torch.from_numpy(self.schedule.batch(t)).to(self.device)
+            idx = torch.tensor(self.schedule.batch(t), device=self.device)
             seeds = [trial_seed(self.job_seed, t, self.worker, i) for i in range(self.k)]
             ref = "unperturbed" if self.combine == "argmin" else "current"
             out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper, reference=ref)
             return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements, digest=dig)
-        idx = torch.from_numpy(self.schedule.shard(t, self.worker, self.n_workers)).to(self.device)
+        idx = torch.tensor(self.schedule.shard(t, self.worker, self.n_workers), device=self.device)
         if task.kind == RoundKind.FULL:
             loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx])
             return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),

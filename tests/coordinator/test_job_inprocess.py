@@ -79,6 +79,12 @@ def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert hes(["train", "--config", str(cfg), "--set", "hybrid.k=0", "--out", str(tmp_path / "x")]) == 2
     assert "hybrid.k" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # --resume continues the job as it was configured; a config beside it is refused, not ignored
+    assert hes(["train", "--resume", str(tmp_path / "o"), "--set", "train.epochs=3"]) == 2
+    assert "--set: not with --resume" in capsys.readouterr().err
+    assert hes(["train", "--resume", str(tmp_path / "o"), "--quiet"]) == 0
+    assert hes(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "config.json" in capsys.readouterr().err
 
 
 def test_assisted_schedule_pairs_rounds_on_one_batch() -> None:

@@ -1,6 +1,9 @@
 """The Ray path on a real two-node cluster: bitwise agreement with in-process, bytes, replica repair, failures."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from coordinator.actor import start_job
 from coordinator.config import validate_config
 from coordinator.job import Job
+from coordinator import ray_pool as ray_pool_module
 from coordinator.ray_pool import ClusterTooSmall, ray_pool
 from workers.messages import Sync, encode_sync
 
@@ -91,6 +95,29 @@ def test_killed_worker_restarts_and_the_job_carries_on(ray_cluster: object, tmp_
     job = Job(validate_config(cfg(2)), tmp_path / "kill", pool_factory=ray_pool)
     r = job.run(on_round=kill)
     assert r["status"] == "SUCCEEDED" and r["worker_failures"] >= 2
+    assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
+
+
+def test_hung_worker_is_killed_restarted_and_the_job_carries_on(ray_cluster: object, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = run_ray(tmp_path / "clean", cfg(2))
+    monkeypatch.setattr(ray_pool_module, "CALL_TIMEOUT_S", 5.0)
+    stopped: list[int] = []
+
+    def freeze(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 5:  # SIGSTOP: the process lives but answers nothing, as a wedged worker would
+            pid = ray.get(job.pool.actors[1].info.remote())["pid"]  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+
+    job = Job(validate_config(cfg(2)), tmp_path / "hung", pool_factory=ray_pool)
+    try:
+        r = job.run(on_round=freeze)
+    finally:
+        for pid in stopped:  # let it die if the pool did not kill it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert stopped and r["status"] == "SUCCEEDED" and r["worker_failures"] >= 1
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
 
 
