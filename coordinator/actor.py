@@ -116,10 +116,8 @@ class JobHandle:
     def __init__(self, actor: ray.actor.ActorHandle, run_ref: ray.ObjectRef | None) -> None:
         self.actor, self.run_ref = actor, run_ref
 
-    def progress(self) -> dict[str, Any]:
-        return ray.get(self.actor.status.remote(), timeout=60)
-
-    def wait_progress(self, timeout: float = 60) -> dict[str, Any]:
+    def progress(self, timeout: float = 60) -> dict[str, Any]:
+        """The coordinator's progress snapshot; GetTimeoutError when it does not answer within `timeout`."""
         return ray.get(self.actor.status.remote(), timeout=timeout)
 
     def events(self) -> list[dict[str, Any]]:

@@ -131,6 +131,7 @@ class Job:
                 if on_round:
                     on_round(event, p)
             loop.flush()
+            self.state = loop.state  # localsgd's last gather may have moved it
         finally:
             pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started

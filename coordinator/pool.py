@@ -6,6 +6,7 @@ the same config end with the same parameters. No payload crosses a process bound
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from coordinator.accounting import RoundBytes
 from workers.hybrid import Decision, DecisionKind
@@ -24,8 +25,7 @@ class LocalPool:
         result = self.replica.handle(task)
         if result.status == Status.NEED_SYNC:
             self.replica.sync(state())
-            result = self.replica.handle(Task(task.round, task.kind, Decision(task.round - 1, DecisionKind.NONE),
-                                              task.want_digest))
+            result = self.replica.handle(replace(task, decision=Decision(task.round - 1, DecisionKind.NONE)))
         return [result], rb
 
     def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:

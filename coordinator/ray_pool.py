@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
@@ -140,7 +141,7 @@ class RayPool:
             self.restarting -= 1
 
     def _sync_and_rerun(self, i: int, task: Task, state: Sync, rb: RoundBytes) -> Result:
-        redo = Task(task.round, task.kind, Decision(task.round - 1, DecisionKind.NONE), task.want_digest)
+        redo = replace(task, decision=Decision(task.round - 1, DecisionKind.NONE))
         for _ in range(MAX_ATTEMPTS):
             self.resync(i, state, rb)
             res = self.rerun(i, redo, rb)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from coordinator.accounting import Counters, RoundBytes
 from workers.hybrid import Decision, DecisionKind, HybridState, Hyper, apply_decision
@@ -78,13 +79,23 @@ class RoundLoop:
         return RoundEvent(t, kind.label, seconds, rb, improvements, loss)
 
     def flush(self) -> None:
-        """Send the last decision so every replica ends at the coordinator's version; a last replica check."""
+        """Send the last decision so every replica ends at the coordinator's version; a last replica check.
+
+        localsgd: when the job ends between averages (its rounds are not a multiple of r, or it was stopped),
+        the workers' parameters hold local steps the coordinator has not seen: gather and average them once
+        more (counted as sync), so the saved model holds every step taken."""
         if self.pending.kind == DecisionKind.NONE:
             return
-        task = Task(self.state.version, RoundKind.APPLY, self.pending, self.mode != "localsgd")
+        gather = self.pending.kind == DecisionKind.LOCAL
+        task = Task(self.state.version, RoundKind.APPLY, self.pending, self.mode != "localsgd", gather)
         results, rb = self.pool.round(task, self.snapshot)
         if task.want_digest:
             self._check_replicas(task, self._drop_stale(task.round, results), rb)
+        if gather:
+            fresh = self._drop_stale(task.round, results)
+            if fresh:  # a worker that restarted meanwhile was resynced: it brings the last average
+                theta = torch.from_numpy(_weighted_mean(fresh, by_examples=True)).to(self.state.theta.device)
+                self.state = HybridState(self.state.version, theta, self.state.grad)
         self.counters.add_bytes(rb)
         self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
 
@@ -134,6 +145,9 @@ class RoundLoop:
 def _weighted_mean(results: list[Result], by_examples: bool) -> np.ndarray:
     """Full round: sum of the workers' summed gradients / examples = the batch-mean gradient.
     Average round: the workers' parameters weighted by their shard sizes."""
+    if by_examples and len(results) == 1:  # one worker's parameters are their own average, to the bit
+        assert results[0].array is not None
+        return np.array(results[0].array, dtype=np.float32, copy=True)
     examples = sum(r.examples for r in results)
     total = None
     for r in results:

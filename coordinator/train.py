@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from coordinator.config import JobConfig
+from coordinator.display import postfix
 from coordinator.job import Job, Progress
 from coordinator.rounds import RoundEvent
 
@@ -22,17 +23,6 @@ from coordinator.rounds import RoundEvent
 def _bar(total: int, initial: int, enabled: bool) -> tqdm:
     return tqdm(total=total, initial=initial, unit="round", disable=not enabled or not sys.stderr.isatty(),
                 dynamic_ncols=True)
-
-
-def _postfix(p: dict[str, Any]) -> dict[str, str]:
-    m = p.get("metrics", {})
-    out = {"epoch": f"{p['progress']['epoch']}/{p['progress']['epochs']}"}
-    if "batch_loss" in m:
-        out["loss"] = f"{m['batch_loss']:.3f}"
-    if "dev_accuracy" in m:
-        out["dev"] = f"{m['dev_accuracy']:.4f}"
-    out["bytes"] = f"{p['bytes']['total'] / 1e6:.1f}MB"
-    return out
 
 
 def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -47,7 +37,7 @@ def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True
     def on_round(event: RoundEvent, p: Progress) -> None:
         bar.update(1)
         if event.round % 10 == 0 or p.round == p.total_rounds:
-            bar.set_postfix(_postfix(p.to_dict()), refresh=False)
+            bar.set_postfix(postfix(p.to_dict()), refresh=False)
 
     previous = signal.signal(signal.SIGINT, lambda *_: job.stop())
     try:
@@ -75,7 +65,7 @@ def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dic
             if bar is None:
                 bar = _bar(snapshot["progress"]["total_rounds"], snapshot["progress"]["round"], progress)
             bar.n = snapshot["progress"]["round"]
-            bar.set_postfix(_postfix(snapshot), refresh=True)
+            bar.set_postfix(postfix(snapshot), refresh=True)
             try:
                 time.sleep(0.5)
             except KeyboardInterrupt:

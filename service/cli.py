@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coordinator.config import ConfigError, load_config, preset_names, validate_config
+from coordinator.display import fmt_bytes
 
 if TYPE_CHECKING:
     from service.client import Client
@@ -26,14 +27,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
     return fn
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

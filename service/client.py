@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import httpx
 from tqdm import tqdm
 
-from service.cli import fmt_bytes
+from coordinator.display import postfix
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -66,18 +66,6 @@ class Client:
             return self.http.get("/healthz", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
-
-
-def postfix(job: dict[str, Any]) -> dict[str, str]:
-    """The bar's fields: epoch, loss (the last round's), dev accuracy, payload bytes so far."""
-    p, m = job["progress"], job.get("metrics") or {}
-    out = {"epoch": f"{p['epoch']}/{p['epochs']}"}
-    if m.get("batch_loss") is not None:
-        out["loss"] = f"{m['batch_loss']:.3f}"
-    if m.get("dev_accuracy") is not None:
-        out["dev_acc"] = f"{m['dev_accuracy']:.4f}"
-    out["bytes"] = fmt_bytes((job.get("bytes") or {}).get("total", 0))
-    return out
 
 
 def watch(client: Client, job_id: str, every: float = 0.5, quiet: bool = False,

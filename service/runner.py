@@ -88,7 +88,7 @@ class Runner:
             return
         try:
             done = handle.done()  # first: when it is done, the status and events that follow are final
-            snap = handle.wait_progress(timeout=RAY_TIMEOUT_S)
+            snap = handle.progress(timeout=RAY_TIMEOUT_S)
             events = handle.events()
             result = handle.result() if done else None
         except ray.exceptions.GetTimeoutError:

@@ -52,6 +52,7 @@ class Status(enum.IntEnum):
 
 
 FLAG_DIGEST = 1
+FLAG_PARAMS = 2  # APPLY only: send the parameters up (localsgd's last gather, counted as sync)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Task:
     kind: RoundKind
     decision: Decision  # of round - 1 (kind NONE when the worker is already up to date)
     want_digest: bool = False
+    want_params: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ def encode_decision(d: Decision) -> bytes:
 
 def encode_task(t: Task) -> tuple[bytes, bytes]:
     """(header, decision) bytes: the two parts are accounted to the kinds of two different rounds."""
-    return _TASK.pack(t.round, int(t.kind), FLAG_DIGEST if t.want_digest else 0), encode_decision(t.decision)
+    flags = (FLAG_DIGEST if t.want_digest else 0) | (FLAG_PARAMS if t.want_params else 0)
+    return _TASK.pack(t.round, int(t.kind), flags), encode_decision(t.decision)
 
 
 def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
@@ -111,7 +114,8 @@ def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
         (seed,) = _SEED.unpack(bytes(decision[1:9]))
     elif dkind in ARRAY_DECISIONS:
         array = _owned(decision, 1)
-    return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST))
+    return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST),
+                bool(flags & FLAG_PARAMS))
 
 
 def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, bytes]:

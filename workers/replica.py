@@ -56,12 +56,12 @@ class Schedule:
             return RoundKind.FULL
         if self.assisted:
             return RoundKind.FULL if j % 2 == 0 else RoundKind.STOCHASTIC
-        if self.mode == "localsgd":
-            # r local steps, the last of them followed by the average; an epoch always ends on an average,
-            # so the coordinator's parameters (evaluated, checkpointed, saved) hold every step taken
-            last = (j + 1) % self.r == 0 or j == self.rounds_per_epoch - 1
-            return RoundKind.AVERAGE if last else RoundKind.LOCAL
-        return RoundKind.FULL if j % self.r == 0 else RoundKind.STOCHASTIC  # counted inside each epoch
+        if self.mode == "localsgd":  # r local steps, the last of them followed by the average
+            return RoundKind.AVERAGE if (t + 1) % self.r == 0 else RoundKind.LOCAL
+        # Counted over the whole job (DESIGN.md: full when round % r == 0), so exactly 1/r of the rounds are
+        # full. The paper's code counted inside each epoch; the two differ only when r does not divide the
+        # rounds of an epoch (50 on MNIST: r = 3, 4), where the paper's way adds a full round to every epoch.
+        return RoundKind.FULL if t % self.r == 0 else RoundKind.STOCHASTIC
 
     def batch(self, t: int) -> np.ndarray:
         epoch, j = divmod(t, self.rounds_per_epoch)
@@ -118,6 +118,9 @@ class Replica:
         self.state = st
         dig = digest(st.theta) if task.want_digest else b""
         t = task.round
+        if task.kind == RoundKind.APPLY and task.want_params:  # localsgd's last gather, weighted by shard
+            return Result(t, self.worker, examples=len(self.schedule.shard(t - 1, self.worker, self.n_workers)),
+                          array=st.theta.cpu().numpy(), digest=dig)
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
         if task.kind == RoundKind.STOCHASTIC:

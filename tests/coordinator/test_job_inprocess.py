@@ -27,7 +27,7 @@ def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
     result = Job(validate_config(digits_cfg()), tmp_path).run()
     assert result["status"] == "SUCCEEDED"
     assert result["final"]["dev_accuracy"] > 0.7  # chance is 0.1
-    assert result["rounds"] == {"full": 24, "stochastic": 20}  # 11 rounds an epoch: 6 full, 5 stochastic
+    assert result["rounds"] == {"full": 22, "stochastic": 22}  # 4 epochs of 11 rounds, every 2nd full
     assert result["replica_checks"]["checked"] > 0 and result["replica_checks"]["mismatches"] == 0
     assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
@@ -98,22 +98,25 @@ def test_assisted_schedule_pairs_rounds_on_one_batch() -> None:
     assert not (s.batch(0) == s.batch(8)).all()  # reshuffled the next epoch
 
 
-def test_localsgd_periods_end_on_an_average_and_so_does_every_epoch() -> None:
+def test_schedules_count_rounds_over_the_whole_job() -> None:
     from workers.messages import RoundKind
     from workers.replica import Schedule
 
-    s = Schedule("localsgd", 4, batch_size=10, n_train=110, seed=0, shuffle=True)
-    kinds = [s.kind(t) for t in range(22)]
-    averages = [t for t, k in enumerate(kinds) if k == RoundKind.AVERAGE]
-    assert averages == [3, 7, 10, 14, 18, 21]  # every 4th step, and the last round of each 11-round epoch
+    hybrid = Schedule("hybrid", 4, batch_size=10, n_train=110, seed=0, shuffle=True)  # 11 rounds an epoch
+    assert [t for t in range(22) if hybrid.kind(t) == RoundKind.FULL] == [0, 4, 8, 12, 16, 20]
+    local = Schedule("localsgd", 4, batch_size=10, n_train=110, seed=0, shuffle=True)
+    assert [t for t in range(22) if local.kind(t) == RoundKind.AVERAGE] == [3, 7, 11, 15, 19]  # after 4 steps
 
 
 def test_localsgd_final_parameters_hold_every_local_step(tmp_path: Path) -> None:
-    job = Job(validate_config(digits_cfg(mode="localsgd", r=4)), tmp_path)
-    assert job.run()["status"] == "SUCCEEDED"
+    raw = digits_cfg(mode="localsgd", r=4)
+    raw["train"]["epochs"] = 3  # 33 rounds: the last average is after round 31, round 32 steps locally
+    job = Job(validate_config(raw), tmp_path)
+    result = job.run()
+    assert result["status"] == "SUCCEEDED" and result["bytes"]["sync"] == 0  # in process: nothing crosses
     worker = job.pool.replica.state  # type: ignore[attr-defined]
     assert worker is not None and worker.version == job.state.version
-    assert torch.equal(worker.theta, job.state.theta)
+    assert torch.equal(worker.theta, job.state.theta)  # the coordinator gathered the last local step
 
 
 def test_combine_rules_decide_as_documented() -> None:

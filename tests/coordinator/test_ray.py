@@ -11,10 +11,10 @@ import pytest
 import ray
 import torch
 
+from coordinator import ray_pool as ray_pool_module
 from coordinator.actor import start_job
 from coordinator.config import validate_config
 from coordinator.job import Job
-from coordinator import ray_pool as ray_pool_module
 from coordinator.ray_pool import ClusterTooSmall, ray_pool
 from workers.messages import Sync, encode_sync
 
@@ -126,6 +126,10 @@ def test_localsgd_moves_parameters_every_r_rounds(ray_cluster: object, tmp_path:
     n, p = 2, r["num_parameters"]
     assert abs(r["bytes"]["full"]["up"] / (n * r["rounds"]["full"] * p * 4) - 1) <= 0.02
     assert r["bytes"]["stochastic"]["up"] / (n * r["rounds"]["stochastic"]) <= 32
+    # r = 4 over 22 rounds: averages after rounds 3, 7, ..., 19; rounds 20 and 21 step locally, so the job
+    # ends by gathering every worker's parameters once more (sync) and saving their average
+    r4 = run_ray(tmp_path / "r4", cfg(2, mode="localsgd", r=4)).result  # type: ignore[attr-defined]
+    assert r4["rounds"]["full"] == 5 and r4["bytes"]["sync"] >= n * p * 4
 
 
 def test_too_many_cpus_is_refused_with_the_field(ray_cluster: object, tmp_path: Path) -> None:
