@@ -134,10 +134,10 @@ class RoundLoop:
         if self.mode == "stale":
             return Decision(t, DecisionKind.STALE)
         if self.combine_rule == "notebook":
-            improved = any(r.improvements > 0 for r in results)
+            improved = any(r.beats_current for r in results)
             return Decision(t, DecisionKind.STALE if improved else DecisionKind.BIAS_ONLY)
         best = min(results, key=lambda r: (r.cost, r.worker))  # argmin: Algorithm 2 as written
-        if self.combine_rule == "elitist" and not any(r.improvements > 0 for r in results):
+        if self.combine_rule == "elitist" and not best.beats_current:
             return Decision(t, DecisionKind.KEEP)  # (1 + lambda) selection: the parent survives
         return Decision(t, DecisionKind.SEED, seed=best.seed)
 

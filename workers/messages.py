@@ -8,6 +8,8 @@ does the round's work and answers with a `Result`. Sizes on the wire (little-end
                       or kind u8 + P float32 (a full round's gradient)         =  1 + 4P B
     Result header     <IHB   round u32, worker u16, status u8                  =  7 B
     + trials          <qfH   best seed i64, its cost f32, improvements u16     = 14 B
+                      (improvements: 15 bits, saturating at 32,767; the top bit: the best trial beat
+                      the current parameters' cost, for the notebook and elitist rules)
     + gradient        <fI    summed loss f32, examples u32, then P float32     =  8 + 4P B
     + digest          8 B of blake2b over the parameter bytes (replica check, counted as sync)
 So a stochastic round moves 6 + 9 = 15 B down and 7 + 14 = 21 B up per worker, whatever the model size.
@@ -28,6 +30,8 @@ _TRIALS = struct.Struct("<qfH")
 _GRAD = struct.Struct("<fI")
 _SEED = struct.Struct("<q")
 DIGEST_BYTES = 8
+_BEATS_CURRENT = 0x8000
+_IMPROVEMENTS_MAX = 0x7FFF
 ARRAY_DECISIONS = (DecisionKind.GRAD, DecisionKind.PARAMS, DecisionKind.SET_GRAD)
 
 
@@ -72,6 +76,7 @@ class Result:
     seed: int = 0
     cost: float = 0.0
     improvements: int = 0
+    beats_current: bool = False
     loss_sum: float = 0.0
     examples: int = 0
     array: np.ndarray | None = None  # float32 (P,): a gradient sum (full) or parameters (average)
@@ -123,7 +128,8 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, bytes]:
     out = _RESULT.pack(r.round, r.worker, int(r.status))
     if r.status == Status.OK:
         if kind == RoundKind.STOCHASTIC:
-            out += _TRIALS.pack(r.seed, r.cost, min(r.improvements, 0xFFFF))  # saturates: rules need only > 0
+            field = min(r.improvements, _IMPROVEMENTS_MAX) | (_BEATS_CURRENT if r.beats_current else 0)
+            out += _TRIALS.pack(r.seed, r.cost, field)
         else:
             out += _GRAD.pack(r.loss_sum, r.examples)
             if r.array is not None:
@@ -137,8 +143,9 @@ def decode_result(payload: bytes, digest: bytes, kind: RoundKind) -> Result:
     if status != Status.OK:
         return Result(rnd, worker, Status(status))
     if kind == RoundKind.STOCHASTIC:
-        seed, cost, imp = _TRIALS.unpack_from(payload, at)
-        return Result(rnd, worker, Status.OK, seed=seed, cost=cost, improvements=imp, digest=digest)
+        seed, cost, field = _TRIALS.unpack_from(payload, at)
+        return Result(rnd, worker, Status.OK, seed=seed, cost=cost, improvements=field & _IMPROVEMENTS_MAX,
+                      beats_current=bool(field & _BEATS_CURRENT), digest=digest)
     loss_sum, examples = _GRAD.unpack_from(payload, at)
     at += _GRAD.size
     array = _owned(payload, at) if len(payload) > at else None

@@ -126,9 +126,10 @@ class Replica:
         if task.kind == RoundKind.STOCHASTIC:
             idx = torch.tensor(self.schedule.batch(t), device=self.device)
             seeds = [trial_seed(self.job_seed, t, self.worker, i) for i in range(self.k)]
-            ref = "unperturbed" if self.combine == "argmin" else "current"
-            out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper, reference=ref)
-            return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements, digest=dig)
+            out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper,
+                             compare_current=self.combine != "argmin")
+            return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements,
+                          beats_current=out.beats_current, digest=dig)
         idx = torch.tensor(self.schedule.shard(t, self.worker, self.n_workers), device=self.device)
         if task.kind == RoundKind.FULL:
             loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx])

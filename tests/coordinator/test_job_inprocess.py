@@ -125,15 +125,15 @@ def test_combine_rules_decide_as_documented() -> None:
     from workers.hybrid import DecisionKind, HybridState
     from workers.messages import Result, RoundKind
 
-    def decide(rule: str, improvements: tuple[int, int]) -> tuple[DecisionKind, int]:
+    def decide(rule: str, beats_current: tuple[bool, bool]) -> tuple[DecisionKind, int]:
         loop = RoundLoop(HybridState(0, torch.zeros(1), None), None, None, "hybrid", rule, None, Counters())  # type: ignore[arg-type]
-        results = [Result(3, 0, seed=11, cost=0.5, improvements=improvements[0]),
-                   Result(3, 1, seed=22, cost=0.25, improvements=improvements[1])]
+        results = [Result(3, 0, seed=11, cost=0.5, beats_current=beats_current[0]),
+                   Result(3, 1, seed=22, cost=0.25, beats_current=beats_current[1])]
         d = loop.combine(3, RoundKind.STOCHASTIC, results)
         return d.kind, d.seed
 
-    assert decide("argmin", (0, 0)) == (DecisionKind.SEED, 22)  # the best trial, whatever it costs
-    assert decide("elitist", (0, 1)) == (DecisionKind.SEED, 22)
-    assert decide("elitist", (0, 0))[0] == DecisionKind.KEEP
-    assert decide("notebook", (1, 0))[0] == DecisionKind.STALE
-    assert decide("notebook", (0, 0))[0] == DecisionKind.BIAS_ONLY
+    assert decide("argmin", (False, False)) == (DecisionKind.SEED, 22)  # the best trial, whatever it costs
+    assert decide("elitist", (False, True)) == (DecisionKind.SEED, 22)
+    assert decide("elitist", (False, False))[0] == DecisionKind.KEEP
+    assert decide("notebook", (True, False))[0] == DecisionKind.STALE
+    assert decide("notebook", (False, False))[0] == DecisionKind.BIAS_ONLY

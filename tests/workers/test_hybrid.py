@@ -13,6 +13,7 @@ from workers.hybrid import (
     Hyper,
     apply_decision,
     batch_cost,
+    batch_loss_and_grad_sum,
     descend,
     noise,
     run_trials,
@@ -65,11 +66,20 @@ def test_seed_decision_rebuilds_the_evaluated_trial() -> None:
     assert torch.equal(after.theta[hyper.num_weights:], descend(state.theta, state.grad, hyper)[hyper.num_weights:])
 
 
-def test_notebook_reference_is_the_current_cost() -> None:
-    model, state, hyper, x, y = setup(sigma=1.0, lr=1e-6)
-    # a step of 1e-6 cannot beat the current cost by much: compare with the rule by hand
-    out = run_trials(model, state, [1, 2, 3, 4], x, y, hyper, reference="current")
-    assert out.reference_cost == batch_cost(model, state.theta, x, y)
+def test_comparing_with_the_current_cost_as_the_notebook_did() -> None:
+    for lr, sigma in ((1e-6, 1.0), (0.5, 1.0), (50.0, 1e3)):  # tiny, ordinary and wild steps
+        model, state, hyper, x, y = setup(sigma=sigma, lr=lr)
+        out = run_trials(model, state, [1, 2, 3, 4], x, y, hyper, compare_current=True)
+        assert out.beats_current == (out.cost < batch_cost(model, state.theta, x, y))
+        assert out.reference_cost == batch_cost(model, descend(state.theta, state.grad, hyper), x, y)
+        assert not run_trials(model, state, [1, 2, 3, 4], x, y, hyper).beats_current  # not asked: not computed
+    # along the true gradient an ordinary step beats the current cost; a wild one does not
+    model, state, hyper, x, y = setup(sigma=0.1, lr=0.5)
+    _, grad_sum = batch_loss_and_grad_sum(model, state.theta, x, y)
+    state = HybridState(state.version, state.theta, grad_sum / len(y))
+    assert run_trials(model, state, [1, 2, 3, 4], x, y, hyper, compare_current=True).beats_current
+    model, state, hyper, x, y = setup(sigma=1e3, lr=50.0)
+    assert not run_trials(model, state, [1, 2, 3, 4], x, y, hyper, compare_current=True).beats_current
 
 
 def test_notebook_decisions() -> None:

@@ -31,6 +31,9 @@ def test_stochastic_round_sizes_do_not_depend_on_the_model(params: int) -> None:
     payload, digest = encode_result(res, RoundKind.STOCHASTIC)
     assert len(payload) == 21 and digest == b""  # <= 32 B up per worker
     assert decode_result(payload, digest, RoundKind.STOCHASTIC) == res
+    many = Result(7, 3, seed=5, cost=0.5, improvements=10**5, beats_current=True)  # K may reach 100,000
+    back = decode_result(encode_result(many, RoundKind.STOCHASTIC)[0], b"", RoundKind.STOCHASTIC)
+    assert back.beats_current and back.improvements == 0x7FFF  # saturates; the rule's bit survives
 
 
 def test_full_round_round_trip() -> None:
