@@ -165,9 +165,9 @@ def _render(engine: dict[str, list[float]], plain: dict[str, list[float]],
                          "PyTorch work; the profile below shows where the time goes.")
     pair_engine = median(engine["stochastic"]) + median(engine["full"])
     pair_plain = median(plain["stochastic"]) + median(plain["full"])
-    words.append(f"- A pair of rounds (at r=2, one of each kind; the full round's task carries the stochastic "
-                 f"round's chosen seed, which the replica applies before its backprop): engine {ms(pair_engine)}, "
-                 f"plain {ms(pair_plain)}, {ratio(pair_engine, pair_plain):.2f}x.")
+    words.append(f"- A pair of rounds (at r=2, one of each kind): engine {ms(pair_engine)}, plain {ms(pair_plain)}, "
+                 f"{ratio(pair_engine, pair_plain):.2f}x. In process the replica takes the coordinator's state "
+                 "after each decision instead of rebuilding it; a Ray worker rebuilds it (section 5).")
     stats_s, n_s = profiles["stochastic"]
     noise_calls = _calls_per_round(stats_s, n_s, "workers/noise.py", "perturbation")
     forward_calls = _calls_per_round(stats_s, n_s, "workers/models.py", "forward")
@@ -182,8 +182,10 @@ def _render(engine: dict[str, list[float]], plain: dict[str, list[float]],
                "ratio", "target", "rounds"], rows),
         "",
         *words,
-        f"- Per stochastic round the engine generates a perturbation {noise_calls:.0f} times and runs the "
-        f"model's forward {forward_calls:.0f} times; the plain loop does each 10 times.",
+        f"- Per stochastic round the engine generates a perturbation {noise_calls:.0f} times (the K trials and "
+        f"the coordinator's update from the chosen seed) and runs the model's forward {forward_calls:.0f} times "
+        "(the K trials and the unperturbed step, which improvements are counted against); the plain loop does "
+        "each 10 times.",
         "",
         f"Where an engine round's time goes (cProfile of `RoundLoop.run_round`, {n_s} stochastic and "
         f"{profiles['full'][1]} full rounds of one epoch after {WARMUP_ROUNDS} warm-up rounds; the profiler "

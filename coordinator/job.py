@@ -200,4 +200,4 @@ def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedu
     replica = Replica(model, data.x_train, data.y_train, hyper, schedule, cfg.seed, worker_k(cfg),
                       cfg.hybrid.combine, 0, 1)
     replica.start(model.initial_parameters(cfg.seed))
-    return LocalPool(replica)
+    return LocalPool(replica, shares_state=cfg.hybrid.mode != "localsgd")

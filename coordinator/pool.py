@@ -1,7 +1,8 @@
 """The in-process pool (`cluster.workers: 0`): one replica in this process, nothing on the wire.
 
-It runs exactly the replica code the Ray workers run, so a 1-worker Ray job and an in-process job of
-the same config end with the same parameters. No payload crosses a process boundary, so it counts 0 B.
+It runs the replica code the Ray workers run, except that the replica takes the coordinator's state
+instead of re-applying each decision; a 1-worker Ray job, whose replica applies every decision itself,
+ends with the same parameters as the in-process job of the same config, to the bit (tests/coordinator). No payload crosses a process boundary, so it counts 0 B.
 """
 from __future__ import annotations
 
@@ -17,11 +18,18 @@ from workers.replica import Replica
 class LocalPool:
     n_workers = 1
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, shares_state: bool = True) -> None:
         self.replica = replica
+        # In one process the coordinator has applied the last decision already: the replica takes that state
+        # (two array copies) instead of regenerating the same update (a seed's noise, a descent step). Not
+        # for localsgd, whose replica holds local steps that the coordinator does not have.
+        self.shares_state = shares_state
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         rb = RoundBytes()
+        if self.shares_state and task.decision.kind != DecisionKind.NONE:
+            self.replica.sync(state())
+            task = replace(task, decision=Decision(task.round - 1, DecisionKind.NONE))
         result = self.replica.handle(task)
         if result.status == Status.NEED_SYNC:
             self.replica.sync(state())
