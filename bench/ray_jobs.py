@@ -111,9 +111,9 @@ def _render_ray(ctx: Context, backprop: JobRun, runs: dict[tuple[int, str], JobR
         "",
         table(["r", "epochs", "measured share", "paper's model", "full rounds", "target 1/r + 1%"], share_rows),
         "",
-        "Full rounds are counted inside each epoch (`round % r == 0` within the epoch's 50 rounds, as the "
-        "paper's code did), so when r does not divide 50 every epoch starts with an extra full round: the "
-        "share then exceeds 1/r by that round's bytes.",
+        "Full rounds are counted over the whole job (`round % r == 0`, DESIGN.md): a job of n rounds has "
+        "ceil(n / r) of them, so a short job lies a little above 1/r (r=3 over one epoch of 50 rounds: 17). The "
+        "paper's code counted inside each epoch instead, which at r=4 makes 13 of every 50 rounds full (26%).",
         "",
         "Side by side (one seed each):",
         "",

@@ -381,7 +381,7 @@ def _render(hybrid: WireJob, backprop: WireJob, quiet: WireJob) -> str:
     stochastic_quiet = _per_round(quiet, _seed_rounds)
     rows = []
     for label, job, m in (("stochastic (seeds only)", hybrid, stochastic),
-                          ("stochastic, Ray task events off", quiet, stochastic_quiet),
+                          ("stochastic, all Ray task events off", quiet, stochastic_quiet),
                           ("full (gradients up and down)", backprop, full)):
         rows.append([label, code(job.spec.hes_command()), int(m["rounds"]), ms(m["seconds"]), num(m["payload"]),
                      num(m["inter-node"]), num(m["inter-node TCP payload"]),
@@ -401,7 +401,7 @@ def _render(hybrid: WireJob, backprop: WireJob, quiet: WireJob) -> str:
     return "\n".join([
         f"`ray.cluster_utils.Cluster` on this machine: a head node with no CPUs (the coordinator, this process) "
         f"and {WORKERS} worker nodes of 1 CPU; the worker actors ran on: {', '.join(hybrid.placement)} "
-        f"(hybrid job), {', '.join(quiet.placement)} (hybrid job, task events off) and "
+        f"(hybrid job), {', '.join(quiet.placement)} (hybrid job, all task events off) and "
         f"{', '.join(backprop.placement)} (backprop job). tshark captured on `lo` the TCP ports "
         "that this process and the Ray processes it started listen on (other users' clusters on this machine "
         "are left out), from the first round to the end of an idle baseline as long as the job's rounds "
@@ -421,8 +421,10 @@ def _render(hybrid: WireJob, backprop: WireJob, quiet: WireJob) -> str:
         f"{num(stochastic['payload'])} B of payload; the task calls alone (`{call}`) were "
         f"{num(call_bytes)} B, i.e. {num((call_bytes - stochastic['payload']) / WORKERS)} "
         "B of gRPC and task framing per worker per round around the seeds.",
-        f"- With Ray's task-event reporting off (the Cluster started with `_system_config={TASK_EVENTS_OFF}`), "
-        f"a stochastic round moved {num(stochastic_quiet['inter-node'])} B between nodes instead of "
+        "- The round calls send Ray no task events (`WorkerActor.step` is declared with "
+        "`enable_task_events=False`); with task-event reporting off for the whole cluster as well (the Cluster "
+        f"started with `_system_config={TASK_EVENTS_OFF}`), a stochastic round moved "
+        f"{num(stochastic_quiet['inter-node'])} B between nodes instead of "
         f"{num(stochastic['inter-node'])} B; `GCS - worker actor` traffic went from "
         f"{num(stochastic.get('GCS - worker actor', 0.0))} to {num(stochastic_quiet.get('GCS - worker actor', 0.0))} "
         "B per round.",
