@@ -3,7 +3,8 @@
 Run:  .venv/bin/python bench/run.py --mnist ../shared/data/mnist --out BENCHMARKS.md [--only table,rounds]
 Sections (all by default, about 40 minutes on 2 cores): table (the paper's Fig. 7 in process), rounds
 (engine vs plain PyTorch), ray (2 workers: hybrid, stale, localsgd, backprop), bytes (payload per round,
-three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark).
+three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark), seeds
+(five seeds of the r=2 rows and the reference, about 35 minutes more).
 With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import accuracy
 import ray
 import ray_jobs
 import speed
+import stability
 import torch
 import wire
 from common import PAPER_EPOCHS, Context, code_version, machine
@@ -35,6 +37,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "bytes": ("4. Payload per worker per round, three model sizes", ray_jobs.run_bytes),
     "overhead": ("5. Orchestration overhead: 1 Ray worker vs in process", ray_jobs.run_overhead),
     "wire": ("6. Ray's framing on the wire (tshark, multi-node Cluster)", wire.run),
+    "seeds": ("7. Five seeds of the r=2 rows (in process)", stability.run),
 }
 HEADER = """# BENCHMARKS
 
