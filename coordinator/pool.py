@@ -2,7 +2,8 @@
 
 It runs the replica code the Ray workers run, except that the replica takes the coordinator's state
 instead of re-applying each decision; a 1-worker Ray job, whose replica applies every decision itself,
-ends with the same parameters as the in-process job of the same config, to the bit (tests/coordinator). No payload crosses a process boundary, so it counts 0 B.
+ends with the same parameters as the in-process job of the same config, to the bit (tests/coordinator).
+No payload crosses a process boundary, so it counts 0 B.
 """
 from __future__ import annotations
 
