@@ -28,6 +28,12 @@ from workers.models import Model
 from workers.replica import Schedule
 
 PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
+# A worker's answer to a full round (its summed gradient, 4P bytes) rides inline in the reply to the
+# coordinator instead of going through the shared-memory object store, which Ray does for returns above
+# `max_direct_call_object_size` (100 KiB by default): one write, a seal and a fetch less per round, about
+# 3 ms for the paper's MLP on this machine (BENCHMARKS.md, section 5). The setting is read by the process that
+# returns, so it is given to the worker actors alone; the cluster's other tasks keep Ray's default.
+INLINE_RETURN_LIMIT = 64 << 20
 MAX_ATTEMPTS = 6  # per worker call, across actor restarts and replacements
 PLACEMENT_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 300.0  # a new worker actor: process start, torch import, the training set from the store
@@ -90,8 +96,10 @@ class RayPool:
 
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+        inline = max(100 << 10, min(INLINE_RETURN_LIMIT, 4 * self.specs[i].model.num_parameters + (64 << 10)))
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus, "scheduling_strategy": strategy,
-                   "max_restarts": 2, "max_task_retries": 0}
+                   "max_restarts": 2, "max_task_retries": 0,
+                   "runtime_env": {"env_vars": {"RAY_max_direct_call_object_size": str(inline)}}}
         return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:

@@ -8,12 +8,17 @@ With B = 1000, lr = 5, sigma = 1.25 a trial moves each weight by 5 * 1.25 / 1000
 
 Every replica applies a round's `Decision` with `apply_decision`, so the coordinator and the workers
 hold bitwise-identical parameters without ever sending them on a stochastic round.
+
+The gradient that stochastic rounds shift is the last BACKPROP gradient (Algorithm 2: dθ is assigned by
+backprop only, and every stochastic round draws N(0, σ²) around it anew). Applying a chosen seed moves the
+parameters, not that gradient, so at r >= 3 the shifts of consecutive stochastic rounds do not pile up
+into a random walk of the gradient.
 """
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -48,7 +53,7 @@ class HybridState:
 class DecisionKind(enum.IntEnum):
     NONE = 0  # nothing to apply (version unchanged)
     GRAD = 1  # full round: descend along `array` (the combined gradient), which becomes the last gradient
-    SEED = 2  # argmin: descend along grad + (sigma / B) * z(seed), which becomes the last gradient
+    SEED = 2  # argmin: descend along grad + (sigma / B) * z(seed); grad stays the last backprop gradient
     STALE = 3  # re-apply the last gradient (mode stale; notebook when a trial beat the current cost)
     BIAS_ONLY = 4  # notebook when no trial beat the current cost: only the biases move, along the last gradient
     PARAMS = 5  # localsgd: replace the parameters by `array` (the average of the workers')
@@ -110,6 +115,9 @@ class TrialOutcome:
     improvements: int  # trials whose cost beat the unperturbed step's (the paper's Fig. 14)
     reference_cost: float  # the unperturbed step's cost: descend(theta, grad)
     beats_current: bool = False  # the best trial beat theta's own cost (asked for by notebook and elitist)
+    # The best trial's parameters: bitwise what apply_decision rebuilds from its seed, so the replica that ran
+    # it can take them instead of drawing the same noise again (not sent anywhere).
+    theta: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @torch.no_grad()
@@ -125,16 +133,17 @@ def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tens
         raise ValueError("a stochastic round needs a gradient: the first round of a job must be full")
     base = descend(state.theta, state.grad, hyper)
     reference_cost = batch_cost(model, base, x, y)
-    best_seed, best_cost, improvements = seeds[0], math.inf, 0
+    best_seed, best_cost, best_theta, improvements = seeds[0], math.inf, None, 0
     for seed in seeds:
-        cost = batch_cost(model, shift(base, noise(seed, hyper, base.device), hyper), x, y)
+        trial = shift(base, noise(seed, hyper, base.device), hyper)
+        cost = batch_cost(model, trial, x, y)
         cost = cost if math.isfinite(cost) else math.inf
         if cost < reference_cost:
             improvements += 1
-        if cost < best_cost:
-            best_seed, best_cost = seed, cost
+        if cost < best_cost or best_theta is None:
+            best_seed, best_cost, best_theta = seed, cost, trial
     beats_current = compare_current and best_cost < batch_cost(model, state.theta, x, y)
-    return TrialOutcome(best_seed, best_cost, improvements, reference_cost, beats_current)
+    return TrialOutcome(best_seed, best_cost, improvements, reference_cost, beats_current, best_theta)
 
 
 @torch.no_grad()
@@ -161,10 +170,7 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
         raise ValueError(f"decision {kind.name} of round {decision.round} needs a gradient")
     if kind == DecisionKind.SEED:
         z = noise(decision.seed, hyper, state.theta.device)
-        theta = shift(descend(state.theta, state.grad, hyper), z, hyper)
-        grad = state.grad.clone()
-        grad[: hyper.num_weights] += (hyper.sigma / hyper.batch_size) * z
-        return HybridState(version, theta, grad)
+        return HybridState(version, shift(descend(state.theta, state.grad, hyper), z, hyper), state.grad)
     if kind == DecisionKind.STALE:
         return HybridState(version, descend(state.theta, state.grad, hyper), state.grad)
     if kind == DecisionKind.BIAS_ONLY:

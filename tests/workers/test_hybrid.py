@@ -59,11 +59,23 @@ def test_seed_decision_rebuilds_the_evaluated_trial() -> None:
     after = apply_decision(state, Decision(5, DecisionKind.SEED, seed=out.seed), hyper)
     assert after.version == 6
     assert batch_cost(model, after.theta, x, y) == out.cost
-    # the shifted gradient becomes the gradient going forward; biases are never shifted
-    z = noise(out.seed, hyper, torch.device("cpu"))
-    assert torch.allclose(after.grad[: hyper.num_weights], state.grad[: hyper.num_weights] + 0.5 * z)
-    assert torch.equal(after.grad[hyper.num_weights:], state.grad[hyper.num_weights:])
+    assert out.theta is not None and torch.equal(after.theta, out.theta)  # the trial's parameters, to the bit
+    # Algorithm 2: the gradient later stochastic rounds shift stays the last backprop gradient, so at r >= 3
+    # the shifts do not accumulate; biases are never shifted
+    assert torch.equal(after.grad, state.grad)
     assert torch.equal(after.theta[hyper.num_weights:], descend(state.theta, state.grad, hyper)[hyper.num_weights:])
+    z = noise(out.seed, hyper, torch.device("cpu"))
+    expected = descend(state.theta, state.grad, hyper)[: hyper.num_weights] - hyper.shift_scale * z
+    assert torch.allclose(after.theta[: hyper.num_weights], expected)
+
+
+def test_consecutive_stochastic_rounds_shift_the_same_backprop_gradient() -> None:
+    model, state, hyper, x, y = setup(sigma=20.0)
+    once = apply_decision(state, Decision(5, DecisionKind.SEED, seed=7), hyper)
+    twice = apply_decision(once, Decision(6, DecisionKind.SEED, seed=8), hyper)
+    z7, z8 = (noise(s, hyper, torch.device("cpu")) for s in (7, 8))
+    by_hand = shift(descend(shift(descend(state.theta, state.grad, hyper), z7, hyper), state.grad, hyper), z8, hyper)
+    assert torch.equal(twice.theta, by_hand) and torch.equal(twice.grad, state.grad)
 
 
 def test_comparing_with_the_current_cost_as_the_notebook_did() -> None:
