@@ -94,12 +94,18 @@ class Job:
             self.history = meta["history"]
             self.progress.counters = Counters.from_dict(meta["counters"])
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
-        self.state = HybridState(version, torch.from_numpy(theta0),
-                                 None if grad0 is None else torch.from_numpy(grad0))
+        self._state = HybridState(version, torch.from_numpy(theta0),
+                                  None if grad0 is None else torch.from_numpy(grad0))
+        self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
         self.stop_requested = False
         write_json(self.out / "config.json", cfg.model_dump())
+
+    @property
+    def state(self) -> HybridState:
+        """The parameters and gradient with every decision so far applied (the round loop's, while it runs)."""
+        return self._state if self._loop is None else self._loop.state
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -111,16 +117,15 @@ class Job:
         p.status, started = "RUNNING", time.perf_counter()
         seconds_before = c.seconds["total"]
         pool = self.pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule, c)
-        loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode, self.cfg.hybrid.combine,
-                         pool, c, self.cfg.hybrid.replica_check_every)
+        loop = self._loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode,
+                                      self.cfg.hybrid.combine, pool, c, self.cfg.hybrid.replica_check_every)
         rpe = self.schedule.rounds_per_epoch
         try:
             for t in range(self.state.version, p.total_rounds):
                 if self.stop_requested:
                     break
-                event = loop.run_round(t)
-                self.state = loop.state
-                p.round, p.epoch = t + 1, (t + 1) // rpe
+                event = loop.run_round(t)  # self.state is read only where needed: reading it applies the
+                p.round, p.epoch = t + 1, (t + 1) // rpe  # round's decision, which Ray rounds overlap
                 c.seconds["total"] = seconds_before + time.perf_counter() - started
                 if math.isfinite(event.loss):
                     p.latest["batch_loss"] = event.loss
@@ -131,8 +136,9 @@ class Job:
                 if on_round:
                     on_round(event, p)
             loop.flush()
-            self.state = loop.state  # localsgd's last gather may have moved it
+            self._state = loop.state  # localsgd's last gather may have moved it
         finally:
+            self._loop = None
             pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started
         p.status = "STOPPED" if p.round < p.total_rounds else "SUCCEEDED"

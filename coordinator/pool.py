@@ -26,6 +26,14 @@ class LocalPool:
         # for localsgd, whose replica holds local steps that the coordinator does not have.
         self.shares_state = shares_state
 
+    overlaps = False  # one thread: nothing runs while the replica works
+
+    def send(self, task: Task) -> Task:
+        return task  # the work happens in collect, after the coordinator has applied the last decision
+
+    def collect(self, sent: Task, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        return self.round(task, state)
+
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         rb = RoundBytes()
         if self.shares_state and task.decision.kind != DecisionKind.NONE:

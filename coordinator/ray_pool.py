@@ -23,17 +23,35 @@ from coordinator.job import worker_k
 from workers.actor import WorkerActor, WorkerSpec
 from workers.data import Dataset
 from workers.hybrid import Decision, DecisionKind, Hyper
-from workers.messages import ARRAY_DECISIONS, Result, Status, Sync, Task, decode_result, encode_sync, encode_task
+from workers.messages import (
+    ARRAY_DECISIONS,
+    Result,
+    Status,
+    Sync,
+    Task,
+    decode_result,
+    encode_sync,
+    encode_task,
+    payload_size,
+)
 from workers.models import Model
 from workers.replica import Schedule
 
 PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
-# A worker's answer to a full round (its summed gradient, 4P bytes) rides inline in the reply to the
-# coordinator instead of going through the shared-memory object store, which Ray does for returns above
-# `max_direct_call_object_size` (100 KiB by default): one write, a seal and a fetch less per round, about
-# 3 ms for the paper's MLP on this machine (BENCHMARKS.md, section 5). The setting is read by the process that
-# returns, so it is given to the worker actors alone; the cluster's other tasks keep Ray's default.
+# Two Ray settings for the worker actors' processes alone (the cluster's other tasks keep Ray's defaults):
+# - A worker's answer to a full round (its summed gradient, 4P bytes) rides inline in the reply to the
+#   coordinator instead of going through the shared-memory object store, where Ray puts returns above
+#   `max_direct_call_object_size` (100 KiB by default): a write, a seal and a fetch less per full round, about
+#   3 ms for the paper's MLP on this machine. The process that returns reads the setting.
+# - Ray starts worker processes at niceness 15, below everything else on the node; a worker actor IS the
+#   job's compute, so it runs at niceness 0, as Ray's own job drivers do. On a node shared with other load
+#   a niced worker computed about 17% slower than the same work in a plain process (BENCHMARKS.md, section 5).
 INLINE_RETURN_LIMIT = 64 << 20
+
+
+def worker_env(num_parameters: int) -> dict[str, str]:
+    inline = max(100 << 10, min(INLINE_RETURN_LIMIT, 4 * num_parameters + (64 << 10)))
+    return {"RAY_max_direct_call_object_size": str(inline), "RAY_worker_niceness": "0"}
 MAX_ATTEMPTS = 6  # per worker call, across actor restarts and replacements
 PLACEMENT_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 300.0  # a new worker actor: process start, torch import, the training set from the store
@@ -96,41 +114,52 @@ class RayPool:
 
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-        inline = max(100 << 10, min(INLINE_RETURN_LIMIT, 4 * self.specs[i].model.num_parameters + (64 << 10)))
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus, "scheduling_strategy": strategy,
                    "max_restarts": 2, "max_task_retries": 0,
-                   "runtime_env": {"env_vars": {"RAY_max_direct_call_object_size": str(inline)}}}
+                   "runtime_env": {"env_vars": worker_env(self.specs[i].model.num_parameters)}}
         return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
 
-    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+    overlaps = True  # the workers compute while the coordinator applies its own copy of the last decision
+
+    def send(self, task: Task) -> tuple[list[ray.ObjectRef], RoundBytes]:
+        """Start `task` on every worker; returns at once. The bytes sent are counted here."""
         rb = RoundBytes()
         header, decision = encode_task(task)
         arg = ray.put(decision) if len(decision) > PUT_THRESHOLD else decision
         refs = [a.step.remote(header, arg) for a in self.actors]
-        label = task.kind.label
-        dlabel = decision_label(task.decision, label)
+        dlabel = decision_label(task.decision, task.kind.label)
+        for _ in refs:
+            rb.add(task.kind.label, "down", len(header))
+            rb.add(dlabel, "down", len(decision))
+        return refs, rb
+
+    def collect(self, sent: tuple[list[ray.ObjectRef], RoundBytes], task: Task,
+                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        """Every worker's result for the task `send` started, ordered by worker; resyncs workers that need it."""
+        refs, rb = sent
         results = []
         for i, ref in enumerate(refs):
-            rb.add(label, "down", len(header))
-            rb.add(dlabel, "down", len(decision))
             res = self._collect(i, ref, task, rb)
             if res.status == Status.NEED_SYNC:
                 res = self._sync_and_rerun(i, task, state(), rb)
             results.append(res)
         return results, rb
 
+    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        return self.collect(self.send(task), task, state)
+
     def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes) -> Result:
         try:
-            payload, digest = ray.get(ref, timeout=CALL_TIMEOUT_S)
+            head, array, digest = ray.get(ref, timeout=CALL_TIMEOUT_S)
         except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
             self.counters.worker_failures += 1
             if isinstance(e, GetTimeoutError):  # hung: restart it (max_restarts), it comes back at version 0
                 ray.kill(self.actors[i], no_restart=False)
             self._revive(i)
             return Result(task.round, i, Status.NEED_SYNC)
-        rb.add(task.kind.label, "up", len(payload))
+        rb.add(task.kind.label, "up", payload_size(head, array))
         rb.add("sync", "up", len(digest))
-        return decode_result(payload, digest, task.kind)
+        return decode_result(head, array, digest, task.kind)
 
     def _revive(self, i: int) -> None:
         """Wait for Ray to restart worker i; replace it when it is gone for good."""

@@ -1,15 +1,18 @@
 """The round loop and nothing else: schedule a round, send its task, combine the results, apply.
 
-The coordinator is the single source of truth: it applies every decision to its own state at once and
-ships it to the workers inside the next round's task (see workers/messages.py). A `Pool` moves the
-messages, in this process (`coordinator.pool.LocalPool`) or to Ray actors (`coordinator.ray_pool`).
+The coordinator is the single source of truth: it applies every decision to its own state and ships it to
+the workers inside the next round's task (see workers/messages.py). A `Pool` moves the messages, in this
+process (`coordinator.pool.LocalPool`) or to Ray actors (`coordinator.ray_pool`). When the pool's workers
+compute elsewhere (`pool.overlaps`), the coordinator sends round t's task first and applies round t-1's
+decision to its own state while the workers work, so its own update is off the round's critical path;
+`RoundLoop.state` is always the state with every decision applied.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,9 +25,18 @@ from workers.replica import Schedule, digest
 
 class Pool(Protocol):
     n_workers: int
+    overlaps: bool  # send() returns while the workers compute (Ray); False in this process
+
+    def send(self, task: Task) -> Any:
+        """Start `task` on every worker; what it returns goes to `collect`."""
+        ...
+
+    def collect(self, sent: Any, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        """Every worker's result for `task`, ordered by worker; resyncs workers that need it."""
+        ...
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        """Every worker's result for `task`, ordered by worker; resyncs workers that need it."""
+        """send, then collect."""
         ...
 
     def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None: ...
@@ -47,28 +59,44 @@ class RoundEvent:
 class RoundLoop:
     def __init__(self, state: HybridState, hyper: Hyper, schedule: Schedule, mode: str, combine: str,
                  pool: Pool, counters: Counters, check_every: int = 10) -> None:
-        self.state, self.hyper, self.schedule = state, hyper, schedule
+        self._state, self.hyper, self.schedule = state, hyper, schedule
         self.mode, self.combine_rule, self.pool, self.counters = mode, combine, pool, counters
         self.check_every = 0 if mode == "localsgd" else check_every
-        self.pending = Decision(state.version - 1, DecisionKind.NONE)
+        self.pending = Decision(state.version - 1, DecisionKind.NONE)  # the workers have not received it yet
+        self._unapplied: Decision | None = None  # the coordinator's own state has not applied it yet
+
+    @property
+    def state(self) -> HybridState:
+        """The coordinator's state with every decision applied."""
+        self._settle()
+        return self._state
+
+    def _settle(self) -> None:
+        if self._unapplied is not None:
+            self._state = apply_decision(self._state, self._unapplied, self.hyper)
+            self._unapplied = None
 
     def snapshot(self) -> Sync:
-        g = None if self.state.grad is None else self.state.grad.cpu().numpy()
-        return Sync(self.state.version, self.state.theta.cpu().numpy(), g)
+        st = self.state
+        g = None if st.grad is None else st.grad.cpu().numpy()
+        return Sync(st.version, st.theta.cpu().numpy(), g)
 
     def run_round(self, t: int) -> RoundEvent:
-        assert t == self.state.version, f"round {t} on a state at version {self.state.version}"
         started = time.perf_counter()
         kind = self.schedule.kind(t)
         want_digest = bool(self.check_every) and t > 0 and t % self.check_every == 0
         task = Task(t, kind, self.pending, want_digest)
-        results, rb = self.pool.round(task, self.snapshot)
+        sent = self.pool.send(task)
+        self._settle()  # while the workers work, when they work elsewhere
+        assert t == self._state.version, f"round {t} on a state at version {self._state.version}"
+        results, rb = self.pool.collect(sent, task, self.snapshot)
         results = self._drop_stale(t, results)
         if want_digest:
             results = self._check_replicas(task, results, rb)
         decision = self.combine(t, kind, results)
-        self.state = apply_decision(self.state, decision, self.hyper)
-        self.pending = decision
+        self.pending = self._unapplied = decision
+        if not self.pool.overlaps:
+            self._settle()  # nothing to overlap with: apply now, so the round's time holds its own update
         seconds = time.perf_counter() - started
         improvements = sum(r.improvements for r in results)
         self.counters.add_round(kind.label, rb, seconds, improvements)
@@ -94,8 +122,9 @@ class RoundLoop:
         if gather:
             fresh = self._drop_stale(task.round, results)
             if fresh:  # a worker that restarted meanwhile was resynced: it brings the last average
-                theta = torch.from_numpy(_weighted_mean(fresh, by_examples=True)).to(self.state.theta.device)
-                self.state = HybridState(self.state.version, theta, self.state.grad)
+                st = self.state
+                theta = torch.from_numpy(_weighted_mean(fresh, by_examples=True)).to(st.theta.device)
+                self._state = HybridState(st.version, theta, st.grad)
         self.counters.add_bytes(rb)
         self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
 
@@ -155,4 +184,5 @@ def _weighted_mean(results: list[Result], by_examples: bool) -> np.ndarray:
         part = r.array * np.float32(r.examples) if by_examples else r.array
         total = np.array(part, dtype=np.float32, copy=True) if total is None else total + part
     assert total is not None
-    return (total / np.float32(examples)).astype(np.float32)
+    total /= np.float32(examples)  # in place: the same float32 division as total / examples, one copy less
+    return total

@@ -45,7 +45,7 @@ class WorkerActor:
     # No task events for the round calls: Ray would report each one to the GCS, about 1.1 kB per worker per
     # round, more than 50x a stochastic round's payload (BENCHMARKS.md, section 6). `info` and `sync` keep them.
     @ray.method(enable_task_events=False)
-    def step(self, header: bytes, decision: bytes) -> tuple[bytes, bytes]:
+    def step(self, header: bytes, decision: bytes) -> tuple[bytes, np.ndarray | None, bytes]:
         task = decode_task(header, decision)
         return encode_result(self.replica.handle(task), task.kind)
 

@@ -11,6 +11,7 @@ does the round's work and answers with a `Result`. Sizes on the wire (little-end
                       (improvements: 15 bits, saturating at 32,767; the top bit: the best trial beat
                       the current parameters' cost, for the notebook and elitist rules)
     + gradient        <fI    summed loss f32, examples u32, then P float32     =  8 + 4P B
+                      (the P values travel as a NumPy buffer beside the head: no copy into bytes)
     + digest          8 B of blake2b over the parameter bytes (replica check, counted as sync)
 So a stochastic round moves 6 + 9 = 15 B down and 7 + 14 = 21 B up per worker, whatever the model size.
 """
@@ -123,9 +124,12 @@ def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
                 bool(flags & FLAG_PARAMS))
 
 
-def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, bytes]:
-    """(payload, digest) bytes; the digest is accounted as sync."""
+def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None, bytes]:
+    """(head, array, digest): the head's bytes, then the float32 values (P x 4 B, little-endian) of a gradient
+    or parameters, kept as an array so that Ray ships its buffer as it is, without a copy into a bytes object;
+    the payload is len(head) + array.nbytes. The digest is accounted as sync."""
     out = _RESULT.pack(r.round, r.worker, int(r.status))
+    array = None
     if r.status == Status.OK:
         if kind == RoundKind.STOCHASTIC:
             field = min(r.improvements, _IMPROVEMENTS_MAX) | (_BEATS_CURRENT if r.beats_current else 0)
@@ -133,22 +137,27 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, bytes]:
         else:
             out += _GRAD.pack(r.loss_sum, r.examples)
             if r.array is not None:
-                out += _f32(r.array)
-    return out, r.digest
+                array = np.ascontiguousarray(r.array, dtype="<f4")
+    return out, array, r.digest
 
 
-def decode_result(payload: bytes, digest: bytes, kind: RoundKind) -> Result:
-    rnd, worker, status = _RESULT.unpack_from(payload)
+def payload_size(head: bytes, array: np.ndarray | None) -> int:
+    return len(head) + (0 if array is None else int(array.nbytes))
+
+
+def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: RoundKind) -> Result:
+    rnd, worker, status = _RESULT.unpack_from(head)
     at = _RESULT.size
     if status != Status.OK:
         return Result(rnd, worker, Status(status))
     if kind == RoundKind.STOCHASTIC:
-        seed, cost, field = _TRIALS.unpack_from(payload, at)
+        seed, cost, field = _TRIALS.unpack_from(head, at)
         return Result(rnd, worker, Status.OK, seed=seed, cost=cost, improvements=field & _IMPROVEMENTS_MAX,
                       beats_current=bool(field & _BEATS_CURRENT), digest=digest)
-    loss_sum, examples = _GRAD.unpack_from(payload, at)
-    at += _GRAD.size
-    array = _owned(payload, at) if len(payload) > at else None
+    loss_sum, examples = _GRAD.unpack_from(head, at)
+    if array is not None and (array.dtype != np.dtype("<f4") or array.ndim != 1):
+        raise ValueError(f"round {rnd}, worker {worker}: expected float32 values, got {array.dtype} {array.shape}")
+    # read-only (Ray hands out a view of the reply's buffer): the coordinator only reads it (combine copies)
     return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest)
 
 

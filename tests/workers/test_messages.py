@@ -17,6 +17,7 @@ from workers.messages import (
     encode_result,
     encode_sync,
     encode_task,
+    payload_size,
 )
 
 
@@ -28,11 +29,11 @@ def test_stochastic_round_sizes_do_not_depend_on_the_model(params: int) -> None:
     back = decode_task(header, decision)
     assert back == task
     res = Result(7, 3, seed=2**63 - 1, cost=0.25, improvements=4)
-    payload, digest = encode_result(res, RoundKind.STOCHASTIC)
-    assert len(payload) == 21 and digest == b""  # <= 32 B up per worker
-    assert decode_result(payload, digest, RoundKind.STOCHASTIC) == res
+    head, array, digest = encode_result(res, RoundKind.STOCHASTIC)
+    assert payload_size(head, array) == 21 and array is None and digest == b""  # <= 32 B up per worker
+    assert decode_result(head, array, digest, RoundKind.STOCHASTIC) == res
     many = Result(7, 3, seed=5, cost=0.5, improvements=10**5, beats_current=True)  # K may reach 100,000
-    back = decode_result(encode_result(many, RoundKind.STOCHASTIC)[0], b"", RoundKind.STOCHASTIC)
+    back = decode_result(*encode_result(many, RoundKind.STOCHASTIC), RoundKind.STOCHASTIC)
     assert back.beats_current and back.improvements == 0x7FFF  # saturates; the rule's bit survives
 
 
@@ -44,16 +45,18 @@ def test_full_round_round_trip() -> None:
     assert t.want_digest and np.array_equal(t.decision.array, g)
     arr = t.decision.array
     assert arr is not None and arr.flags.writeable and arr.flags.aligned  # torch may own and write it
-    payload, digest = encode_result(Result(8, 1, loss_sum=3.5, examples=500, array=g, digest=b"12345678"),
-                                    RoundKind.FULL)
-    assert len(payload) == 7 + 8 + 40
-    r = decode_result(payload, digest, RoundKind.FULL)
+    head, array, digest = encode_result(Result(8, 1, loss_sum=3.5, examples=500, array=g, digest=b"12345678"),
+                                        RoundKind.FULL)
+    assert payload_size(head, array) == 7 + 8 + 40
+    r = decode_result(head, array, digest, RoundKind.FULL)
     assert r.examples == 500 and r.loss_sum == 3.5 and np.array_equal(r.array, g) and r.digest == b"12345678"
+    with pytest.raises(ValueError, match="float32"):
+        decode_result(head, g.astype(np.float64), digest, RoundKind.FULL)
 
 
 def test_need_sync_and_sync_round_trip() -> None:
-    payload, _ = encode_result(Result(3, 0, Status.NEED_SYNC), RoundKind.FULL)
-    assert decode_result(payload, b"", RoundKind.FULL).status == Status.NEED_SYNC
+    head, array, _ = encode_result(Result(3, 0, Status.NEED_SYNC), RoundKind.FULL)
+    assert decode_result(head, array, b"", RoundKind.FULL).status == Status.NEED_SYNC
     theta, grad = np.ones(5, np.float32), np.full(5, 2, np.float32)
     s = decode_sync(encode_sync(Sync(9, theta, grad)))
     assert s.version == 9 and np.array_equal(s.theta, theta) and np.array_equal(s.grad, grad)
