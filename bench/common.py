@@ -109,6 +109,21 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
     return JobRun(spec, result, events, list(job.history), time.perf_counter() - started)
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_jobs_side_by_side(ctx: Context, specs: Sequence[JobSpec], processes: int = 2) -> list[JobRun]:
+    """Run in-process jobs `processes` at a time, each in a process of its own on one torch thread, for the
+    accuracy sections whose figures do not depend on time (their wall seconds do: they shared the cores)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        return list(pool.map(run_job, [ctx] * len(specs), specs))
+
+
 def start_local_ray(num_cpus: int) -> None:
     """A fresh single-node Ray of `num_cpus` logical CPUs in this process (never someone else's cluster)."""
     if not ray.is_initialized():

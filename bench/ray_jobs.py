@@ -38,8 +38,8 @@ ARGMIN_R2_DEV_MIN = 0.950  # issue 3: the r=2 job with 2 workers
 STOCHASTIC_UP_MAX, STOCHASTIC_DOWN_MAX = 32, 16  # issue 3: bytes per worker per stochastic round
 FULL_TOLERANCE = 0.02  # issue 3: a full round moves within 2% of N * P * 4 bytes each way
 OVERHEAD_LIMIT = 1.25  # issue 3: 1 Ray worker, seconds per round of each kind <= 1.25x in process
-OVERHEAD_EPOCHS = 3
-OVERHEAD_REPEATS = 2
+OVERHEAD_EPOCHS = 2
+OVERHEAD_REPEATS = 4  # short runs, alternated often: the shared machine's load drifts by the minute
 WARMUP_ROUNDS = 10
 LAST_EPOCHS = 5  # the dev accuracy's range over the last epochs shows how much the final figure is luck
 SWING = 0.02  # a range wider than this gets a sentence of its own
@@ -224,10 +224,15 @@ def run_overhead(ctx: Context) -> str:
         f"{OVERHEAD_EPOCHS} epochs each, one torch thread on every side. \"mean, result.json\" is "
         "`seconds.<kind>_rounds / rounds.<kind>` summed over the runs; the other two come from the per-round "
         "times the round loop reports. The in-process engine's replica takes the coordinator's state after "
-        "each decision; a Ray worker cannot, it rebuilds the update itself (for a chosen seed: the noise for "
-        "every weight, then the step). The middle column is the in-process engine made to do that too "
+        "each decision; a Ray worker cannot, it rebuilds the update itself (for a chosen seed: the parameters "
+        "of its own best trial when that trial won, as it always does with one worker, else the seed's noise "
+        "for every weight, then the step). The middle column is the in-process engine made to do that too "
         "(`LocalPool(shares_state=False)`), so the last ratio is the orchestration alone; the target is judged "
-        "on the first, against the engine as it ships.",
+        "on the first, against the engine as it ships. On Ray the coordinator sends round t's task before it "
+        "applies round t-1's decision to its own copy, so that update overlaps the worker's round (in process "
+        "it cannot: one thread); the worker and coordinator actors run at niceness 0, not Ray's 15. "
+        "With two or more workers the workers whose trial lost still draw the winner's noise at the start of "
+        "the next round, which one worker never does.",
         "",
         table(["round", "statistic", "in process", "in process, replica re-applies", "1 Ray worker",
                "ratio", "ratio vs re-applying", "target"], rows),
