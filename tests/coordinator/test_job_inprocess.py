@@ -137,3 +137,28 @@ def test_combine_rules_decide_as_documented() -> None:
     assert decide("elitist", (False, False))[0] == DecisionKind.KEEP
     assert decide("notebook", (True, False))[0] == DecisionKind.STALE
     assert decide("notebook", (False, False))[0] == DecisionKind.BIAS_ONLY
+
+
+@pytest.mark.parametrize("hybrid", [{}, {"r": 3}, {"mode": "localsgd", "r": 3}, {"combine": "notebook"}])
+def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path, hybrid: dict) -> None:
+    """A pool whose workers compute elsewhere lets the coordinator apply round t-1's decision after sending
+    round t's task; what the job ends with, and every epoch's figures, must not change."""
+    from coordinator.job import local_pool
+    from coordinator.pool import LocalPool
+
+    def overlapping(*parts: object) -> LocalPool:
+        pool = local_pool(*parts)  # type: ignore[arg-type]
+        assert isinstance(pool, LocalPool)
+        pool.overlaps, pool.shares_state = True, False  # as a Ray worker: it re-applies every decision
+        return pool
+
+    cfg = validate_config(digits_cfg(**hybrid))
+    plain = Job(cfg, tmp_path / "plain")
+    plain.run()
+    seen: list[int] = []
+    over = Job(cfg, tmp_path / "over", pool_factory=overlapping)
+    over.run(on_round=lambda event, progress: seen.append(over.state.version) if event.round == 5 else None)
+    assert seen == [6]  # read mid-job, the state has the round's own decision applied
+    assert torch.equal(over.state.theta, plain.state.theta)
+    untimed = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert untimed(over.history) == untimed(plain.history)
