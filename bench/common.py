@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
             on_round: Callable[[RoundEvent, Progress], None] | None = None) -> JobRun:
     """Run one job to the end in this process (its rounds go through `pool_factory`, e.g. Ray)."""
     cfg = spec.config()
-    out = ctx.work / f"{cfg.name}-{len(list(ctx.work.iterdir()))}"
+    out = Path(tempfile.mkdtemp(prefix=f"{cfg.name}-", dir=ctx.work))  # unique when jobs run side by side
     events: list[RoundEvent] = []
 
     def record(event: RoundEvent, progress: Progress) -> None:

@@ -203,16 +203,24 @@ class CapturingPool:
 
     def __init__(self, inner: RayPool, capture: Capture, rescan: Callable[[], Processes]) -> None:
         self.inner, self.capture, self.rescan = inner, capture, rescan
-        self.n_workers = inner.n_workers
+        self.n_workers, self.overlaps = inner.n_workers, inner.overlaps
         self.stamps: list[Stamp] = []
         self.idle: tuple[float, float] = (0.0, 0.0)
         self.processes = Processes()
 
-    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+    def send(self, task: Task) -> tuple[float, Any]:
         start = time.time()
-        results, rb = self.inner.round(task, state)
+        return start, self.inner.send(task)
+
+    def collect(self, sent: tuple[float, Any], task: Task,
+                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        start, inner_sent = sent
+        results, rb = self.inner.collect(inner_sent, task, state)
         self.stamps.append(Stamp(task.round, task.kind, task.decision.kind, start, time.time(), rb.total))
         return results, rb
+
+    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        return self.collect(self.send(task), task, state)
 
     def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
         self.inner.resync(worker, state, rb)

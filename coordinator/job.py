@@ -104,7 +104,8 @@ class Job:
 
     @property
     def state(self) -> HybridState:
-        """The parameters and gradient with every decision so far applied (the round loop's, while it runs)."""
+        """The parameters and gradient with every decision so far applied (the round loop's, while it runs).
+        Read it from the job's own thread only (on_round, on_epoch): reading it applies a pending decision."""
         return self._state if self._loop is None else self._loop.state
 
     def stop(self) -> None:
@@ -136,18 +137,20 @@ class Job:
                 if on_round:
                     on_round(event, p)
             loop.flush()
-            self._state = loop.state  # localsgd's last gather may have moved it
         finally:
-            self._loop = None
-            pool.close()
+            try:
+                self._state = loop.state  # localsgd's last gather may have moved it
+            finally:
+                self._loop = None
+                pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started
         p.status = "STOPPED" if p.round < p.total_rounds else "SUCCEEDED"
         p.message = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else ""
         return self._finish()
 
     def _end_epoch(self, epoch: int, rounds_done: int) -> dict[str, Any]:
+        theta = self.state.theta  # applies the epoch's last decision (not evaluation time)
         t0 = time.perf_counter()
-        theta = self.state.theta
         train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
         dev_loss, dev_acc = evaluate(self.model, theta, self.data.x_dev, self.data.y_dev)
         c = self.progress.counters

@@ -67,7 +67,7 @@ class RoundLoop:
 
     @property
     def state(self) -> HybridState:
-        """The coordinator's state with every decision applied."""
+        """The coordinator's state with every decision applied (the round loop's thread only)."""
         self._settle()
         return self._state
 
@@ -85,10 +85,11 @@ class RoundLoop:
         started = time.perf_counter()
         kind = self.schedule.kind(t)
         want_digest = bool(self.check_every) and t > 0 and t % self.check_every == 0
+        expected = self._state.version if self._unapplied is None else self._unapplied.round + 1
+        assert t == expected, f"round {t} on a state at version {expected}"
         task = Task(t, kind, self.pending, want_digest)
         sent = self.pool.send(task)
         self._settle()  # while the workers work, when they work elsewhere
-        assert t == self._state.version, f"round {t} on a state at version {self._state.version}"
         results, rb = self.pool.collect(sent, task, self.snapshot)
         results = self._drop_stale(t, results)
         if want_digest:

@@ -11,7 +11,8 @@ does the round's work and answers with a `Result`. Sizes on the wire (little-end
                       (improvements: 15 bits, saturating at 32,767; the top bit: the best trial beat
                       the current parameters' cost, for the notebook and elitist rules)
     + gradient        <fI    summed loss f32, examples u32, then P float32     =  8 + 4P B
-                      (the P values travel as a NumPy buffer beside the head: no copy into bytes)
+                      (the P values travel as a NumPy buffer beside the head: no copy into bytes;
+                      Ray's few dozen bytes of pickle metadata for it are framing, not payload)
     + digest          8 B of blake2b over the parameter bytes (replica check, counted as sync)
 So a stochastic round moves 6 + 9 = 15 B down and 7 + 14 = 21 B up per worker, whatever the model size.
 """

@@ -146,10 +146,19 @@ def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path
     from coordinator.job import local_pool
     from coordinator.pool import LocalPool
 
+    unapplied_at_send: list[bool] = []
+
     def overlapping(*parts: object) -> LocalPool:
         pool = local_pool(*parts)  # type: ignore[arg-type]
         assert isinstance(pool, LocalPool)
         pool.overlaps, pool.shares_state = True, False  # as a Ray worker: it re-applies every decision
+        send = pool.send
+
+        def send_and_look(task):  # type: ignore[no-untyped-def]
+            unapplied_at_send.append(over._loop is not None and over._loop._unapplied is not None)
+            return send(task)
+
+        pool.send = send_and_look  # type: ignore[method-assign]
         return pool
 
     cfg = validate_config(digits_cfg(**hybrid))
@@ -159,6 +168,9 @@ def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path
     over = Job(cfg, tmp_path / "over", pool_factory=overlapping)
     over.run(on_round=lambda event, progress: seen.append(over.state.version) if event.round == 5 else None)
     assert seen == [6]  # read mid-job, the state has the round's own decision applied
+    # every task went out before the coordinator applied the previous decision, except round 0's and those
+    # after a read of the state: at each epoch's end (evaluation) and in the callback after round 5
+    assert unapplied_at_send.count(False) == 1 + (len(over.history) - 1) + 1
     assert torch.equal(over.state.theta, plain.state.theta)
     untimed = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert untimed(over.history) == untimed(plain.history)

@@ -45,7 +45,20 @@ def test_the_winner_takes_its_own_trial_others_rebuild_it_bitwise(monkeypatch: p
     assert torch.equal(a.state.theta, b.state.theta) and torch.equal(a.state.grad, b.state.grad)
 
 
-def test_a_cached_trial_is_not_used_for_another_round_or_after_a_sync() -> None:
+def test_a_cached_trial_is_not_taken_for_another_seed() -> None:
+    a, _, _ = two_replicas()
+    full = a.handle(Task(0, RoundKind.FULL, Decision(-1, DecisionKind.NONE)))
+    grad = (full.array / full.examples).astype("float32")  # type: ignore[operator]
+    out = a.handle(Task(1, RoundKind.STOCHASTIC, Decision(0, DecisionKind.GRAD, array=grad)))
+    assert a.state is not None
+    before = a.state
+    other = out.seed + 1  # another worker's trial won
+    a.handle(Task(2, RoundKind.APPLY, Decision(1, DecisionKind.SEED, seed=other)))
+    expected = hybrid.apply_decision(before, Decision(1, DecisionKind.SEED, seed=other), a.hyper)
+    assert torch.equal(a.state.theta, expected.theta)
+
+
+def test_a_cached_trial_is_not_used_after_a_sync() -> None:
     a, _, _ = two_replicas()
     full = a.handle(Task(0, RoundKind.FULL, Decision(-1, DecisionKind.NONE)))
     grad = (full.array / full.examples).astype("float32")  # type: ignore[operator]
