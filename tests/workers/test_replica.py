@@ -45,28 +45,30 @@ def test_the_winner_takes_its_own_trial_others_rebuild_it_bitwise(monkeypatch: p
     assert torch.equal(a.state.theta, b.state.theta) and torch.equal(a.state.grad, b.state.grad)
 
 
-def test_a_cached_trial_is_not_taken_for_another_seed() -> None:
+def after_trials() -> tuple[Replica, HybridState, int]:
+    """A replica that ran a full round and then round 1's trials: (it, its state, its best seed)."""
     a, _, _ = two_replicas()
     full = a.handle(Task(0, RoundKind.FULL, Decision(-1, DecisionKind.NONE)))
     grad = (full.array / full.examples).astype("float32")  # type: ignore[operator]
     out = a.handle(Task(1, RoundKind.STOCHASTIC, Decision(0, DecisionKind.GRAD, array=grad)))
     assert a.state is not None
-    before = a.state
-    other = out.seed + 1  # another worker's trial won
-    a.handle(Task(2, RoundKind.APPLY, Decision(1, DecisionKind.SEED, seed=other)))
-    expected = hybrid.apply_decision(before, Decision(1, DecisionKind.SEED, seed=other), a.hyper)
-    assert torch.equal(a.state.theta, expected.theta)
+    return a, a.state, out.seed
+
+
+def test_a_cached_trial_is_not_taken_for_another_seed() -> None:
+    a, before, best = after_trials()
+    other = Decision(1, DecisionKind.SEED, seed=best + 1)  # another worker's trial won
+    a.handle(Task(2, RoundKind.APPLY, other))
+    assert a.state is not None
+    assert torch.equal(a.state.theta, hybrid.apply_decision(before, other, a.hyper).theta)
 
 
 def test_a_cached_trial_is_not_used_after_a_sync() -> None:
-    a, _, _ = two_replicas()
-    full = a.handle(Task(0, RoundKind.FULL, Decision(-1, DecisionKind.NONE)))
-    grad = (full.array / full.examples).astype("float32")  # type: ignore[operator]
-    out = a.handle(Task(1, RoundKind.STOCHASTIC, Decision(0, DecisionKind.GRAD, array=grad)))
+    a, before, best = after_trials()
+    assert before.grad is not None
+    a.sync(Sync(before.version, before.theta.numpy() + 1, before.grad.numpy()))
+    mine = Decision(1, DecisionKind.SEED, seed=best)
+    a.handle(Task(2, RoundKind.APPLY, mine))
+    expected = hybrid.apply_decision(HybridState(1, before.theta + 1, before.grad), mine, a.hyper)
     assert a.state is not None
-    before = a.state
-    a.sync(Sync(before.version, before.theta.numpy() + 1, before.grad.numpy()))  # type: ignore[union-attr]
-    a.handle(Task(2, RoundKind.APPLY, Decision(1, DecisionKind.SEED, seed=out.seed)))
-    expected = hybrid.apply_decision(HybridState(1, before.theta + 1, before.grad), Decision(1, DecisionKind.SEED,
-                                     seed=out.seed), a.hyper)
     assert torch.equal(a.state.theta, expected.theta)  # rebuilt from the synced state, not the stale cache
