@@ -146,10 +146,12 @@ def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | 
     """Create the coordinator actor (on this node, where out_dir is) and start its run."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from coordinator.ray_pool import NOT_NICED
+
     here = ray.get_runtime_context().get_node_id()
     options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True),
                                # the parameter server is on every round's path: not niced (see ray_pool.worker_env)
-                               "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}}
+                               "runtime_env": {"env_vars": dict(NOT_NICED)}}
     if job_id is not None:
         options.update(name=actor_name(job_id), namespace=NAMESPACE)
     if detached:

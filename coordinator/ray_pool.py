@@ -47,11 +47,12 @@ PUT_THRESHOLD = 4096  # decisions larger than this go through the object store o
 #   job's compute, so it runs at niceness 0, as Ray's own job drivers do. On a node shared with other load
 #   a niced worker took 149 ms for a stochastic round's trials that took it 110 ms at niceness 0 (README).
 INLINE_RETURN_LIMIT = 64 << 20
+NOT_NICED = {"RAY_worker_niceness": "0"}  # also the coordinator actor's (coordinator/actor.py)
 
 
 def worker_env(num_parameters: int) -> dict[str, str]:
     inline = max(100 << 10, min(INLINE_RETURN_LIMIT, 4 * num_parameters + (64 << 10)))
-    return {"RAY_max_direct_call_object_size": str(inline), "RAY_worker_niceness": "0"}
+    return {"RAY_max_direct_call_object_size": str(inline), **NOT_NICED}
 MAX_ATTEMPTS = 6  # per worker call, across actor restarts and replacements
 PLACEMENT_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 300.0  # a new worker actor: process start, torch import, the training set from the store
