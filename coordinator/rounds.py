@@ -6,6 +6,12 @@ process (`coordinator.pool.LocalPool`) or to Ray actors (`coordinator.ray_pool`)
 compute elsewhere (`pool.overlaps`), the coordinator sends round t's task first and applies round t-1's
 decision to its own state while the workers work, so its own update is off the round's critical path;
 `RoundLoop.state` is always the state with every decision applied.
+
+Which round the coordinator's update overlaps matters on a small node: a full round is short (one
+gradient, about 18 ms for the paper's MLP), and applying a chosen seed means drawing P normal numbers
+again (about 5 ms), which then competes for the cores with the task's delivery and the worker's gradient.
+So when a full round is followed by a stochastic one (K trials, about 7x longer), the decisions wait and
+are applied under the stochastic round instead (BENCHMARKS.md, section 5).
 """
 from __future__ import annotations
 
@@ -63,7 +69,7 @@ class RoundLoop:
         self.mode, self.combine_rule, self.pool, self.counters = mode, combine, pool, counters
         self.check_every = 0 if mode == "localsgd" else check_every
         self.pending = Decision(state.version - 1, DecisionKind.NONE)  # the workers have not received it yet
-        self._unapplied: Decision | None = None  # the coordinator's own state has not applied it yet
+        self._unapplied: list[Decision] = []  # the coordinator's own state has not applied them yet, in order
 
     @property
     def state(self) -> HybridState:
@@ -72,9 +78,16 @@ class RoundLoop:
         return self._state
 
     def _settle(self) -> None:
-        if self._unapplied is not None:
-            self._state = apply_decision(self._state, self._unapplied, self.hyper)
-            self._unapplied = None
+        for decision in self._unapplied:
+            self._state = apply_decision(self._state, decision, self.hyper)
+        self._unapplied.clear()
+
+    def _settle_under(self, t: int, task: Task) -> bool:
+        """Apply the waiting decisions while the workers do round t? Not in a full round followed by a
+        stochastic one, unless round t checks the replicas (the comparison needs the state at once)."""
+        if task.kind != RoundKind.FULL or task.want_digest:
+            return True
+        return self.schedule.kind(t + 1) != RoundKind.STOCHASTIC
 
     def snapshot(self) -> Sync:
         st = self.state
@@ -85,17 +98,19 @@ class RoundLoop:
         started = time.perf_counter()
         kind = self.schedule.kind(t)
         want_digest = bool(self.check_every) and t > 0 and t % self.check_every == 0
-        expected = self._state.version if self._unapplied is None else self._unapplied.round + 1
+        expected = self._unapplied[-1].round + 1 if self._unapplied else self._state.version
         assert t == expected, f"round {t} on a state at version {expected}"
         task = Task(t, kind, self.pending, want_digest)
         sent = self.pool.send(task)
-        self._settle()  # while the workers work, when they work elsewhere
+        if self._settle_under(t, task):
+            self._settle()  # while the workers work, when they work elsewhere
         results, rb = self.pool.collect(sent, task, self.snapshot)
         results = self._drop_stale(t, results)
         if want_digest:
             results = self._check_replicas(task, results, rb)
         decision = self.combine(t, kind, results)
-        self.pending = self._unapplied = decision
+        self.pending = decision
+        self._unapplied.append(decision)
         if not self.pool.overlaps:
             self._settle()  # nothing to overlap with: apply now, so the round's time holds its own update
         seconds = time.perf_counter() - started

@@ -2,11 +2,18 @@
 
 Every call takes and returns the wire encoding of workers/messages.py, so what the coordinator counts is
 exactly what crossed. A restarted actor comes back at version 0 and asks for a sync.
+
+A worker on the coordinator's own Ray node may get a shared-memory buffer (`WorkerSpec.shared`, see
+coordinator/ray_pool.py): it then writes a full round's gradient (or an average round's parameters) there
+and returns `SHARED` in place of the array; the bytes are the same, counted the same, but they skip Ray's
+serialization and the reply's 4P bytes through gRPC. When the buffer cannot be opened (a restarted actor:
+the coordinator has unlinked its name by then), the worker returns the array through Ray as any other.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import ray
@@ -29,6 +36,20 @@ class WorkerSpec:
     worker: int
     n_workers: int
     threads: int
+    shared: str | None = None  # a file of 4P bytes in /dev/shm for the results' arrays (same node only)
+
+
+SHARED: Literal["shared"] = "shared"  # in a step's reply: the array is in the shared buffer
+
+
+def open_shared(path: str | None, num_parameters: int) -> np.ndarray | None:
+    """The coordinator's buffer, mapped; None when there is none or it is gone (then Ray carries the arrays)."""
+    if path is None:
+        return None
+    try:
+        return np.memmap(path, dtype="<f4", mode="r+", shape=(num_parameters,))
+    except (OSError, ValueError):
+        return None
 
 
 @ray.remote
@@ -41,17 +62,23 @@ class WorkerActor:
                                spec.combine, spec.worker, spec.n_workers, device)
         self.replica.start(spec.model.initial_parameters(spec.job_seed))
         self.device = device
+        self.shared = open_shared(spec.shared, spec.model.num_parameters)
 
     # No task events for the round calls: Ray would report each one to the GCS, about 1.1 kB per worker per
     # round, more than 50x a stochastic round's payload (BENCHMARKS.md, section 6). `info` and `sync` keep them.
     @ray.method(enable_task_events=False)
-    def step(self, header: bytes, decision: bytes) -> tuple[bytes, np.ndarray | None, bytes]:
+    def step(self, header: bytes, decision: bytes) -> tuple[bytes, np.ndarray | str | None, bytes]:
         task = decode_task(header, decision)
-        return encode_result(self.replica.handle(task), task.kind)
+        head, array, digest = encode_result(self.replica.handle(task), task.kind)
+        if array is not None and self.shared is not None and array.shape == self.shared.shape:
+            self.shared[:] = array
+            return head, SHARED, digest
+        return head, array, digest
 
     def sync(self, data: bytes) -> None:
         self.replica.sync(decode_sync(data))
 
     def info(self) -> dict[str, object]:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "device": self.device,
-                "version": None if self.replica.state is None else self.replica.state.version}
+                "version": None if self.replica.state is None else self.replica.state.version,
+                "shared_memory": self.shared is not None}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import signal
 from pathlib import Path
@@ -46,10 +47,12 @@ def test_one_worker_is_bitwise_the_in_process_engine(ray_cluster: object, tmp_pa
 
 def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path) -> None:
     nodes = []
+    left_in_shm: list[str] = []
 
     def look(event, progress) -> None:  # type: ignore[no-untyped-def]
         if event.round == 0:
             nodes.extend(ray.get([a.info.remote() for a in job_ref[0].pool.actors]))
+            left_in_shm.extend(glob.glob(f"/dev/shm/hes-{os.getpid()}-*"))
 
     job_ref: list[Job] = []
     job = Job(validate_config(cfg(2)), tmp_path, pool_factory=ray_pool)
@@ -64,6 +67,31 @@ def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path) -> No
     assert r["replica_checks"]["checked"] > 0 and r["replica_checks"]["mismatches"] == 0
     assert r["bytes"]["dataset"] > 0
     assert len({i["node"] for i in nodes}) == 2  # SPREAD over the two nodes
+    # the worker on this process's node returns its arrays through shared memory, the other through Ray;
+    # the buffers' names are gone once the actors have started
+    here = ray.get_runtime_context().get_node_id()
+    assert [i["shared_memory"] for i in nodes] == [i["node"] == here for i in nodes]
+    assert left_in_shm == []
+    assert np.array_equal(job.state.theta.numpy(), _ray_only(tmp_path / "ray-only").state.theta.numpy())
+
+
+def _ray_only(tmp: Path) -> Job:
+    """The same 2-worker job with shared memory turned off: every array through Ray's replies."""
+    seen: list[bool] = []
+
+    def look(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 0:
+            seen.extend(i["shared_memory"] for i in ray.get([a.info.remote() for a in job.pool.actors]))
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(ray_pool_module.SHM_DISABLE, "1")
+    try:
+        job = Job(validate_config(cfg(2)), tmp, pool_factory=ray_pool)
+        job.run(on_round=look)
+    finally:
+        mp.undo()
+    assert seen == [False, False]
+    return job
 
 
 def test_corrupted_replica_is_detected_and_repaired(ray_cluster: object, tmp_path: Path) -> None:
@@ -88,13 +116,18 @@ def test_corrupted_replica_is_detected_and_repaired(ray_cluster: object, tmp_pat
 def test_killed_worker_restarts_and_the_job_carries_on(ray_cluster: object, tmp_path: Path) -> None:
     clean = run_ray(tmp_path / "clean", cfg(2))
 
+    shared_after: list[bool] = []
+
     def kill(event, progress) -> None:  # type: ignore[no-untyped-def]
         if event.round in (4, 9):
             ray.kill(job.pool.actors[event.round % 2], no_restart=False)  # type: ignore[union-attr]
+        if event.round == 12:
+            shared_after.extend(i["shared_memory"] for i in ray.get([a.info.remote() for a in job.pool.actors]))
 
     job = Job(validate_config(cfg(2)), tmp_path / "kill", pool_factory=ray_pool)
     r = job.run(on_round=kill)
     assert r["status"] == "SUCCEEDED" and r["worker_failures"] >= 2
+    assert shared_after == [False, False]  # a restarted actor finds no buffer (its name is gone): Ray's replies
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
 
 
