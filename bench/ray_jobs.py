@@ -6,6 +6,9 @@ round for three model sizes. overhead: 1 Ray worker against the in-process engin
 """
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from common import (
@@ -27,7 +30,7 @@ from common import (
 
 from coordinator.job import local_pool
 from coordinator.pool import LocalPool
-from coordinator.ray_pool import ray_pool
+from coordinator.ray_pool import SHM_DISABLE, ray_pool
 
 RAY_CPUS = 2  # logical CPUs of the local Ray: one per worker (cpus_per_worker 1), as on this 2-core machine
 R_VALUES = (2, 4)
@@ -197,20 +200,24 @@ def run_overhead(ctx: Context) -> str:
     start_local_ray(RAY_CPUS)
     local_spec = JobSpec("paper-hes-r2", (f"train.epochs={OVERHEAD_EPOCHS}",))
     ray_spec = _ray(local_spec, 1)
-    local_runs, alike_runs, ray_runs = [], [], []
-    for _ in range(OVERHEAD_REPEATS):  # alternate, so all three see the same machine load
+    local_runs, alike_runs, ray_runs, ray_only_runs = [], [], [], []
+    for _ in range(OVERHEAD_REPEATS):  # alternate, so all four see the same machine load
         local_runs.append(run_job(ctx, local_spec))
         alike_runs.append(run_job(ctx, local_spec, pool_factory=_reapplying_pool))
         ray_runs.append(run_job(ctx, ray_spec, pool_factory=ray_pool))
+        with _env(SHM_DISABLE, "1"):
+            ray_only_runs.append(run_job(ctx, ray_spec, pool_factory=ray_pool))
     statistics = (("mean, result.json", _mean_per_round), ("mean without round 0", _mean_after_first),
                   (f"median after round {WARMUP_ROUNDS}", _median_per_round))
     rows, words = [], []
     for kind in ("stochastic", "full"):
         for label, stat in statistics:
             here, alike, there = stat(local_runs, kind), stat(alike_runs, kind), stat(ray_runs, kind)
+            only = stat(ray_only_runs, kind)
             rt = ratio(there, here)
             rows.append([kind, label, ms(here), ms(alike), ms(there), f"{rt:.2f}x", f"{ratio(there, alike):.2f}x",
-                         f"{OVERHEAD_LIMIT}x: {verdict(rt <= OVERHEAD_LIMIT)}"])
+                         f"{OVERHEAD_LIMIT}x: {verdict(rt <= OVERHEAD_LIMIT)}", ms(only),
+                         f"{ratio(only, here):.2f}x"])
     first_local = median([r.events[0].seconds for r in local_runs])
     first_ray = median([r.events[0].seconds for r in ray_runs])
     words.append(f"- Round 0 took {ms(first_ray)} on Ray against {ms(first_local)} in process (medians over the "
@@ -232,13 +239,30 @@ def run_overhead(ctx: Context) -> str:
         "applies round t-1's decision to its own copy, so that update overlaps the worker's round (in process "
         "it cannot: one thread); the worker and coordinator actors run at niceness 0, not Ray's 15. "
         "With two or more workers the workers whose trial lost still draw the winner's noise at the start of "
-        "the next round, which one worker never does.",
+        "the next round, which one worker never does. A full round followed by a stochastic one leaves the "
+        "coordinator's own update to that stochastic round. The worker, on the coordinator's node, returns "
+        "its gradient through a shared-memory buffer (coordinator/ray_pool.py); the last two columns are the "
+        f"same Ray job with `{SHM_DISABLE}=1`, every array through Ray's replies, as for a worker on another "
+        "node.",
         "",
         table(["round", "statistic", "in process", "in process, replica re-applies", "1 Ray worker",
-               "ratio", "ratio vs re-applying", "target"], rows),
+               "ratio", "ratio vs re-applying", "target", "1 Ray worker, Ray replies only", "its ratio"], rows),
         "",
         *words,
     ])
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def _reapplying_pool(*parts: Any) -> LocalPool:
