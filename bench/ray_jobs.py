@@ -218,6 +218,11 @@ def run_overhead(ctx: Context) -> str:
             rows.append([kind, label, ms(here), ms(alike), ms(there), f"{rt:.2f}x", f"{ratio(there, alike):.2f}x",
                          f"{OVERHEAD_LIMIT}x: {verdict(rt <= OVERHEAD_LIMIT)}", ms(only),
                          f"{ratio(only, here):.2f}x"])
+    for kind in ("stochastic", "full"):
+        pairs = [ratio(_median_per_round([b], kind), _median_per_round([a], kind))
+                 for a, b in zip(local_runs, ray_runs, strict=True)]
+        words.append(f"- {kind.capitalize()} rounds, each Ray run against the in-process run just before it (median "
+                     f"after round {WARMUP_ROUNDS}): " + ", ".join(f"{x:.2f}x" for x in pairs) + ".")
     first_local = median([r.events[0].seconds for r in local_runs])
     first_ray = median([r.events[0].seconds for r in ray_runs])
     words.append(f"- Round 0 took {ms(first_ray)} on Ray against {ms(first_local)} in process (medians over the "

@@ -193,12 +193,15 @@ def _weighted_mean(results: list[Result], by_examples: bool) -> np.ndarray:
     if by_examples and len(results) == 1:  # one worker's parameters are their own average, to the bit
         assert results[0].array is not None
         return np.array(results[0].array, dtype=np.float32, copy=True)
-    examples = sum(r.examples for r in results)
-    total = None
+    examples = np.float32(sum(r.examples for r in results))
+    parts = []
     for r in results:
         assert r.array is not None
-        part = r.array * np.float32(r.examples) if by_examples else r.array
-        total = np.array(part, dtype=np.float32, copy=True) if total is None else total + part
-    assert total is not None
-    total /= np.float32(examples)  # in place: the same float32 division as total / examples, one copy less
+        parts.append(r.array * np.float32(r.examples) if by_examples else r.array)
+    if len(parts) == 1:
+        return np.divide(parts[0], examples, dtype=np.float32)  # a new array: the result may be a shared view
+    total = np.add(parts[0], parts[1], dtype=np.float32)
+    for part in parts[2:]:
+        total += part
+    total /= examples  # in place: the same float32 division as total / examples, one copy less
     return total
