@@ -277,6 +277,7 @@ class RayPool:
         remove_placement_group(self.pg)
         for buf in self.shared.values():
             buf.unlink()
+        self.shared = {}  # unmapped once the last view of a result is gone (a finished Job keeps its pool)
 
 
 def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
