@@ -8,15 +8,19 @@ but every worker still receives it, so it counts once per worker, e.g. 238,510 p
 Workers placed on the coordinator's own Ray node return their arrays (a full round's gradient, an
 average round's parameters) through a shared-memory buffer instead of Ray's reply: a file of 4P bytes in
 /dev/shm per such worker, created before the actor, mapped by both, its name unlinked as soon as every
-actor has started (nothing is left behind if either side dies; a restarted actor finds no name and uses
-Ray's reply again). The same bytes are counted. On this 2-core machine the reply of the paper's MLP
-(954 kB) took about 1.8 ms through Ray and 0.6 ms this way (BENCHMARKS.md, section 5). Workers on other
-nodes always use Ray. `HES_SHM_DISABLE=1` turns it off.
+actor has started (a restarted actor finds no name and uses Ray's reply again; if the coordinator dies
+while its actors start, the next pool on that node removes the orphaned files). The buffers take at most
+5% of /dev/shm's free space, which Ray's object store shares. The same bytes are counted. On this 2-core
+machine the reply of the paper's MLP (954 kB) took about 1.8 ms through Ray and 0.6 ms this way
+(BENCHMARKS.md, section 5). Workers on other nodes always use Ray. `HES_SHM_DISABLE=1` in the
+coordinator's environment turns it off (for jobs of `hes serve`, the coordinator actor's: the environment
+the Ray node was started with).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -75,6 +79,10 @@ SHM_DIR = "/dev/shm"
 SHM_DISABLE = "HES_SHM_DISABLE"
 
 
+SHM_SHARE_MAX = 0.05  # of /dev/shm's free space, which Ray's object store sized itself against
+_SHM_NAME = re.compile(r"hes-(\d+)-[0-9a-f]+-w\d+")
+
+
 class SharedBuffer:
     """One co-located worker's result buffer: a file in /dev/shm, its pages reserved, mapped here."""
 
@@ -83,12 +91,12 @@ class SharedBuffer:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.posix_fallocate(fd, 0, 4 * num_parameters)  # ENOSPC now, not SIGBUS at the first write
-        except OSError:
-            os.close(fd)
+            self.array = np.memmap(self.path, dtype="<f4", mode="r+", shape=(num_parameters,))
+        except (OSError, ValueError):
             self.unlink()
             raise
-        os.close(fd)
-        self.array = np.memmap(self.path, dtype="<f4", mode="r+", shape=(num_parameters,))
+        finally:
+            os.close(fd)
 
     def view(self) -> np.ndarray:
         """The worker's last array, read-only; valid until its next call (the round loop combines first)."""
@@ -101,20 +109,45 @@ class SharedBuffer:
             os.unlink(self.path)
 
 
+def remove_orphans() -> int:
+    """Unlink the buffers of coordinators that died while their actors were starting (the one window in
+    which a name exists); returns how many. Every pool does this on its node before making its own."""
+    removed = 0
+    for name in os.listdir(SHM_DIR):
+        m = _SHM_NAME.fullmatch(name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed += 1
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
+
+
 def shared_buffers(pg: object, n_workers: int, num_parameters: int) -> dict[int, SharedBuffer]:
-    """A buffer for each worker whose bundle is on this process's node; none when /dev/shm is missing,
-    full or turned off."""
+    """A buffer for each worker whose bundle is on this process's node; none when /dev/shm is missing or
+    turned off, or the buffers would take more than 5% of its free space (Ray's object store lives there)."""
     if os.environ.get(SHM_DISABLE, "") not in ("", "0") or not os.path.isdir(SHM_DIR):
         return {}
     here = ray.get_runtime_context().get_node_id()
     nodes = placement_group_table(pg)["bundles_to_node_id"]
+    local = [i for i in range(n_workers) if nodes.get(i) == here]
+    if not local:
+        return {}
+    remove_orphans()
+    st = os.statvfs(SHM_DIR)
+    if 4 * num_parameters * len(local) > SHM_SHARE_MAX * st.f_bavail * st.f_frsize:
+        return {}
     out = {}
-    for i in range(n_workers):
-        if nodes.get(i) == here:
-            try:
-                out[i] = SharedBuffer(i, num_parameters)
-            except OSError:
-                break  # Ray carries the arrays of this worker and the rest
+    for i in local:
+        try:
+            out[i] = SharedBuffer(i, num_parameters)
+        except (OSError, ValueError):
+            break  # Ray carries the arrays of this worker and the rest
     return out
 
 

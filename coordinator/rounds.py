@@ -78,9 +78,9 @@ class RoundLoop:
         return self._state
 
     def _settle(self) -> None:
-        for decision in self._unapplied:
-            self._state = apply_decision(self._state, decision, self.hyper)
-        self._unapplied.clear()
+        while self._unapplied:  # one at a time: if an apply fails, the state and the list still agree
+            self._state = apply_decision(self._state, self._unapplied[0], self.hyper)
+            self._unapplied.pop(0)
 
     def _settle_under(self, t: int, task: Task) -> bool:
         """Apply the waiting decisions while the workers do round t? Not in a full round followed by a

@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from coordinator.config import validate_config
 from coordinator.job import Job
 from service.cli import main as hes
+from workers.messages import RoundKind
 
 
 def digits_cfg(**hybrid: object) -> dict:
@@ -146,7 +147,7 @@ def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path
     from coordinator.job import local_pool
     from coordinator.pool import LocalPool
 
-    unapplied_at_send: list[int] = []
+    unapplied_at_send: list[tuple[int, int]] = []  # (round, decisions waiting when its task went out)
 
     def overlapping(*parts: object) -> LocalPool:
         pool = local_pool(*parts)  # type: ignore[arg-type]
@@ -155,7 +156,7 @@ def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path
         send = pool.send
 
         def send_and_look(task):  # type: ignore[no-untyped-def]
-            unapplied_at_send.append(0 if over._loop is None else len(over._loop._unapplied))
+            unapplied_at_send.append((task.round, 0 if over._loop is None else len(over._loop._unapplied)))
             return send(task)
 
         pool.send = send_and_look  # type: ignore[method-assign]
@@ -170,11 +171,17 @@ def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path
     assert seen == [6]  # read mid-job, the state has the round's own decision applied
     # every task went out before the coordinator applied the previous decision, except round 0's and those
     # after a read of the state: at each epoch's end (evaluation) and in the callback after round 5
-    assert unapplied_at_send.count(0) == 1 + (len(over.history) - 1) + 1
-    # a full round followed by a stochastic one leaves its waiting decision to be applied under that one
+    waiting = dict(unapplied_at_send)
+    assert list(waiting.values()).count(0) == 1 + (len(over.history) - 1) + 1
+    # a full round followed by a stochastic one leaves the waiting decision to be applied under that one
     # (two decisions wait at its send), except when it checks the replicas; localsgd never has two waiting
-    deferred = max(unapplied_at_send) == 2
-    assert deferred == (hybrid.get("mode") != "localsgd"), unapplied_at_send
+    every, schedule = cfg.hybrid.replica_check_every, over.schedule
+    for t in range(1, len(waiting)):
+        deferred = (schedule.kind(t - 1) == RoundKind.FULL and schedule.kind(t) == RoundKind.STOCHASTIC
+                    and (every == 0 or t - 1 == 0 or (t - 1) % every != 0))
+        grown = waiting[t - 1] + 1 if deferred else 1  # 0 instead where the state was read in between
+        assert waiting[t] in (0, grown), (t, waiting[t - 1], waiting[t], deferred)
+    assert (max(waiting.values()) == 2) == (hybrid.get("mode") != "localsgd")
     assert torch.equal(over.state.theta, plain.state.theta)
     untimed = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert untimed(over.history) == untimed(plain.history)
