@@ -6,10 +6,9 @@ round for three model sizes. overhead: 1 Ray worker against the in-process engin
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 from common import (
     Context,
@@ -205,7 +204,7 @@ def run_overhead(ctx: Context) -> str:
         local_runs.append(run_job(ctx, local_spec))
         alike_runs.append(run_job(ctx, local_spec, pool_factory=_reapplying_pool))
         ray_runs.append(run_job(ctx, ray_spec, pool_factory=ray_pool))
-        with _env(SHM_DISABLE, "1"):
+        with mock.patch.dict(os.environ, {SHM_DISABLE: "1"}):
             ray_only_runs.append(run_job(ctx, ray_spec, pool_factory=ray_pool))
     statistics = (("mean, result.json", _mean_per_round), ("mean without round 0", _mean_after_first),
                   (f"median after round {WARMUP_ROUNDS}", _median_per_round))
@@ -264,19 +263,6 @@ def run_overhead(ctx: Context) -> str:
         "",
         *words,
     ])
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
 
 
 def _reapplying_pool(*parts: Any) -> LocalPool:

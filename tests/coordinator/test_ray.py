@@ -31,6 +31,11 @@ def cfg(workers: int, **hybrid: object) -> dict:
             "cluster": {"workers": workers, "cpus_per_worker": 1}}
 
 
+def infos(job: Job) -> list[dict]:
+    """What each of the job's worker actors says of itself (pid, node, shared_memory, ...)."""
+    return ray.get([a.info.remote() for a in job.pool.actors])  # type: ignore[union-attr]
+
+
 def run_ray(tmp: Path, raw: dict, on_round=None) -> Job:  # type: ignore[no-untyped-def]
     job = Job(validate_config(raw), tmp, pool_factory=ray_pool)
     job.result = job.run(on_round=on_round)  # type: ignore[attr-defined]
@@ -45,13 +50,13 @@ def test_one_worker_is_bitwise_the_in_process_engine(ray_cluster: object, tmp_pa
     assert np.array_equal(local.state.theta.numpy(), remote.state.theta.numpy())
 
 
-def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path) -> None:
+def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nodes = []
     left_in_shm: list[str] = []
 
     def look(event, progress) -> None:  # type: ignore[no-untyped-def]
         if event.round == 0:
-            nodes.extend(ray.get([a.info.remote() for a in job_ref[0].pool.actors]))
+            nodes.extend(infos(job_ref[0]))
             left_in_shm.extend(glob.glob(f"/dev/shm/hes-{os.getpid()}-*"))
 
     job_ref: list[Job] = []
@@ -72,24 +77,16 @@ def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path) -> No
     here = ray.get_runtime_context().get_node_id()
     assert [i["shared_memory"] for i in nodes] == [i["node"] == here for i in nodes]
     assert left_in_shm == []
+    monkeypatch.setenv(ray_pool_module.SHM_DISABLE, "1")
     assert np.array_equal(job.state.theta.numpy(), _ray_only(tmp_path / "ray-only").state.theta.numpy())
 
 
 def _ray_only(tmp: Path) -> Job:
-    """The same 2-worker job with shared memory turned off: every array through Ray's replies."""
+    """The same 2-worker job with shared memory turned off (the caller sets SHM_DISABLE): Ray's replies."""
     seen: list[bool] = []
-
-    def look(event, progress) -> None:  # type: ignore[no-untyped-def]
-        if event.round == 0:
-            seen.extend(i["shared_memory"] for i in ray.get([a.info.remote() for a in job.pool.actors]))
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv(ray_pool_module.SHM_DISABLE, "1")
-    try:
-        job = Job(validate_config(cfg(2)), tmp, pool_factory=ray_pool)
-        job.run(on_round=look)
-    finally:
-        mp.undo()
+    job = Job(validate_config(cfg(2)), tmp, pool_factory=ray_pool)
+    job.run(on_round=lambda event, progress: seen.extend(i["shared_memory"] for i in infos(job))
+            if event.round == 0 else None)
     assert seen == [False, False]
     return job
 
@@ -122,7 +119,7 @@ def test_killed_worker_restarts_and_the_job_carries_on(ray_cluster: object, tmp_
         if event.round in (4, 9):
             ray.kill(job.pool.actors[event.round % 2], no_restart=False)  # type: ignore[union-attr]
         if event.round == 12:
-            shared_after.extend(i["shared_memory"] for i in ray.get([a.info.remote() for a in job.pool.actors]))
+            shared_after.extend(i["shared_memory"] for i in infos(job))
 
     job = Job(validate_config(cfg(2)), tmp_path / "kill", pool_factory=ray_pool)
     r = job.run(on_round=kill)
@@ -139,7 +136,7 @@ def test_hung_worker_is_killed_restarted_and_the_job_carries_on(ray_cluster: obj
 
     def freeze(event, progress) -> None:  # type: ignore[no-untyped-def]
         if event.round == 5:  # SIGSTOP: the process lives but answers nothing, as a wedged worker would
-            pid = ray.get(job.pool.actors[1].info.remote())["pid"]  # type: ignore[union-attr]
+            pid = infos(job)[1]["pid"]
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
 
