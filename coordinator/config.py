@@ -6,6 +6,7 @@ value is parsed as YAML (so `model.hidden=[3000]` works).
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,7 +18,8 @@ PRESETS_PACKAGE = "coordinator.presets"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: no "2" or true taken for a number (an int still fills a float field), no 1 taken for true
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 class DataConfig(_Strict):
@@ -110,6 +112,20 @@ def validate_config(raw: dict[str, Any]) -> JobConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, but `1e-4` and `1.0e4` are floats (YAML 1.1 wants a dot and a signed
+    exponent, so PyYAML leaves them strings, which the strict float fields would refuse)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no Python objects
+
+
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
 
@@ -126,7 +142,7 @@ def read_config_file(path_or_preset: str) -> dict[str, Any]:
     else:
         raise ConfigError(f"config: {path_or_preset!r} is neither a file nor a preset ({', '.join(preset_names())})")
     try:
-        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if p.suffix == ".json" else _load_yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise ConfigError(f"config: {source} does not parse: {err}") from None
     if not isinstance(raw, dict):
@@ -140,7 +156,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load_yaml(text) if text.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: value does not parse as YAML: {err}") from None
     node = raw

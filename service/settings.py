@@ -57,8 +57,10 @@ class Settings(BaseSettings):
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # A blank token is a mistake (an empty secret, a stray `export`), not a wish to turn auth off: refuse it.
         if value is not None and not value.get_secret_value().strip():
-            return None
+            raise ValueError("HES_API_TOKEN is set but blank; set it to a token, or unset it to serve without "
+                             "authentication on a loopback address")
         return value
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.config import ConfigError, load_config, preset_names, validate_config
+from coordinator.config import ConfigError, JobConfig, load_config, preset_names, validate_config
 
 
 @pytest.mark.parametrize("raw,field", [
@@ -50,3 +50,42 @@ def test_every_preset_validates() -> None:
 def test_unknown_file_or_preset() -> None:
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_config("no-such-thing")
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"train": {"epochs": "2"}}, "train.epochs"),
+    ({"train": {"epochs": True}}, "train.epochs"),
+    ({"train": {"epochs": 2.0}}, "train.epochs"),
+    ({"hybrid": {"k": "10"}}, "hybrid.k"),
+    ({"seed": "7"}, "seed"),
+    ({"model": {"hidden": ["32"]}}, "model.hidden.0"),
+    ({"train": {"lr": "0.5"}}, "train.lr"),
+    ({"train": {"lr": True}}, "train.lr"),
+    ({"hybrid": {"sigma": False}}, "hybrid.sigma"),
+    ({"train": {"shuffle": 1}}, "train.shuffle"),
+    ({"train": {"shuffle": "yes"}}, "train.shuffle"),
+    ({"name": 5}, "name"),
+])
+def test_no_string_or_boolean_is_taken_for_a_number(raw: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config(raw)
+
+
+def test_strict_types_still_take_what_json_and_yaml_give() -> None:
+    cfg = validate_config({"train": {"lr": 2, "l2": 0, "shuffle": False}, "cluster": {"cpus_per_worker": 2},
+                           "model": {"hidden": [16, 8], "init": None}, "data": {"dataset": "digits"}})
+    assert cfg.train.lr == 2.0 and isinstance(cfg.train.lr, float) and cfg.model.hidden == [16, 8]
+    assert validate_config(cfg.model_dump(mode="json")) == cfg  # the service stores configs as JSON
+    assert validate_config(JobConfig().model_dump(mode="json")) == JobConfig()
+
+
+def test_yaml_scientific_notation_is_a_float(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads `1e-4` and `1.0e4` as strings; the config loader reads them as numbers."""
+    f = tmp_path / "job.yaml"
+    f.write_text("train: {l2: 1e-4, lr: 1.0e1}\nhybrid: {sigma: 5E-1}\nname: 1e3x\n")
+    cfg = load_config(str(f), ["train.epochs=3", "hybrid.sigma=2e-1"])
+    assert (cfg.train.l2, cfg.train.lr, cfg.hybrid.sigma, cfg.train.epochs) == (1e-4, 10.0, 0.2, 3)
+    assert cfg.name == "1e3x"
+    assert load_config(str(f), ["train.l2=3e-5"]).train.l2 == 3e-5
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(str(f), ["train.epochs=1e1"])  # a float is no integer

@@ -39,6 +39,19 @@ def test_hes_serve_refuses_a_public_address_without_a_token(capsys: pytest.Captu
     assert "hes serve: host: refusing to listen on the non-loopback address '0.0.0.0'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_a_blank_token_is_refused_not_taken_for_no_auth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str], blank: str) -> None:
+    monkeypatch.setenv("HES_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("HES_API_TOKEN", blank)
+    with pytest.raises(ValidationError, match="HES_API_TOKEN is set but blank"):
+        Settings()  # on loopback too: a blank token must not quietly turn authentication off
+    assert main(["serve", "--port", "8123"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("hes serve: api_token: HES_API_TOKEN is set but blank; set it to a token, or unset it to serve "
+                   "without authentication on a loopback address\n")
+
+
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HES_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HES_PORT", "9123")
