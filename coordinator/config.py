@@ -38,7 +38,8 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     arch: Literal["mlp", "convnet"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [300], min_length=1)
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [300], min_length=1,
+                                                                max_length=16)
     activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
     # Initial weights: "normal" draws N(0, 1) as the paper's MLP did; "fan_in" scales by 1/sqrt(fan_in).
     # None: normal for mlp, fan_in for convnet.
