@@ -5,9 +5,11 @@ training mean and std (one scalar each, as the paper's code did), and int64 labe
 """
 from __future__ import annotations
 
-import gzip
+import math
 import os
 import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,12 @@ IDX_FILES = {
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 NUM_CLASSES = 10
+# The most an IDX file may declare (decompressed): MNIST's largest is 47 MB. A header promising more is refused
+# before any of the file is read, so a gzip bomb is never inflated.
+MAX_IDX_BYTES = 1 << 30
+CHUNK_BYTES = 1 << 20  # files are read and inflated this much at a time
+GZIP_MIN_BYTES = 18  # a 10-byte header and an 8-byte trailer
+MNIST_DEV_SIZE = 10000  # held out from the training images, as in the paper
 
 
 class DataError(ValueError):
@@ -47,49 +55,190 @@ class Dataset:
         return sum(a.nbytes for a in (self.x_train, self.y_train, self.x_dev, self.y_dev, self.x_test, self.y_test))
 
 
-def _open_idx(folder: Path, stem: str) -> tuple[Path, bytes]:
+def idx_candidates(folder: Path) -> list[Path]:
+    """Every file name the loader may open in an MNIST folder, in the order it tries them (.gz first)."""
+    return [folder / name for stem in IDX_FILES.values() for name in (f"{stem}.gz", stem)]
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
-            try:
-                raw = candidate.read_bytes()
-                return candidate, gzip.decompress(raw) if candidate.suffix == ".gz" else raw
-            except (OSError, EOFError, gzip.BadGzipFile) as err:
-                raise DataError(f"{candidate}: cannot be read: {err}") from None
+            return candidate
     raise DataError(f"{folder / stem}(.gz): missing")
 
 
-def read_idx(path: Path, data: bytes, magic: int) -> np.ndarray:
-    """Parse one IDX file's bytes: (n,) labels or (n, rows, cols) images, uint8."""
+def _pieces(path: Path, limit: int) -> Iterator[bytes]:
+    """The file's bytes (decompressed for .gz) in pieces of at most CHUNK_BYTES, stopping after `limit`:
+    a gzip bomb is never inflated beyond the limit, and never more than one piece of it is held."""
+    with path.open("rb") as f:
+        if path.suffix != ".gz":
+            while limit > 0 and (piece := f.read(min(CHUNK_BYTES, limit))):
+                limit -= len(piece)
+                yield piece
+            return
+        inflate = zlib.decompressobj(wbits=31)  # one gzip member
+        pending, at_end = b"", False
+        while limit > 0 and not inflate.eof:
+            if not pending:
+                pending = f.read(CHUNK_BYTES)
+                at_end = not pending  # then decompress(b"") still drains what zlib holds back
+            piece = inflate.decompress(pending, min(CHUNK_BYTES, limit))
+            pending = inflate.unconsumed_tail
+            if not piece and at_end:
+                return  # the stream ends early: the caller sees fewer bytes than it asked for
+            limit -= len(piece)
+            yield piece
+
+
+def read_bounded(path: Path, limit: int) -> bytearray:
+    """At most `limit` bytes of the file, decompressed for .gz; DataError naming the file if it cannot be read."""
+    out = bytearray()
+    try:
+        for piece in _pieces(path, limit):
+            out += piece
+    except (OSError, zlib.error) as err:
+        raise DataError(f"{path}: cannot be read: {err}") from None
+    return out
+
+
+def _stored_size(path: Path) -> int:
+    """The file's size; for .gz the gzip trailer's ISIZE (the decompressed size mod 2^32), read without inflating."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if path.suffix != ".gz":
+                return size
+            if size < GZIP_MIN_BYTES:
+                raise DataError(f"{path}: cannot be read: {size} bytes is too short for a gzip file")
+            f.seek(-4, os.SEEK_END)
+            (isize,) = struct.unpack("<I", f.read(4))
+            return int(isize)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read: {err}") from None
+
+
+@dataclass(frozen=True)
+class IdxHeader:
+    """One IDX file as its 8- or 16-byte header declares it; `nbytes` is the whole (decompressed) file."""
+    path: Path
+    dims: tuple[int, ...]
+
+    @property
+    def header_bytes(self) -> int:
+        return 4 + 4 * len(self.dims)
+
+    @property
+    def nbytes(self) -> int:
+        return self.header_bytes + math.prod(self.dims)  # Python integers: no wrap-around
+
+
+def read_idx_header(path: Path, magic: int, max_bytes: int = MAX_IDX_BYTES) -> IdxHeader:
+    """Read only the header of an IDX file (streaming for .gz) and check it against the file's stored size.
+
+    Refuses images that are not square or smaller than 1x1, and a declared size above max_bytes."""
     ndim = 3 if magic == IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
+    data = read_bounded(path, header)
     if len(data) < header:
         raise DataError(f"{path}: truncated header ({len(data)} bytes)")
     (found,) = struct.unpack(">I", data[:4])
     if found != magic:
         raise DataError(f"{path}: wrong magic number {found:#010x}, expected {magic:#010x}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims))
-    if len(data) - header < expected:
-        raise DataError(f"{path}: truncated: {len(data) - header} data bytes, header promises {expected}")
-    return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims)
+    head = IdxHeader(path, struct.unpack(f">{ndim}I", data[4:header]))
+    if ndim == 3:
+        n, rows, cols = head.dims
+        if rows < 1 or cols < 1:
+            raise DataError(f"{path}: images of {rows}x{cols} pixels; they must be at least 1x1")
+        if rows != cols:
+            raise DataError(f"{path}: images of {rows}x{cols} pixels are not square")
+    if head.dims[0] < 1:
+        raise DataError(f"{path}: holds no examples")
+    if head.nbytes > max_bytes:
+        raise DataError(f"{path}: the header declares {' x '.join(map(str, head.dims))} entries, "
+                        f"{head.nbytes:,} bytes, above the limit of {max_bytes:,} bytes per file")
+    stored = _stored_size(path)
+    if path.suffix == ".gz" and stored != head.nbytes % 2**32:
+        raise DataError(f"{path}: truncated or overlong: its gzip trailer gives {stored:,} bytes (mod 2^32), "
+                        f"the header promises {head.nbytes:,}")
+    if path.suffix != ".gz" and stored < head.nbytes:
+        raise DataError(f"{path}: truncated: {stored - header} data bytes, header promises {head.nbytes - header}")
+    if path.suffix != ".gz" and stored > head.nbytes:
+        raise DataError(f"{path}: {stored - head.nbytes} bytes after the {head.nbytes - header} data bytes the "
+                        "header promises")
+    return head
 
 
-def read_mnist_folder(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The four standard MNIST arrays (uint8) from a folder of IDX files, gzipped or raw."""
-    root = Path(folder)
+def _check_labels(head: IdxHeader) -> None:
+    """Stream the labels (bounded by the header's size) and refuse any above NUM_CLASSES - 1."""
+    at = 0
+    try:
+        for piece in _pieces(head.path, head.nbytes):
+            labels = np.frombuffer(piece, dtype=np.uint8)[max(0, head.header_bytes - at):]
+            at += len(piece)
+            if labels.size and int(labels.max()) >= NUM_CLASSES:
+                raise DataError(f"{head.path}: label above {NUM_CLASSES - 1}")
+    except (OSError, zlib.error) as err:
+        raise DataError(f"{head.path}: cannot be read: {err}") from None
+    if at < head.nbytes:
+        raise DataError(f"{head.path}: truncated: {at - head.header_bytes} data bytes, header promises "
+                        f"{head.nbytes - head.header_bytes}")
+
+
+def _inspect(root: Path, max_bytes: int) -> dict[str, IdxHeader]:
     if not root.is_dir():
         raise DataError(f"{root}: MNIST folder missing")
-    out: dict[str, np.ndarray] = {}
-    for key, stem in IDX_FILES.items():
-        path, raw = _open_idx(root, stem)
-        out[key] = read_idx(path, raw, IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC)
+    heads = {key: read_idx_header(_find_idx(root, stem), IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC,
+                                  max_bytes)
+             for key, stem in IDX_FILES.items()}
+    train, test = heads["train_images"].dims, heads["test_images"].dims
+    if train[1:] != test[1:]:
+        raise DataError(f"{heads['test_images'].path}: images of {test[1]}x{test[2]} pixels, the training images "
+                        f"are {train[1]}x{train[2]}")
     for split in ("train", "test"):
-        n_img, n_lab = len(out[f"{split}_images"]), len(out[f"{split}_labels"])
+        n_img, n_lab = heads[f"{split}_images"].dims[0], heads[f"{split}_labels"].dims[0]
         if n_img != n_lab:
             raise DataError(f"{root}: {split} image and label counts disagree ({n_img} images, {n_lab} labels)")
-        if out[f"{split}_labels"].size and out[f"{split}_labels"].max() >= NUM_CLASSES:
-            raise DataError(f"{root / IDX_FILES[split + '_labels']}: label above {NUM_CLASSES - 1}")
+        _check_labels(heads[f"{split}_labels"])
+    return heads
+
+
+@dataclass(frozen=True)
+class MnistHeaders:
+    """What an MNIST folder's four IDX files declare, checked against their sizes, without loading any image."""
+    folder: Path
+    n_train: int  # training images, dev not yet held out
+    n_test: int
+    rows: int
+    cols: int
+
+
+def inspect_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> MnistHeaders:
+    """Check an MNIST folder reading only the image files' headers (the labels are small and read in full).
+
+    For .gz only the header bytes are inflated; the gzip trailer's size must match what the header declares."""
+    root = Path(folder)
+    heads = _inspect(root, max_bytes)
+    n_train, rows, cols = heads["train_images"].dims
+    return MnistHeaders(root, n_train, heads["test_images"].dims[0], rows, cols)
+
+
+def read_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> dict[str, np.ndarray]:
+    """The four standard MNIST arrays (uint8) from a folder of IDX files, gzipped or raw.
+
+    The headers pass inspect_mnist_folder's checks first; no file is inflated beyond what its header declares."""
+    out: dict[str, np.ndarray] = {}
+    for key, head in _inspect(Path(folder), max_bytes).items():
+        data = read_bounded(head.path, head.nbytes)
+        if len(data) < head.nbytes:
+            raise DataError(f"{head.path}: truncated: {len(data) - head.header_bytes} data bytes, header promises "
+                            f"{head.nbytes - head.header_bytes}")
+        out[key] = np.frombuffer(data, dtype=np.uint8, offset=head.header_bytes).reshape(head.dims)
     return out
+
+
+def _check_dev_size(name: str, dev_size: int, n: int) -> None:
+    if not 1 <= dev_size < n:
+        raise DataError(f"data.dev_size: {dev_size} must be at least 1 and below the {n} training images of {name}")
 
 
 def split_and_standardise(
@@ -98,8 +247,7 @@ def split_and_standardise(
 ) -> Dataset:
     """Seeded shuffle, the first dev_size as dev, pixels standardised with the training mean and std."""
     n = len(images)
-    if not 1 <= dev_size < n:
-        raise DataError(f"data.dev_size: {dev_size} must be at least 1 and below the {n} training images of {name}")
+    _check_dev_size(name, dev_size, n)
     order = np.random.default_rng(seed).permutation(n)
     x = images[order].astype(np.float32)
     y = labels[order].astype(np.int64)
@@ -115,7 +263,7 @@ def split_and_standardise(
                    prep(test_images), test_labels.astype(np.int64))
 
 
-def load_mnist(folder: str | os.PathLike[str], dev_size: int = 10000, seed: int = 100) -> Dataset:
+def load_mnist(folder: str | os.PathLike[str], dev_size: int = MNIST_DEV_SIZE, seed: int = 100) -> Dataset:
     a = read_mnist_folder(folder)
     return split_and_standardise("mnist", a["train_images"], a["train_labels"], a["test_images"],
                                  a["test_labels"], dev_size, seed)
@@ -148,15 +296,41 @@ def default_mnist_dir() -> str | None:
     return os.environ.get("HES_MNIST_DIR")
 
 
+def _mnist_folder(path: str | None) -> str:
+    folder = path or default_mnist_dir()
+    if not folder:
+        raise DataError("data.path: not set and $HES_MNIST_DIR is empty; point it at the MNIST IDX folder")
+    return folder
+
+
 def load_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int) -> Dataset:
     """The data set a job config names (see coordinator/config.py DataConfig)."""
     if dataset == "mnist":
-        folder = path or default_mnist_dir()
-        if not folder:
-            raise DataError("data.path: not set and $HES_MNIST_DIR is empty; point it at the MNIST IDX folder")
-        return load_mnist(folder, dev_size if dev_size is not None else 10000, seed)
+        return load_mnist(_mnist_folder(path), dev_size if dev_size is not None else MNIST_DEV_SIZE, seed)
     if dataset == "digits":
         return load_digits(dev_size, seed)
     if dataset == "synthetic":
         return make_synthetic(dev_size=dev_size, seed=seed)
     raise DataError(f"data.dataset: unknown data set {dataset!r}")
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The sizes of the data set a job config names, as admission needs them (no arrays kept)."""
+    name: str
+    n_train: int  # after dev_size is held out
+    n_dev: int
+    n_test: int
+    image_side: int
+
+
+def describe_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int) -> DataFacts:
+    """What load_dataset would give, without loading MNIST: its sizes come from inspect_mnist_folder.
+    digits and synthetic are small and built in memory, so they are built and measured."""
+    if dataset == "mnist":
+        info = inspect_mnist_folder(_mnist_folder(path))
+        dev = dev_size if dev_size is not None else MNIST_DEV_SIZE
+        _check_dev_size("mnist", dev, info.n_train)
+        return DataFacts("mnist", info.n_train - dev, dev, info.n_test, info.rows)
+    data = load_dataset(dataset, path, dev_size, seed)
+    return DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)

@@ -1,14 +1,30 @@
-"""IDX reader on small files the tests write (each corrupt case), the paper's split, bundled data sets."""
+"""IDX reader on small files the tests write (each corrupt case), header inspection and its caps (dimensions
+past 2^64, empty and non-square images, gzip bombs), the paper's split, bundled data sets."""
 from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from workers.data import DataError, load_dataset, load_digits, load_mnist, make_synthetic, read_mnist_folder
+from workers.data import (
+    DataError,
+    MnistHeaders,
+    describe_dataset,
+    inspect_mnist_folder,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    make_synthetic,
+    read_bounded,
+    read_mnist_folder,
+)
 
 
 def write_idx(folder: Path, n_train: int = 30, n_test: int = 10, gz: bool = True, side: int = 28,
@@ -111,3 +127,113 @@ def test_mnist_needs_a_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HES_MNIST_DIR", raising=False)
     with pytest.raises(DataError, match="data.path"):
         load_dataset("mnist", None, None, 1)
+
+
+def put_train_images(folder: Path, n: int, rows: int, cols: int, body: bytes) -> Path:
+    """Replace the training images (gzip) by a header declaring n x rows x cols and the given pixel bytes."""
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, n, rows, cols) + body))
+    return folder / "train-images-idx3-ubyte.gz"
+
+
+def write_bomb(path: Path, head: bytes, zeros: int) -> None:
+    """A gzip file of `head` and then `zeros` zero bytes, compressed a MiB at a time (never held whole here)."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = bytes(1 << 20)
+    with path.open("wb") as f:
+        f.write(deflate.compress(head))
+        for _ in range(zeros // len(chunk)):
+            f.write(deflate.compress(chunk))
+        f.write(deflate.flush())
+
+
+def peak_bytes(fn: Callable[[], Any]) -> int:
+    """The most memory Python allocated while fn ran (its exception, if any, is swallowed)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except DataError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_inspection_reads_the_headers(tmp_path: Path, gz: bool) -> None:
+    write_idx(tmp_path, n_train=30, n_test=10, gz=gz)
+    assert inspect_mnist_folder(tmp_path) == MnistHeaders(tmp_path, n_train=30, n_test=10, rows=28, cols=28)
+    facts = describe_dataset("mnist", str(tmp_path), 5, 1)
+    assert (facts.n_train, facts.n_dev, facts.n_test, facts.image_side) == (25, 5, 10, 28)
+    with pytest.raises(DataError, match="data.dev_size: 30 must be at least 1 and below the 30 training images"):
+        describe_dataset("mnist", str(tmp_path), 30, 1)
+
+
+def test_dimensions_past_2_64_do_not_wrap_around(tmp_path: Path) -> None:
+    """2^22 images of 2^21 x 2^21 pixels: 2^64 bytes, which np.prod turned into 0."""
+    write_idx(tmp_path)
+    path = put_train_images(tmp_path, 2**22, 2**21, 2**21, b"")
+    with pytest.raises(DataError, match=rf"^{path}: the header declares 4194304 x 2097152 x 2097152 entries, "
+                                        r"18,446,744,073,709,551,632 bytes, above the limit of 1,073,741,824"):
+        read_mnist_folder(tmp_path)
+
+
+@pytest.mark.parametrize(("rows", "cols", "fault"), [(0, 0, "0x0 pixels; they must be at least 1x1"),
+                                                      (0, 5, "0x5 pixels; they must be at least 1x1"),
+                                                      (28, 27, "28x27 pixels are not square")])
+def test_images_must_be_square_and_not_empty(tmp_path: Path, rows: int, cols: int, fault: str) -> None:
+    write_idx(tmp_path)
+    path = put_train_images(tmp_path, 30, rows, cols, bytes(30 * rows * cols))
+    with pytest.raises(DataError, match=f"^{path}: images of {fault}"):
+        load_mnist(tmp_path, dev_size=10)
+
+
+def test_train_and_test_images_must_have_one_size(tmp_path: Path) -> None:
+    write_idx(tmp_path)
+    put_train_images(tmp_path, 30, 27, 27, bytes(30 * 27 * 27))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: images of 28x28 pixels, the training images "
+                                        r"are 27x27"):
+        read_mnist_folder(tmp_path)
+
+
+def test_raw_file_longer_than_its_header_is_refused(tmp_path: Path) -> None:
+    write_idx(tmp_path, gz=False)
+    with (tmp_path / "t10k-labels-idx1-ubyte").open("ab") as f:
+        f.write(b"\x01\x02")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: 2 bytes after the 10 data bytes"):
+        read_mnist_folder(tmp_path)
+
+
+def test_labels_above_9_are_refused(tmp_path: Path) -> None:
+    write_idx(tmp_path)
+    labels = struct.pack(">II", 2049, 10) + bytes(9) + b"\x0a"
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: label above 9"):
+        inspect_mnist_folder(tmp_path)
+
+
+BOMB_ZEROS = 64 << 20  # 64 MiB of zeros: about 64 kB of gzip
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    """A header promising 30 small images, followed by 64 MiB of zeros: the trailer's size gives it away."""
+    write_idx(tmp_path)
+    write_bomb(tmp_path / "train-images-idx3-ubyte.gz", struct.pack(">IIII", 2051, 30, 28, 28), BOMB_ZEROS)
+    for load in (lambda: inspect_mnist_folder(tmp_path), lambda: read_mnist_folder(tmp_path)):
+        with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: truncated or overlong: its gzip "
+                                            rf"trailer gives {16 + BOMB_ZEROS:,} bytes \(mod 2\^32\), the header "
+                                            r"promises 23,536"):
+            load()
+        assert peak_bytes(load) < 8 << 20  # never more than a few MiB of it in memory
+
+
+def test_bounded_read_inflates_no_more_than_asked(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.gz"
+    write_bomb(bomb, b"head", BOMB_ZEROS)
+    assert read_bounded(bomb, 1000) == b"head" + bytes(996)
+    assert peak_bytes(lambda: read_bounded(bomb, 3 << 20)) < 8 << 20
+    rng = np.random.default_rng(0)
+    text = rng.integers(0, 4, size=3 << 20, dtype=np.uint8).tobytes()  # several MiB pieces, many zlib blocks
+    (tmp_path / "plain.gz").write_bytes(gzip.compress(text, compresslevel=1))
+    assert read_bounded(tmp_path / "plain.gz", len(text) + 10) == text
+    assert read_bounded(tmp_path / "plain.gz", 12345) == text[:12345]
