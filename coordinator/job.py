@@ -4,8 +4,11 @@ Runs in `hes train` (cluster.workers: 0, in this process) and inside the coordin
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +18,24 @@ import torch
 
 from coordinator.accounting import Counters
 from coordinator.config import JobConfig
-from coordinator.outputs import load_checkpoint, save_checkpoint, write_history, write_json, write_model
+from coordinator.outputs import (
+    OutputError,
+    load_checkpoint,
+    save_checkpoint,
+    write_history,
+    write_json,
+    write_model,
+    write_text,
+)
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
 from workers.data import Dataset, load_dataset
-from workers.hybrid import HybridState, Hyper, evaluate
+from workers.hybrid import Diverged, HybridState, Hyper, evaluate, require_finite, require_finite_parameters
 from workers.models import Model, build_model
 from workers.replica import Replica, Schedule
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+log = logging.getLogger("hes.job")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
@@ -68,6 +81,45 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     return data, model, hyper, schedule
 
 
+def divergence_hint(cfg: JobConfig) -> str:
+    knobs = [f"train.lr, now {cfg.train.lr:g}"]
+    if cfg.hybrid.mode == "hybrid":  # the only mode whose trials are spread by sigma
+        knobs.append(f"hybrid.sigma, now {cfg.hybrid.sigma:g}")
+    return "lower " + ", or ".join(knobs)
+
+
+def failure_message(err: BaseException, cfg: JobConfig, total_rounds: int) -> str:
+    """Why a job failed, in one readable line: the round and the knob for a divergence, the file and the output
+    for a write that failed, else the error's type and first line (no terminal colours)."""
+    if isinstance(err, Diverged):
+        of = f" of {total_rounds}" if total_rounds else ""
+        return f"diverged at round {err.round}{of}: {err.reason} ({divergence_hint(cfg)})"
+    if isinstance(err, OutputError):
+        return str(err)
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:500]}" if lines else type(err).__name__
+
+
+def failed_result(cfg: JobConfig, progress: Progress, num_parameters: int | None, out_dir: Path,
+                  trace: str) -> dict[str, Any]:
+    """result.json of a failed job: what it had done, and why it stopped (the traceback in error.log).
+
+    Writing is best effort: when the disk is what failed, the document returned still says why."""
+    p = progress.to_dict()
+    doc = {"status": "FAILED", "message": progress.message, "config": cfg.model_dump(),
+           "num_parameters": num_parameters, "num_workers": cfg.cluster.workers, "final": {},
+           "rounds": p["rounds"], "bytes": p["bytes"], "seconds": p["seconds"], "replica_checks": p["replica_checks"]}
+    for name, write in (("error.log", lambda: write_text(out_dir / "error.log", trace)),
+                        ("result.json", lambda: write_json(out_dir / "result.json", doc))):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write()
+        except OSError as err:
+            log.error("job %s failed (%s) and its %s could not be written: %s", cfg.name, progress.message,
+                      name, err)
+    return doc
+
+
 def worker_k(cfg: JobConfig) -> int:
     """Trials per worker per stochastic round: none for the stale control, which does no search."""
     return 0 if cfg.hybrid.mode == "stale" else cfg.hybrid.k
@@ -100,7 +152,6 @@ class Job:
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
         self.stop_requested = False
-        write_json(self.out / "config.json", cfg.model_dump())
 
     @property
     def state(self) -> HybridState:
@@ -113,7 +164,21 @@ class Job:
 
     def run(self, on_round: Callable[[RoundEvent, Progress], None] | None = None,
             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train to the end (or to a stop), write the outputs, return the result document."""
+        """Train to the end (or to a stop), write the outputs, return the result document.
+
+        A divergence (nan or inf) or an OS error (a full disk) ends the job FAILED: result.json says why,
+        error.log holds the traceback, and no model is written."""
+        try:
+            write_json(self.out / "config.json", self.cfg.model_dump())
+            return self._run(on_round, on_epoch)
+        except (Diverged, OSError) as err:
+            p = self.progress
+            p.status, p.message = "FAILED", failure_message(err, self.cfg, p.total_rounds)
+            log.info("job %s failed: %s", self.cfg.name, p.message)
+            return failed_result(self.cfg, p, self.model.num_parameters, self.out, traceback.format_exc())
+
+    def _run(self, on_round: Callable[[RoundEvent, Progress], None] | None,
+             on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         p, c = self.progress, self.progress.counters
         p.status, started = "RUNNING", time.perf_counter()
         seconds_before = c.seconds["total"]
@@ -150,8 +215,10 @@ class Job:
 
     def _end_epoch(self, epoch: int, rounds_done: int) -> dict[str, Any]:
         theta = self.state.theta  # applies the epoch's last decision (not evaluation time)
+        require_finite_parameters(theta, rounds_done)  # before the checkpoint: the last one stays finite
         t0 = time.perf_counter()
         train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
+        require_finite(train_loss, rounds_done, "the training loss")
         dev_loss, dev_acc = evaluate(self.model, theta, self.data.x_dev, self.data.y_dev)
         c = self.progress.counters
         c.seconds["evaluation"] += time.perf_counter() - t0
@@ -178,11 +245,13 @@ class Job:
 
     def _finish(self) -> dict[str, Any]:
         p, c, theta = self.progress, self.progress.counters, self.state.theta
+        require_finite_parameters(theta, p.round)  # a diverged job writes no model
         final = {}
         for split, x, y in (("train", self.data.x_train, self.data.y_train), ("dev", self.data.x_dev, self.data.y_dev),
                             ("test", self.data.x_test, self.data.y_test)):
             loss, acc = evaluate(self.model, theta, x, y)
             final[f"{split}_accuracy"], final[f"{split}_loss"] = acc, loss
+        require_finite(final["train_loss"], p.round, "the training loss")
         result = {
             "status": p.status, "message": p.message, "config": self.cfg.model_dump(),
             "num_parameters": self.model.num_parameters, "num_workers": self.cfg.cluster.workers,

@@ -1,9 +1,11 @@
 """What a job leaves in its output folder: result.json, history.csv, model.safetensors, checkpoint.npz."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +18,68 @@ HISTORY_COLUMNS = [
 ]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+class OutputError(OSError):
+    """An output could not be written (a full disk, a read-only folder); the message names the original error,
+    its file and the output, e.g. "OSError: [Errno 28] No space left on device: '/o/x.tmp' while writing
+    result.json". No partial file is left."""
+
+
+def _atomic(path: Path, what: str, write: Callable[[Path], None], tmp: Path | None = None) -> None:
+    """write(tmp), then rename it over `path`; on any failure remove tmp, and raise an OSError as OutputError."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            # a write() on a full disk names no file: name the one being written
+            cause = err if err.filename or err.errno is None else OSError(err.errno, err.strerror, str(tmp))
+            raise OutputError(f"{type(cause).__name__}: {cause} while writing {what}") from err
+        raise
+
+
+def _atomic_write(path: Path, data: bytes, what: str) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    _atomic(path, what, write)
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    _atomic_write(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
+    _atomic_write(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode(), path.name)
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, text.encode(), path.name)
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    _atomic(path, path.name, write)
 
 
 def write_model(path: Path, named: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     from safetensors.numpy import save
 
-    _atomic_write(path, save({k: np.ascontiguousarray(v) for k, v in named.items()}, metadata=metadata))
+    _atomic_write(path, save({k: np.ascontiguousarray(v) for k, v in named.items()}, metadata=metadata),
+                  "the model")
 
 
 def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: dict[str, Any]) -> None:
     """theta, grad and the loop's counters; `hes train --resume` continues from it."""
-    tmp = folder / "checkpoint.tmp.npz"
     arrays = {"theta": theta, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if grad is not None:
         arrays["grad"] = grad
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, folder / "checkpoint.npz")
+    _atomic(folder / "checkpoint.npz", "the checkpoint",
+            lambda tmp: np.savez(tmp, **arrays),  # type: ignore[arg-type]
+            tmp=folder / "checkpoint.tmp.npz")  # np.savez would add .npz to any other name
 
 
 def load_checkpoint(folder: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:

@@ -24,7 +24,16 @@ import numpy as np
 import torch
 
 from coordinator.accounting import Counters, RoundBytes
-from workers.hybrid import Decision, DecisionKind, HybridState, Hyper, apply_decision
+from workers.hybrid import (
+    Decision,
+    DecisionKind,
+    Diverged,
+    HybridState,
+    Hyper,
+    apply_decision,
+    cost_rank,
+    require_finite,
+)
 from workers.messages import Result, RoundKind, Sync, Task
 from workers.replica import Schedule, digest
 
@@ -108,7 +117,10 @@ class RoundLoop:
         results = self._drop_stale(t, results)
         if want_digest:
             results = self._check_replicas(task, results, rb)
+        loss = self._round_loss(t, kind, results)
         decision = self.combine(t, kind, results)
+        if kind == RoundKind.FULL and decision.array is not None and not np.isfinite(decision.array).all():
+            raise Diverged(t + 1, "the batch gradient has nan or inf entries")
         self.pending = decision
         self._unapplied.append(decision)
         if not self.pool.overlaps:
@@ -116,11 +128,22 @@ class RoundLoop:
         seconds = time.perf_counter() - started
         improvements = sum(r.improvements for r in results)
         self.counters.add_round(kind.label, rb, seconds, improvements)
-        if kind == RoundKind.STOCHASTIC:
-            loss = min((r.cost for r in results), default=float("nan")) if self.mode != "stale" else float("nan")
-        else:
-            loss = sum(r.loss_sum for r in results) / max(1, sum(r.examples for r in results))
         return RoundEvent(t, kind.label, seconds, rb, improvements, loss)
+
+    def _round_loss(self, t: int, kind: RoundKind, results: list[Result]) -> float:
+        """The round's batch loss; Diverged when it is nan or inf.
+
+        Stochastic rounds: the best trial's cost, which is non-finite only when every trial of every worker
+        was (workers rank non-finite costs last), so no step of the round is finite to take."""
+        if kind == RoundKind.STOCHASTIC:
+            if self.mode == "stale" or not results:
+                return float("nan")  # the stale control runs no trials
+            loss = min((r.cost for r in results), key=cost_rank)
+            require_finite(loss, t + 1, "the cost of every trial")
+            return loss
+        loss = sum(r.loss_sum for r in results) / max(1, sum(r.examples for r in results))
+        require_finite(loss, t + 1, "the batch loss")
+        return loss
 
     def flush(self) -> None:
         """Send the last decision so every replica ends at the coordinator's version; a last replica check.
@@ -181,7 +204,7 @@ class RoundLoop:
         if self.combine_rule == "notebook":
             improved = any(r.beats_current for r in results)
             return Decision(t, DecisionKind.STALE if improved else DecisionKind.BIAS_ONLY)
-        best = min(results, key=lambda r: (r.cost, r.worker))  # argmin: Algorithm 2 as written
+        best = min(results, key=lambda r: (cost_rank(r.cost), r.worker))  # argmin: Algorithm 2 as written
         if self.combine_rule == "elitist" and not best.beats_current:
             return Decision(t, DecisionKind.KEEP)  # (1 + lambda) selection: the parent survives
         return Decision(t, DecisionKind.SEED, seed=best.seed)

@@ -79,7 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     for line in summary_lines(result):
         print(line)
-    print(f"outputs in {out}/: result.json history.csv model.safetensors checkpoint.npz")
+    written = "result.json history.csv model.safetensors checkpoint.npz"
+    if result["status"] == "FAILED":
+        written = "result.json error.log (no model)"
+    print(f"outputs in {out}/: {written}")
     return 0 if result["status"] in ("SUCCEEDED", "STOPPED") else 1
 
 

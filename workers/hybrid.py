@@ -28,6 +28,33 @@ from workers.models import Model
 from workers.noise import perturbation
 
 
+class Diverged(ValueError):
+    """The training left the finite numbers: a loss, every trial's cost, a gradient or the parameters are nan
+    or inf. `round` counts rounds from 1 (the round that showed it); `reason` says which number."""
+
+    def __init__(self, round: int, reason: str) -> None:
+        super().__init__(f"diverged at round {round}: {reason}")
+        self.round, self.reason = round, reason
+
+
+def require_finite(value: float, round: int, what: str) -> None:
+    """Raise Diverged when `value` (the loss or cost named by `what`) is nan or inf."""
+    if not math.isfinite(value):
+        raise Diverged(round, f"{what} is {value}")
+
+
+def require_finite_parameters(theta: torch.Tensor, round: int) -> None:
+    finite = torch.isfinite(theta)
+    if not bool(finite.all()):
+        raise Diverged(round, f"{int((~finite).sum())} of {theta.numel()} parameters are nan or inf")
+
+
+def cost_rank(cost: float) -> tuple[bool, float]:
+    """Sort key of trial costs, lowest first: a nan or inf cost ranks after every finite one (nan compares
+    with nothing, so min() would not order it)."""
+    return (False, cost) if math.isfinite(cost) else (True, 0.0)
+
+
 @dataclass(frozen=True)
 class Hyper:
     lr: float
@@ -133,14 +160,15 @@ def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tens
         raise ValueError("a stochastic round needs a gradient: the first round of a job must be full")
     base = descend(state.theta, state.grad, hyper)
     reference_cost = batch_cost(model, base, x, y)
-    best_seed, best_cost, best_theta, improvements = seeds[0], math.inf, None, 0
+    best_seed, best_cost, best_theta, improvements = seeds[0], math.nan, None, 0
     for seed in seeds:
         trial = shift(base, noise(seed, hyper, base.device), hyper)
         cost = batch_cost(model, trial, x, y)
-        cost = cost if math.isfinite(cost) else math.inf
         if cost < reference_cost:
             improvements += 1
-        if cost < best_cost or best_theta is None:
+        # A nan or inf cost loses to every finite one but is reported as it is: when no trial of the round is
+        # finite, the coordinator ends the job as diverged (coordinator/rounds.py) instead of stepping into it.
+        if best_theta is None or cost_rank(cost) < cost_rank(best_cost):
             best_seed, best_cost, best_theta = seed, cost, trial
     beats_current = compare_current and best_cost < batch_cost(model, state.theta, x, y)
     return TrialOutcome(best_seed, best_cost, improvements, reference_cost, beats_current, best_theta)
