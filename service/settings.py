@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_workers_per_job: Annotated[int, Field(ge=1)] = 64
     max_parameters: Annotated[int, Field(ge=1)] = 50_000_000  # 50M float32 = 200 MB per replica
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    # cluster.cpus_per_worker below this is refused: a tiny share would start one process per sliver of a CPU.
+    min_cpus_per_worker: Annotated[float, Field(gt=0)] = 0.5
+    max_total_rounds: Annotated[int, Field(ge=1)] = 2_000_000  # train.epochs x rounds per epoch above this is refused
+    # Submits whose data files are inspected at the same time; another waits this long, then gets 503.
+    max_parallel_admissions: Annotated[int, Field(ge=1)] = 2
+    admission_wait_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
     # None: start a Ray of our own in this process. Joining a cluster lets jobs outlive a service restart
     # (a token-auth Ray cluster also needs RAY_AUTH_MODE=token in the service's environment).
     ray_address: str | None = None

@@ -1,23 +1,52 @@
 """Admission checks a schema-valid job config must also pass before the service accepts it.
 
-Each raises `Refused` with a message that names the field: the service's limits, the data path (inside
-the allowed roots, existing), what the core itself would refuse at start (it builds the data set and the
-model's layout here: batch size, dev size, image size), and whether the Ray cluster can ever hold the job.
+Each raises `Refused` with a message that names the field. The cheap ones come first and read no data: the
+service's limits and whether the Ray cluster can ever hold the job; then the data path and each data file
+(inside the allowed roots, existing); then, with one of a few admission slots (`AdmissionGate`), what the
+core itself would refuse at start, computed from the data files' headers without loading them: batch size,
+dev size, image size, the model's size and the job's total rounds.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from coordinator.config import JobConfig
-from coordinator.job import build_parts
 from service.settings import Settings
-from workers.data import DataError, default_mnist_dir
+from workers.data import DataError, default_mnist_dir, describe_dataset, idx_candidates
+from workers.models import build_model
+from workers.replica import Schedule
 
 
 class Refused(ValueError):
     """A job config the service will not run; the message names the field."""
+
+
+class Busy(RuntimeError):
+    """No admission slot came free in time; the submit may be retried."""
+
+
+class AdmissionGate:
+    """At most `slots` data inspections at a time (HES_MAX_PARALLEL_ADMISSIONS); a submit waits `wait_s` for one."""
+
+    def __init__(self, slots: int, wait_s: float) -> None:
+        self.slots, self.wait_s = slots, wait_s
+        self._free = threading.BoundedSemaphore(slots)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._free.acquire(timeout=self.wait_s):
+            raise Busy(f"the service is busy: {self.slots} submits are having their data checked already "
+                       f"(HES_MAX_PARALLEL_ADMISSIONS); retry in a few seconds")
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 _FIELD_PREFIX = re.compile(r"^[a-z_]+(\.[a-z_]+)*: ")
@@ -34,6 +63,9 @@ def check_limits(cfg: JobConfig, settings: Settings) -> None:
     if c.workers > settings.max_workers_per_job:
         raise Refused(f"cluster.workers: {c.workers} exceeds this service's limit of "
                       f"{settings.max_workers_per_job} per job (HES_MAX_WORKERS_PER_JOB)")
+    if c.cpus_per_worker < settings.min_cpus_per_worker:
+        raise Refused(f"cluster.cpus_per_worker: {c.cpus_per_worker:g} is below this service's minimum of "
+                      f"{settings.min_cpus_per_worker:g} CPUs per worker (HES_MIN_CPUS_PER_WORKER)")
     if c.workers > cfg.train.batch_size:
         raise Refused(f"cluster.workers: {c.workers} workers cannot share a batch of {cfg.train.batch_size} "
                       "examples (train.batch_size)")
@@ -65,26 +97,55 @@ def resolve_data_path(cfg: JobConfig, settings: Settings) -> JobConfig:
                       f"({', '.join(str(r) for r in roots)}; HES_ALLOWED_DATA_ROOTS)")
     if not is_dir:
         raise Refused(f"data.path: {cfg.data.path[:200]!r} does not exist or is not a folder")
+    check_data_files(resolved, cfg.data.path, roots)
     data = cfg.data.model_copy(update={"path": str(resolved)})
     return cfg.model_copy(update={"data": data})
 
 
+def check_data_files(folder: Path, given: str, roots: list[Path]) -> None:
+    """Every file the loader may open in the folder, symlinks followed, lies inside the allowed roots too.
+
+    The message names the file, never anything read from it."""
+    for path in idx_candidates(folder):
+        if not os.path.lexists(path):
+            continue
+        try:
+            inside = any(path.resolve().is_relative_to(root) for root in roots)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not inside:
+            raise Refused(f"data.path: {path.name} in {given[:200]!r} resolves outside the allowed data roots "
+                          f"({', '.join(str(r) for r in roots)}; HES_ALLOWED_DATA_ROOTS)")
+
+
 def preflight(cfg: JobConfig, settings: Settings) -> int:
-    """Build the data set and the model's layout as the job will; the job's total number of rounds."""
+    """What the job would refuse at its start, from the data's sizes (MNIST: its files' headers, not the
+    images) and the model's layout; the job's total number of rounds."""
+    d, t = cfg.data, cfg.train
     try:
-        _, model, _, schedule = build_parts(cfg)
+        facts = describe_dataset(d.dataset, d.path, d.dev_size, cfg.seed)
+        model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init,
+                            facts.image_side)
     except DataError as err:
         msg = str(err)
         raise Refused(msg if _FIELD_PREFIX.match(msg) else f"data.path: {msg}") from None
     except ValueError as err:
         msg = str(err)
         raise Refused(msg if _FIELD_PREFIX.match(msg) else f"config: {msg}") from None
+    if t.batch_size > facts.n_train:
+        raise Refused(f"train.batch_size: {t.batch_size} exceeds the {facts.n_train} training examples of "
+                      f"{facts.name}")
     if model.num_parameters > settings.max_parameters:
         raise Refused(f"model.hidden: the model would have {model.num_parameters:,} parameters, above this "
                       f"service's limit of {settings.max_parameters:,} (HES_MAX_PARAMETERS)")
+    schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, t.batch_size, facts.n_train, cfg.seed, t.shuffle)
     if schedule.rounds_per_epoch < 1:
-        raise Refused(f"train.batch_size: {cfg.train.batch_size} leaves no full batch in an epoch")
-    return cfg.train.epochs * schedule.rounds_per_epoch
+        raise Refused(f"train.batch_size: {t.batch_size} leaves no full batch in an epoch")
+    total = t.epochs * schedule.rounds_per_epoch
+    if total > settings.max_total_rounds:
+        raise Refused(f"train.epochs: {t.epochs} epochs of {schedule.rounds_per_epoch:,} rounds are {total:,} "
+                      f"rounds, above this service's limit of {settings.max_total_rounds:,} (HES_MAX_TOTAL_ROUNDS)")
+    return total
 
 
 def needs(cfg: JobConfig) -> dict[str, float]:
@@ -104,10 +165,15 @@ def check_capacity(cfg: JobConfig, cluster: dict[str, Any]) -> None:
                       f"{have_cpu:g} CPUs and {have_gpu:g} GPUs")
 
 
-def admit(cfg: JobConfig, settings: Settings, cluster: dict[str, Any]) -> tuple[JobConfig, int]:
-    """The config as the job will run it and its total rounds, or Refused naming the first bad field."""
+def admit(cfg: JobConfig, settings: Settings, cluster: dict[str, Any],
+          gate: AdmissionGate | None = None) -> tuple[JobConfig, int]:
+    """The config as the job will run it and its total rounds, or Refused naming the first bad field.
+
+    The checks that read no data come first; the data's headers are read holding one of the gate's slots
+    (Busy when none comes free in time)."""
     check_limits(cfg, settings)
-    cfg = resolve_data_path(cfg, settings)
-    total_rounds = preflight(cfg, settings)
     check_capacity(cfg, cluster)
+    cfg = resolve_data_path(cfg, settings)
+    with gate.slot() if gate is not None else contextlib.nullcontext():
+        total_rounds = preflight(cfg, settings)
     return cfg, total_rounds

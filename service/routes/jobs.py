@@ -1,7 +1,9 @@
 """The jobs resource: submit, list, show, history, model, stop, delete (DESIGN.md's REST table)."""
 from __future__ import annotations
 
+import math
 import secrets
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ from service.runner import Runner, read_history
 from service.schemas import EXAMPLES, ErrorOut, HistoryOut, JobOut, JobPage, Status, finite
 from service.settings import Settings
 from service.store import JobRecord, Store
-from service.validation import Refused, admit
+from service.validation import AdmissionGate, Busy, Refused, admit
 
 
 def get_store(request: Request) -> Store:
@@ -33,10 +35,24 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+_gate_lock = threading.Lock()
+
+
+def get_admissions(request: Request) -> AdmissionGate:
+    """The app's one admission gate, made on first use from its settings."""
+    state = request.app.state
+    with _gate_lock:
+        if getattr(state, "admissions", None) is None:
+            settings: Settings = state.settings
+            state.admissions = AdmissionGate(settings.max_parallel_admissions, settings.admission_wait_seconds)
+        return state.admissions
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+AdmissionsDep = Annotated[AdmissionGate, Depends(get_admissions)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or wrong bearer token (when HES_API_TOKEN is set)"},
@@ -56,17 +72,22 @@ def find(store: Store, job_id: str) -> JobRecord:
     400: {"model": ErrorOut, "description": "malformed JSON"},
     413: {"model": ErrorOut, "description": "body above HES_MAX_REQUEST_BYTES"},
     422: {"model": ErrorOut, "description": "a bad field, a service limit, or a job the cluster cannot hold"},
+    503: {"model": ErrorOut, "description": "too many submits having their data checked (HES_MAX_PARALLEL_ADMISSIONS); "
+                                            "retry after the Retry-After seconds"},
 })
 def submit(config: Annotated[JobConfig, Body(openapi_examples=EXAMPLES)], response: Response,
-           store: StoreDep, runner: RunnerDep, settings: SettingsDep, metrics: MetricsDep) -> JobOut:
+           store: StoreDep, runner: RunnerDep, settings: SettingsDep, metrics: MetricsDep,
+           admissions: AdmissionsDep) -> JobOut:
     """Validate the job config (unknown keys are errors), queue the job and answer 202 at once.
 
     The job starts when a slot (HES_MAX_CONCURRENT_JOBS) and enough free CPUs are there; until then it is
     PENDING and its `message` says what it waits for. Its outputs go to `<state_dir>/jobs/<id>/`."""
     try:
-        cfg, total_rounds = admit(config, settings, runner.cluster())
+        cfg, total_rounds = admit(config, settings, runner.cluster(), admissions)
     except Refused as err:
         raise HTTPException(422, str(err)) from None
+    except Busy as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": str(math.ceil(admissions.wait_s))}) from None
     job_id = secrets.token_hex(6)
     while store.get(job_id) is not None:
         job_id = secrets.token_hex(6)
