@@ -4,21 +4,24 @@ One `Runner` per service process. `tick()` (every HES_POLL_SECONDS, from a backg
 running job's coordinator actor for its status and round events, updates the store and the metrics,
 persists terminal results, then starts queued jobs while the concurrency limit and the cluster's CPUs
 allow. On startup `reattach()` finds the coordinators of jobs that were running (named detached actors)
-or marks those jobs FAILED, saying their coordinator is gone.
+or marks those jobs FAILED, saying their coordinator is gone. Ray calls are made without the runner's
+lock, so a stop or delete request never waits behind a coordinator that is slow to answer.
 """
 from __future__ import annotations
 
 import csv
 import logging
+import re
 import shutil
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from coordinator.actor import JobHandle, find_job, start_job
-from coordinator.config import ConfigError, validate_config
+from coordinator.config import ConfigError, JobConfig, validate_config
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import JobRecord, Store, now
@@ -26,6 +29,8 @@ from service.validation import needs
 
 log = logging.getLogger("hes.service")
 RAY_TIMEOUT_S = 30.0
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def read_history(out_dir: Path) -> list[dict[str, Any]]:
@@ -44,12 +49,39 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+@dataclass(frozen=True)
+class Poll:
+    """What one poll of a running job's coordinator brought back (asked without the runner's lock)."""
+    snapshot: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None  # set once the coordinator's run is over
+    died: str | None = None  # why the coordinator is gone, when it is
+    timed_out: bool = False
+
+
+def ask(handle: JobHandle) -> Poll:
+    """Poll one coordinator: its status, round events and, when its run is over, its result."""
+    try:
+        done = handle.done()  # first: when it is done, the status and events that follow are final
+        snap = handle.progress(timeout=RAY_TIMEOUT_S)
+        events = handle.events()
+        return Poll(snap, events, handle.result() if done else None)
+    except ray.exceptions.GetTimeoutError:
+        return Poll(timed_out=True)
+    except ray.exceptions.RayError as err:
+        return Poll(died=f"{type(err).__name__}: {first_line(err)}")
+
+
 class Runner:
+    """Starts, follows, stops and forgets jobs. `lock` guards the store decisions and the handle tables;
+    no Ray call is made while it is held, so stop and delete never wait behind a slow coordinator."""
+
     def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
         self.settings, self.store, self.metrics = settings, store, metrics
         self.handles: dict[str, JobHandle] = {}
+        self.starting: set[str] = set()  # chosen to start; their coordinators are being created
         self.workers: dict[str, dict[str, int]] = {}
-        self.lock = threading.RLock()  # start, stop and forget decisions; tick holds it throughout
+        self.lock = threading.RLock()
 
     def cluster(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
@@ -71,61 +103,98 @@ class Runner:
         self.metrics.set_jobs(self.store.counts())
 
     def tick(self) -> None:
+        """Poll every running job, then start queued jobs that fit (one thread at a time: the poller)."""
         with self.lock:
-            for job_id in list(self.handles):
-                self._poll(job_id)
-            self._start_queued()
+            running = dict(self.handles)
+        for job_id, handle in running.items():
+            poll = ask(handle)
+            with self.lock:
+                gone = self._apply(job_id, handle, poll)
+            if gone is not None:
+                _kill(job_id, gone)
+        self._start_queued()
+        with self.lock:
             alive = sum(w.get("alive", 0) for w in self.workers.values())
             restarting = sum(w.get("restarting", 0) for w in self.workers.values())
+            counts = self.store.counts()
         self.metrics.set_workers(alive, restarting)
-        self.metrics.set_jobs(self.store.counts())
+        self.metrics.set_jobs(counts)
 
-    def _poll(self, job_id: str) -> None:
+    def _apply(self, job_id: str, handle: JobHandle, poll: Poll) -> JobHandle | None:
+        """Record one poll (under the lock); the handle to kill when the job is over."""
+        if self.handles.get(job_id) is not handle:
+            return None  # forgotten while it was polled
         rec = self.store.get(job_id)
-        handle = self.handles[job_id]
         if rec is None:
-            self._drop(job_id)
-            return
-        try:
-            done = handle.done()  # first: when it is done, the status and events that follow are final
-            snap = handle.progress(timeout=RAY_TIMEOUT_S)
-            events = handle.events()
-            result = handle.result() if done else None
-        except ray.exceptions.GetTimeoutError:
+            return self._detach(job_id)
+        if poll.timed_out:
             log.warning("job %s: its coordinator did not answer within %.0f s", job_id, RAY_TIMEOUT_S)
-            return
-        except ray.exceptions.RayError as err:
-            self._fail(rec, f"the coordinator of this job died: {type(err).__name__}: {_first_line(err)}"
-                            + _resume_hint(Path(rec.out_dir)))
-            self._drop(job_id)
-            return
-        self.metrics.update(job_id, snap, events)
+            return None
+        if poll.died is not None or poll.snapshot is None:
+            self._fail(rec, f"the coordinator of this job died: {poll.died}" + _resume_hint(Path(rec.out_dir)))
+            return self._detach(job_id)
+        snap, result = poll.snapshot, poll.result
+        self.metrics.update(job_id, snap, poll.events)
         self.workers[job_id] = snap.get("workers", {})
         progress = _merge(rec.progress, snap)
         fields: dict[str, Any] = {"progress": progress}
         if progress["progress"]["epoch"] > len(rec.history) or result is not None:
             fields["history"] = read_history(Path(rec.out_dir))
+        gone = None
         if result is not None:
-            fields.update(status=result.get("status", "FAILED"), message=result.get("message", ""),
+            fields.update(status=result.get("status", "FAILED"), message=clean(str(result.get("message", ""))),
                           result=result, finished_at=now())
             self.metrics.finish(job_id)
-            self._drop(job_id)
+            gone = self._detach(job_id)
         elif snap["status"] == "RUNNING" and rec.status != "RUNNING":
             fields.update(status="RUNNING", message="")
         self.store.update(job_id, **fields)
+        return gone
 
     def _start_queued(self) -> None:
         """Start PENDING jobs in submission order (first in, first out) while they fit."""
-        queued = [r for r in self.store.unfinished() if r.started_at is None]
-        if not queued:
-            return
+        with self.lock:
+            if not any(r.started_at is None and r.id not in self.starting for r in self.store.unfinished()):
+                return
         total = self.cluster()
-        for rec in queued:
-            running = len(self.handles)
+        while True:
+            with self.lock:
+                chosen = self._next_to_start(total)
+            if chosen is None:
+                return
+            rec, cfg = chosen
+            try:
+                # find_job first: a service that died between starting a job and recording it left its actor
+                handle = find_job(rec.id) or start_job(cfg, rec.out_dir, job_id=rec.id, detached=True)
+            except (ray.exceptions.RayError, ValueError) as err:
+                with self.lock:
+                    self.starting.discard(rec.id)
+                    self._fail(rec, f"the job's coordinator could not be started: {type(err).__name__}: "
+                                    f"{first_line(err)}")
+                continue
+            with self.lock:
+                self.starting.discard(rec.id)
+                current = self.store.get(rec.id)
+                keep = current is not None and not current.terminal  # not stopped or deleted meanwhile
+                if keep:
+                    self.handles[rec.id] = handle
+                    self.store.update(rec.id, started_at=now(),
+                                      message=f"starting: loading data and placing {cfg.cluster.workers} workers")
+            if keep:
+                log.info("started job %s", rec.id)
+            else:
+                _kill(rec.id, handle)
+
+    def _next_to_start(self, total: dict[str, float]) -> tuple[JobRecord, JobConfig] | None:
+        """The first queued job if it fits now (marked as starting), else None; says why the others wait."""
+        for rec in self.store.unfinished():
+            if rec.started_at is not None or rec.id in self.starting:
+                continue
+            running = len(self.handles) + len(self.starting)
             if running >= self.settings.max_concurrent_jobs:
                 self._wait(rec, f"queued: {running} jobs run, the limit is {self.settings.max_concurrent_jobs} "
                                 "(HES_MAX_CONCURRENT_JOBS)")
-                return
+                return None
             try:
                 cfg = validate_config(rec.config)
             except ConfigError as err:  # stored by an older version whose config this one no longer takes
@@ -137,23 +206,15 @@ class Runner:
             if short:
                 self._wait(rec, f"queued: needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs; "
                                 f"{free['CPU']:g} CPUs and {free['GPU']:g} GPUs of the Ray cluster are free")
-                return
-            try:
-                # find_job first: a service that died between starting a job and recording it left its actor
-                handle = find_job(rec.id) or start_job(cfg, rec.out_dir, job_id=rec.id, detached=True)
-            except (ray.exceptions.RayError, ValueError) as err:
-                self._fail(rec, f"the job's coordinator could not be started: {type(err).__name__}: "
-                                f"{_first_line(err)}")
-                continue
-            self.handles[rec.id] = handle
-            self.store.update(rec.id, started_at=now(),
-                              message=f"starting: loading data and placing {cfg.cluster.workers} workers")
-            log.info("started job %s", rec.id)
+                return None
+            self.starting.add(rec.id)
+            return rec, cfg
+        return None
 
     def _free(self, total: dict[str, float]) -> dict[str, float]:
-        """The cluster's resources minus what the jobs this service runs hold."""
+        """The cluster's resources minus what the jobs this service runs or is starting hold."""
         held = {"CPU": 0.0, "GPU": 0.0}
-        for job_id in self.handles:
+        for job_id in [*self.handles, *self.starting]:
             rec = self.store.get(job_id)
             if rec is not None:
                 for k, v in needs(validate_config(rec.config)).items():
@@ -170,15 +231,10 @@ class Runner:
                           history=read_history(Path(rec.out_dir)),
                           result={"status": "FAILED", "message": message, "config": rec.config, **rec.progress})
 
-    def _drop(self, job_id: str) -> None:
-        """Stop following a job and kill its (detached) coordinator actor, which outlives its run."""
-        handle = self.handles.pop(job_id, None)
+    def _detach(self, job_id: str) -> JobHandle | None:
+        """Stop following a job (under the lock); its (detached) coordinator is then killed by the caller."""
         self.workers.pop(job_id, None)
-        if handle is not None:
-            try:
-                handle.kill()
-            except ray.exceptions.RayError:
-                log.info("job %s: its coordinator was already gone", job_id)
+        return self.handles.pop(job_id, None)
 
     def stop(self, job_id: str) -> JobRecord | None:
         """Ask a job to stop (one that has not started is STOPPED at once); None when it is already over."""
@@ -187,19 +243,20 @@ class Runner:
             if rec is None or rec.terminal:
                 return None
             handle = self.handles.get(job_id)
-            if handle is not None:
-                try:
-                    handle.stop()
-                except ray.exceptions.RayError as err:  # a dead coordinator: the next poll marks it FAILED
-                    log.warning("job %s: stop failed: %s", job_id, _first_line(err))
-                self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
-                                                  "round, keeping its checkpoint")
-            else:
+            if handle is None:  # queued, or its coordinator is being created: that one is killed once it exists
                 message = "stopped before it started"
                 self.store.update(job_id, status="STOPPED", message=message, finished_at=now(),
                                   result={"status": "STOPPED", "message": message, "config": rec.config,
                                           **rec.progress})
-            return self.store.get(job_id)
+                return self.store.get(job_id)
+            self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
+                                              "round, keeping its checkpoint")
+            answer = self.store.get(job_id)
+        try:
+            handle.request_stop()
+        except ray.exceptions.RayError as err:  # a dead coordinator: the next poll marks it FAILED
+            log.warning("job %s: stop failed: %s", job_id, first_line(err))
+        return answer
 
     def forget(self, job_id: str) -> bool:
         """Delete a terminal job: its record, its series, its outputs. False when it is not terminal."""
@@ -207,12 +264,23 @@ class Runner:
             rec = self.store.get(job_id)
             if rec is None or not rec.terminal:
                 return False
-            self._drop(job_id)
+            handle = self._detach(job_id)
             self.store.delete(job_id)
+            counts = self.store.counts()
+        if handle is not None:
+            _kill(job_id, handle)
         self.metrics.remove(job_id)
-        self.metrics.set_jobs(self.store.counts())
+        self.metrics.set_jobs(counts)
         shutil.rmtree(rec.out_dir, ignore_errors=True)
         return True
+
+
+def _kill(job_id: str, handle: JobHandle) -> None:
+    """Kill a coordinator actor that outlives its run (detached); quiet when it is already gone."""
+    try:
+        handle.kill()
+    except ray.exceptions.RayError:
+        log.info("job %s: its coordinator was already gone", job_id)
 
 
 def _merge(stored: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
@@ -223,8 +291,13 @@ def _merge(stored: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
+def clean(text: str) -> str:
+    """A message fit for a user: no terminal escape codes (Ray colours its errors), no other control bytes."""
+    return _CONTROL.sub("", _ANSI.sub("", text)).strip()
+
+
+def first_line(err: BaseException) -> str:
+    return (clean(str(err)).splitlines() or [""])[0][:300]
 
 
 def _resume_hint(out_dir: Path) -> str:
