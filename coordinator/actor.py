@@ -14,8 +14,7 @@ from typing import Any
 import ray
 
 from coordinator.config import JobConfig, validate_config
-from coordinator.job import Job, Progress
-from coordinator.outputs import write_json
+from coordinator.job import Job, Progress, failed_result, failure_message
 from coordinator.rounds import RoundEvent
 
 NAMESPACE = "hes"
@@ -61,9 +60,11 @@ class CoordinatorActor:
             if self.stop_requested:
                 self.job.stop()
             self.result_doc = self.job.run(on_round=self._on_round)
-        except Exception as err:  # the job fails; the actor stays up to report why
+        except Exception as err:  # the job fails; the actor stays up to report why (Job.run reports its own)
+            if isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None:
+                err = err.cause  # a worker's error, not Ray's wrapping of it (colours, pid, address)
             self.progress.status = "FAILED"
-            self.progress.message = f"{type(err).__name__}: {err}"
+            self.progress.message = failure_message(err, self.cfg, self.progress.total_rounds)
             self.result_doc = self._failed_result(traceback.format_exc())
         return self.result_doc
 
@@ -74,17 +75,9 @@ class CoordinatorActor:
                                 "improvements": event.improvements, "loss": event.loss})
 
     def _failed_result(self, trace: str) -> dict[str, Any]:
-        """result.json of a failed job: what it had done, and why it stopped (traceback in error.log)."""
-        p = self.progress.to_dict()
-        doc = {"status": "FAILED", "message": self.progress.message, "config": self.cfg.model_dump(),
-               "num_parameters": self.job.model.num_parameters if self.job else None,
-               "num_workers": self.cfg.cluster.workers, "final": {}, "rounds": p["rounds"], "bytes": p["bytes"],
-               "seconds": p["seconds"], "replica_checks": p["replica_checks"]}
-        out = Path(self.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "error.log").write_text(trace)
-        write_json(out / "result.json", doc)
-        return doc
+        """result.json of a failed job (never raises: a full disk must not hide why the job failed)."""
+        return failed_result(self.cfg, self.progress, self.job.model.num_parameters if self.job else None,
+                             Path(self.out_dir), trace)
 
     def status(self) -> dict[str, Any]:
         doc = self.progress.to_dict()

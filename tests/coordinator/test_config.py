@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.config import ConfigError, JobConfig, load_config, preset_names, validate_config
+from coordinator.config import (
+    ConfigError,
+    JobConfig,
+    load_config,
+    preset_names,
+    read_config_file,
+    validate_config,
+)
 
 
 @pytest.mark.parametrize("raw,field", [
@@ -83,6 +90,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path: Path) -> None:
     """PyYAML (YAML 1.1) reads `1e-4` and `1.0e4` as strings; the config loader reads them as numbers."""
     f = tmp_path / "job.yaml"
     f.write_text("train: {l2: 1e-4, lr: 1.0e1}\nhybrid: {sigma: 5E-1}\nname: 1e3x\n")
+    assert read_config_file(str(f))["train"] == {"l2": 1e-4, "lr": 10.0}  # not the string "1e-4"
     cfg = load_config(str(f), ["train.epochs=3", "hybrid.sigma=2e-1"])
     assert (cfg.train.l2, cfg.train.lr, cfg.hybrid.sigma, cfg.train.epochs) == (1e-4, 10.0, 0.2, 3)
     assert cfg.name == "1e3x"
