@@ -5,6 +5,7 @@ event and stop calls concurrently. `start_job` / `find_job` return a `JobHandle`
 """
 from __future__ import annotations
 
+import os
 import threading
 import traceback
 from collections import deque
@@ -15,6 +16,7 @@ import ray
 
 from coordinator.config import JobConfig, validate_config
 from coordinator.job import Job, Progress, failed_result, failure_message
+from coordinator.local_ray import start_loopback_ray
 from coordinator.rounds import RoundEvent
 
 NAMESPACE = "hes"
@@ -25,14 +27,16 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None
     """Join the cluster at `address` ("auto" finds a local `ray start`), or $RAY_ADDRESS; else start Ray here.
 
     address "local" always starts a fresh Ray here (with num_cpus), even when a `ray start` cluster runs.
+    A Ray started here listens on loopback only, with token authentication.
     """
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "include_dashboard": False}
-    if address and address != "local":
+    joining = address not in (None, "local") or (address is None and os.environ.get("RAY_ADDRESS"))
+    if joining:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(address=address, num_cpus=num_cpus, **kwargs)
+        start_loopback_ray(num_cpus, **kwargs)  # never open to the network (coordinator/local_ray.py)
 
 
 def actor_name(job_id: str) -> str:
@@ -129,6 +133,10 @@ class JobHandle:
 
     def stop(self) -> None:
         ray.get(self.actor.stop.remote(), timeout=60)
+
+    def request_stop(self) -> None:
+        """Ask the coordinator to stop without waiting for its answer (the service's stop route)."""
+        self.actor.stop.remote()
 
     def kill(self) -> None:
         ray.kill(self.actor)
