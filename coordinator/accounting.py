@@ -32,8 +32,10 @@ class Counters:
     replica_checked: int = 0
     replica_mismatches: int = 0
     stale_results_dropped: int = 0
-    worker_failures: int = 0
+    worker_failures: int = 0  # worker actor deaths, each counted once (coordinator/ray_pool.py)
     improvements: int = 0
+    # [round, live workers, configured workers] from each round (1-based) where the job's workers changed
+    membership: list[list[int]] = field(default_factory=list)
 
     def add_bytes(self, rb: RoundBytes) -> None:
         for k in KINDS:
@@ -45,6 +47,21 @@ class Counters:
         self.add_bytes(rb)
         self.seconds[f"{kind}_rounds"] += seconds
         self.improvements += improvements
+
+    def workers_changed(self, round_: int, live: int, configured: int) -> None:
+        self.membership.append([round_, live, configured])
+
+    @property
+    def workers_note(self) -> str:
+        """E.g. "ran on 1 of 2 workers in rounds 37 to 51"; empty when every round ran on every worker."""
+        notes = []
+        for k, (start, live, of) in enumerate(self.membership):
+            if live == of:
+                continue
+            end = self.membership[k + 1][0] - 1 if k + 1 < len(self.membership) else None
+            span = f"from round {start}" if end is None else f"in rounds {start} to {end}"
+            notes.append(f"ran on {live} of {of} workers {span}")
+        return "; ".join(notes)
 
     def bytes_doc(self) -> dict[str, Any]:
         """The `bytes` section of result.json (DESIGN.md), plus the dataset's one-time transfer."""

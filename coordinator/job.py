@@ -57,7 +57,7 @@ class Progress:
     def to_dict(self) -> dict[str, Any]:
         c = self.counters
         return {
-            "status": self.status, "message": self.message,
+            "status": self.status, "message": self.message or c.workers_note,  # e.g. "ran on 1 of 2 workers ..."
             "progress": {"round": self.round, "total_rounds": self.total_rounds, "epoch": self.epoch,
                          "epochs": self.epochs, "fraction": round(self.fraction, 6)},
             "metrics": dict(self.latest), "rounds": dict(c.rounds), "bytes": c.bytes_doc(),
@@ -185,7 +185,7 @@ class Job:
         pool = self.pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule, c)
         loop = self._loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode,
                                       self.cfg.hybrid.combine, pool, c, self.cfg.hybrid.replica_check_every)
-        rpe = self.schedule.rounds_per_epoch
+        rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
         try:
             for t in range(self.state.version, p.total_rounds):
                 if self.stop_requested:
@@ -199,6 +199,9 @@ class Job:
                     row = self._end_epoch(p.epoch, t + 1)
                     if on_epoch:
                         on_epoch(row)
+                elif every and (t + 1) % every == 0:
+                    require_finite_parameters(self.state.theta, t + 1)  # the last checkpoint stays finite
+                    self._checkpoint()
                 if on_round:
                     on_round(event, p)
             loop.flush()
@@ -210,7 +213,7 @@ class Job:
                 pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started
         p.status = "STOPPED" if p.round < p.total_rounds else "SUCCEEDED"
-        p.message = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else ""
+        p.message = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else c.workers_note
         return self._finish()
 
     def _end_epoch(self, epoch: int, rounds_done: int) -> dict[str, Any]:

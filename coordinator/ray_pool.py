@@ -1,46 +1,52 @@
-"""The Ray pool: worker actors spread over the cluster's nodes, byte accounting at the send sites.
+"""The Ray pool: worker actors spread over the cluster's nodes, byte accounting at the send sites, faults.
 
 Bytes are the lengths of the encoded payloads (workers/messages.py) each worker receives or returns:
 a large decision (a full round's gradient) is `ray.put` once and its reference passed to every worker,
 but every worker still receives it, so it counts once per worker, e.g. 238,510 params * 4 B = 954,040 B
 (+ 1 B kind) per worker. Ray's own framing is not payload; `make bench` measures it on the wire.
+Workers on the coordinator's own node return their arrays through shared memory (coordinator/shared_buffers.py).
 
-Workers placed on the coordinator's own Ray node return their arrays (a full round's gradient, an
-average round's parameters) through a shared-memory buffer instead of Ray's reply: a file of 4P bytes in
-/dev/shm per such worker, created before the actor, mapped by both, its name unlinked as soon as every
-actor has started (a restarted actor finds no name and uses Ray's reply again; if the coordinator dies
-while its actors start, the next pool on that node removes the orphaned files). The buffers take at most
-5% of /dev/shm's free space, which Ray's object store shares. The same bytes are counted. On this 2-core
-machine the reply of the paper's MLP (954 kB) took about 1.8 ms through Ray and 0.6 ms this way
-(BENCHMARKS.md, section 5). Workers on other nodes always use Ray. `HES_SHM_DISABLE=1` in the
-coordinator's environment turns it off (for jobs of `hes serve`, the coordinator actor's: the environment
-the Ray node was started with).
+Faults. Worker actors restart as often as they die (`max_restarts=-1`); a restarted one comes back at version 0
+and is resynced (bytes counted as sync). Every death is counted once in `Counters.worker_failures`, from Ray's own
+record of the actor (its restart count in the GCS actor table, which also sees a death between two calls), plus one
+for an actor that died for good and was replaced. A worker that dies more than MAX_DEATHS_PER_ROUND times in one
+round ends the job with a message naming it. A worker that does not answer a call within `HES_WORKER_TIMEOUT_S`
+is taken for hung: killed, restarted, resynced.
+
+Shrink and grow. A worker cannot come back when its placement-group bundle has had no node for UNPLACED_GRACE_S
+(its node was removed and Ray found no room for the bundle elsewhere) or it is not back RESTART_TIMEOUT_S after it
+died. It then leaves the job instead of failing it: the rounds go on with the workers left, which split each
+minibatch among themselves (a full round that lost a worker is redone on the new split, so every example of the
+batch counts once; a stochastic round takes the argmin over the live workers' trials). Ray keeps such an actor
+pending in its bundle and restarts it once the bundle is placed again (a node joins); the pool looks every
+REJOIN_POLL_S, and the worker rejoins at the next round: it is synced (counted as sync) and the shards are re-split.
+`alive` and `restarting` count the live workers and the others (recovering, or waiting for a node).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
-import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray._private.state import actors as gcs_actor_table
+from ray.exceptions import GetTimeoutError, RayActorError  # RayActorError: ActorDiedError, ActorUnavailableError
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.job import worker_k
+from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
 from workers.actor import SHARED, WorkerActor, WorkerSpec
 from workers.data import Dataset
 from workers.hybrid import Decision, DecisionKind, Hyper
 from workers.messages import (
     ARRAY_DECISIONS,
+    TASK_HEADER_BYTES,
     Result,
+    RoundKind,
     Status,
     Sync,
     Task,
@@ -52,15 +58,16 @@ from workers.messages import (
 from workers.models import Model
 from workers.replica import Schedule
 
+__all__ = ["SHM_DISABLE", "ClusterTooSmall", "PoolSettings", "RayPool", "ray_pool", "worker_env"]
+
 PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
 # Two Ray settings for the worker actors' processes alone (the cluster's other tasks keep Ray's defaults):
 # - A worker's answer to a full round (its summed gradient, 4P bytes) rides inline in the reply to the
 #   coordinator instead of going through the shared-memory object store, where Ray puts returns above
-#   `max_direct_call_object_size` (100 KiB by default): a write, a seal and a fetch less per full round, about
-#   3 ms for the paper's MLP on this machine. The process that returns reads the setting.
+#   `max_direct_call_object_size` (100 KiB by default): a write, a seal and a fetch less per full round.
+#   The process that returns reads the setting.
 # - Ray starts worker processes at niceness 15, below everything else on the node; a worker actor IS the
-#   job's compute, so it runs at niceness 0, as Ray's own job drivers do. On a node shared with other load
-#   a niced worker took 149 ms for a stochastic round's trials that took it 110 ms at niceness 0 (README).
+#   job's compute, so it runs at niceness 0, as Ray's own job drivers do (README, "How a round travels").
 INLINE_RETURN_LIMIT = 64 << 20
 NOT_NICED = {"RAY_worker_niceness": "0"}  # also the coordinator actor's (coordinator/actor.py)
 
@@ -68,87 +75,28 @@ NOT_NICED = {"RAY_worker_niceness": "0"}  # also the coordinator actor's (coordi
 def worker_env(num_parameters: int) -> dict[str, str]:
     inline = max(100 << 10, min(INLINE_RETURN_LIMIT, 4 * num_parameters + (64 << 10)))
     return {"RAY_max_direct_call_object_size": str(inline), **NOT_NICED}
-MAX_ATTEMPTS = 6  # per worker call, across actor restarts and replacements
+
+
+MAX_ATTEMPTS = 6  # sync-and-rerun rounds of one worker in one round without a death in between
+MAX_DEATHS_PER_ROUND = 5  # a worker that dies more often within one round ends the job
 PLACEMENT_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 300.0  # a new worker actor: process start, torch import, the training set from the store
-# A worker that has not answered one round's call by then is taken for hung: killed, restarted, resynced.
-CALL_TIMEOUT_S = float(os.environ.get("HES_WORKER_TIMEOUT_S", "600"))
+RESTART_TIMEOUT_S = READY_TIMEOUT_S  # a worker not back this long after it died leaves the job
+UNPLACED_GRACE_S = 5.0  # a worker whose bundle has had no node this long leaves the job
+REJOIN_POLL_S = 5.0  # how often a shrunk job looks for its missing workers (one GCS call each)
+POLL_S = 0.2
+PROBE_S = 10.0
 
 
-SHM_DIR = "/dev/shm"
-SHM_DISABLE = "HES_SHM_DISABLE"
+@dataclass(frozen=True)
+class PoolSettings:
+    """What the pool reads from the coordinator's environment, once, when it is made."""
+    call_timeout_s: float = 600.0  # HES_WORKER_TIMEOUT_S: a worker that has not answered a call by then is hung
+    shared_memory: bool = True  # HES_SHM_DISABLE=1 turns the co-located workers' buffers off
 
-
-SHM_SHARE_MAX = 0.05  # of /dev/shm's free space, which Ray's object store sized itself against
-_SHM_NAME = re.compile(r"hes-(\d+)-[0-9a-f]+-w\d+")
-
-
-class SharedBuffer:
-    """One co-located worker's result buffer: a file in /dev/shm, its pages reserved, mapped here."""
-
-    def __init__(self, worker: int, num_parameters: int) -> None:
-        self.path = os.path.join(SHM_DIR, f"hes-{os.getpid()}-{uuid.uuid4().hex[:12]}-w{worker}")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, 4 * num_parameters)  # ENOSPC now, not SIGBUS at the first write
-            self.array = np.memmap(self.path, dtype="<f4", mode="r+", shape=(num_parameters,))
-        except (OSError, ValueError):
-            self.unlink()
-            raise
-        finally:
-            os.close(fd)
-
-    def view(self) -> np.ndarray:
-        """The worker's last array, read-only; valid until its next call (the round loop combines first)."""
-        v = self.array.view(np.ndarray)[:]
-        v.flags.writeable = False
-        return v
-
-    def unlink(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
-def remove_orphans() -> int:
-    """Unlink the buffers of coordinators that died while their actors were starting (the one window in
-    which a name exists); returns how many. Every pool does this on its node before making its own."""
-    removed = 0
-    for name in os.listdir(SHM_DIR):
-        m = _SHM_NAME.fullmatch(name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-        except PermissionError:
-            pass  # alive, someone else's
-    return removed
-
-
-def shared_buffers(pg: object, n_workers: int, num_parameters: int) -> dict[int, SharedBuffer]:
-    """A buffer for each worker whose bundle is on this process's node; none when /dev/shm is missing or
-    turned off, or the buffers would take more than 5% of its free space (Ray's object store lives there)."""
-    if os.environ.get(SHM_DISABLE, "") not in ("", "0") or not os.path.isdir(SHM_DIR):
-        return {}
-    here = ray.get_runtime_context().get_node_id()
-    nodes = placement_group_table(pg)["bundles_to_node_id"]
-    local = [i for i in range(n_workers) if nodes.get(i) == here]
-    if not local:
-        return {}
-    remove_orphans()
-    st = os.statvfs(SHM_DIR)
-    if 4 * num_parameters * len(local) > SHM_SHARE_MAX * st.f_bavail * st.f_frsize:
-        return {}
-    out = {}
-    for i in local:
-        try:
-            out[i] = SharedBuffer(i, num_parameters)
-        except (OSError, ValueError):
-            break  # Ray carries the arrays of this worker and the rest
-    return out
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> PoolSettings:
+        return cls(float(env.get("HES_WORKER_TIMEOUT_S", "600")), env.get(SHM_DISABLE, "") in ("", "0"))
 
 
 class ClusterTooSmall(RuntimeError):
@@ -163,11 +111,44 @@ def decision_label(d: Decision, fallback: str) -> str:
     return "stochastic"
 
 
+@dataclass(frozen=True)
+class ActorRecord:
+    state: str  # ALIVE, RESTARTING, DEAD, PENDING_CREATION, ...; "" when Ray has no record
+    restarts: int  # how many times Ray has restarted it
+
+
+def actor_record(actor: ray.actor.ActorHandle) -> ActorRecord:
+    """Ray's GCS record of an actor. The state API (`ray.util.state`) reads the same through the dashboard, which
+    a local Ray here runs without."""
+    rec = gcs_actor_table(actor_id=actor._actor_id.hex())  # type: ignore[attr-defined]
+    return ActorRecord(rec.get("State", ""), int(rec.get("NumRestarts", 0)))
+
+
+def _count_task(rb: RoundBytes, task: Task, header: bytes, decision: bytes, label: str) -> None:
+    """One worker's share of a task: the header to the round's kind (its live-workers part to sync)."""
+    rb.add(task.kind.label, "down", TASK_HEADER_BYTES)
+    rb.add("sync", "down", len(header) - TASK_HEADER_BYTES)
+    rb.add(label, "down", len(decision))
+
+
+@dataclass
+class Sent:
+    """What `send` started: a call per live worker, the bytes so far, the task as sent."""
+    refs: dict[int, ray.ObjectRef]
+    rb: RoundBytes
+    task: Task
+
+
+class WorkerLost(RuntimeError):
+    """A worker left the job while the round loop was repairing its replica."""
+
+
 class RayPool:
     def __init__(self, specs: list[WorkerSpec], data: tuple, cpus: float, gpus: float,
-                 counters: Counters) -> None:
+                 counters: Counters, settings: PoolSettings | None = None) -> None:
         self.n_workers = len(specs)
         self.specs, self.cpus, self.gpus, self.counters = specs, cpus, gpus, counters
+        self.settings = settings or PoolSettings.from_env()
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         total = ray.cluster_resources()
         need_cpu, need_gpu = cpus * len(specs), gpus * len(specs)
@@ -183,10 +164,20 @@ class RayPool:
                                   f"{PLACEMENT_TIMEOUT_S:.0f} s (CPUs busy with other jobs?)")
         self.data_ref = ray.put(data)  # the training set enters the object store once per job
         self.counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
-        self.shared = shared_buffers(self.pg, len(specs), specs[0].model.num_parameters)
+        self.shared: dict[int, SharedBuffer] = {}
+        if self.settings.shared_memory:
+            here = ray.get_runtime_context().get_node_id()
+            nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+            self.shared = shared_buffers([i for i in range(len(specs)) if nodes.get(i) == here],
+                                         specs[0].model.num_parameters)
         self.specs = [replace(sp, shared=self.shared[i].path) if i in self.shared else sp
                       for i, sp in enumerate(specs)]
-        self.restarting = 0
+        self.live = list(range(len(specs)))  # the slots in the job now; the others wait for a node
+        self._members_sent = tuple(self.live)  # the live workers as the workers last heard them
+        self.restarts = [0] * len(specs)  # each actor's restart count as last read from Ray
+        self.recovering = 0
+        self._round, self._deaths = 0, dict.fromkeys(range(len(specs)), 0)
+        self._next_poll = 0.0
         try:
             self.actors = [self._spawn(i) for i in range(len(specs))]
             self._wait_ready()
@@ -196,7 +187,11 @@ class RayPool:
 
     @property
     def alive(self) -> int:
-        return self.n_workers - self.restarting
+        return len(self.live) - self.recovering
+
+    @property
+    def restarting(self) -> int:
+        return self.n_workers - self.alive
 
     def _wait_ready(self) -> None:
         """Block until every actor has started and loaded the data, so round 0 times only round 0's work
@@ -214,95 +209,196 @@ class RayPool:
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus, "scheduling_strategy": strategy,
-                   "max_restarts": 2, "max_task_retries": 0,
+                   "max_restarts": -1, "max_task_retries": 0,
                    "runtime_env": {"env_vars": worker_env(self.specs[i].model.num_parameters)}}
         return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
 
     overlaps = True  # the workers compute while the coordinator applies its own copy of the last decision
 
-    def send(self, task: Task) -> tuple[list[ray.ObjectRef], RoundBytes]:
-        """Start `task` on every worker; returns at once. The bytes sent are counted here."""
+    def send(self, task: Task) -> Sent:
+        """Start `task` on every live worker (the missing ones rejoin first when they are back); returns at once.
+        The bytes sent are counted here."""
+        self._round, self._deaths = task.round, dict.fromkeys(range(self.n_workers), 0)
+        self._rejoin(task.round)
+        task = self._with_members(task)
         rb = RoundBytes()
         header, decision = encode_task(task)
         arg = ray.put(decision) if len(decision) > PUT_THRESHOLD else decision
-        refs = [a.step.remote(header, arg) for a in self.actors]
+        refs = {i: self.actors[i].step.remote(header, arg) for i in self.live}
         dlabel = decision_label(task.decision, task.kind.label)
         for _ in refs:
-            rb.add(task.kind.label, "down", len(header))
-            rb.add(dlabel, "down", len(decision))
-        return refs, rb
+            _count_task(rb, task, header, decision, dlabel)
+        return Sent(refs, rb, task)
 
-    def collect(self, sent: tuple[list[ray.ObjectRef], RoundBytes], task: Task,
-                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        """Every worker's result for the task `send` started, ordered by worker; resyncs workers that need it."""
-        refs, rb = sent
-        results = []
-        for i, ref in enumerate(refs):
-            res = self._collect(i, ref, task, rb)
-            if res.status == Status.NEED_SYNC:
-                res = self._sync_and_rerun(i, task, state(), rb)
-            results.append(res)
-        return results, rb
+    def _with_members(self, task: Task) -> Task:
+        """The task, carrying the live workers when they changed since the workers last heard them."""
+        members = tuple(self.live)
+        if members == self._members_sent:
+            return replace(task, members=None)
+        self._members_sent = members
+        return replace(task, members=members)
+
+    def collect(self, sent: Sent, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        """Every live worker's result for the task `send` started, ordered by worker; resyncs workers that need
+        it. A full round that lost a worker is redone by the workers left, on the new split of the batch."""
+        task, rb = sent.task, sent.rb
+        refs = sent.refs
+        while True:
+            before = list(self.live)
+            results = {}
+            for i, ref in refs.items():
+                res = self._result(i, ref, task, state, rb)
+                if res is not None:
+                    results[i] = res
+            if not self.live:
+                raise RuntimeError(f"round {task.round + 1}: every worker has left the job (no node for them)")
+            if self.live == before or task.kind != RoundKind.FULL:
+                return [results[i] for i in sorted(results)], rb
+            task = self._with_members(replace(task, decision=Decision(task.round - 1, DecisionKind.NONE)))
+            header, decision = encode_task(task)
+            refs = {i: self.actors[i].step.remote(header, decision) for i in self.live}
+            for _ in refs:
+                _count_task(rb, task, header, decision, task.kind.label)
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         return self.collect(self.send(task), task, state)
 
-    def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes) -> Result:
+    def _result(self, i: int, ref: ray.ObjectRef, task: Task, state: Callable[[], Sync],
+                rb: RoundBytes) -> Result | None:
+        """Worker i's result for `task`, synced and redone if it needs it; None when it left the job."""
+        res = self._collect(i, ref, task, rb)
+        if res is None or res.status == Status.OK:
+            return res
+        redo = replace(task, decision=Decision(task.round - 1, DecisionKind.NONE))
+        snapshot = state()
+        for _ in range(MAX_ATTEMPTS):
+            if not self._resync(i, snapshot, rb):
+                return None
+            res = self._rerun(i, redo, rb)
+            if res is None or res.status == Status.OK:
+                return res
+        raise RuntimeError(f"worker {i} kept asking for the state in round {task.round + 1}")
+
+    def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes) -> Result | None:
+        """Worker i's answer; NEED_SYNC when it died and came back (or restarted since its last call); None when
+        it cannot come back and has left the job."""
         try:
-            head, array, digest = ray.get(ref, timeout=CALL_TIMEOUT_S)
+            head, array, digest = ray.get(ref, timeout=self.settings.call_timeout_s)
             if isinstance(array, str) and array == SHARED:
                 array = self.shared[i].view()
-        except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
-            self.counters.worker_failures += 1
-            if isinstance(e, GetTimeoutError):  # hung: restart it (max_restarts), it comes back at version 0
+        except (RayActorError, GetTimeoutError) as e:
+            if isinstance(e, GetTimeoutError):  # hung: kill it; Ray restarts it, at version 0
                 ray.kill(self.actors[i], no_restart=False)
-            self._revive(i)
-            return Result(task.round, i, Status.NEED_SYNC)
+            return Result(task.round, i, Status.NEED_SYNC) if self._recover(i) else None
         rb.add(task.kind.label, "up", payload_size(head, array))
         rb.add("sync", "up", len(digest))
-        return decode_result(head, array, digest, task.kind)
+        res = decode_result(head, array, digest, task.kind)
+        if res.status == Status.NEED_SYNC:
+            self._count_deaths(i)  # a restart between two calls, which no call saw fail
+        return res
 
-    def _revive(self, i: int) -> None:
-        """Wait for Ray to restart worker i; replace it when it is gone for good."""
-        self.restarting += 1
+    def _count_deaths(self, i: int) -> ActorRecord:
+        """Count worker i's deaths since we last looked (Ray's restart count); its record from Ray."""
+        rec = actor_record(self.actors[i])
+        died = rec.restarts - self.restarts[i]
+        self.restarts[i] += died
+        if rec.state == "DEAD":  # for good: it is replaced, and its last death counts too
+            died += 1
+            self.actors[i], self.restarts[i] = self._spawn(i), 0
+        self._died(i, died)
+        return rec
+
+    def _died(self, i: int, n: int) -> None:
+        self.counters.worker_failures += n
+        self._deaths[i] += n
+        if self._deaths[i] > MAX_DEATHS_PER_ROUND:
+            raise RuntimeError(f"worker {i} died {self._deaths[i]} times in round {self._round + 1}; "
+                               "it dies on every call, giving up")
+
+    def _recover(self, i: int) -> bool:
+        """Wait until worker i answers again (True), or until it cannot come back: it then leaves the job (False)."""
+        self.recovering += 1
         try:
-            for _ in range(MAX_ATTEMPTS):
-                try:
-                    ray.get(self.actors[i].info.remote(), timeout=30)
-                    return
-                except ActorDiedError:
-                    self.actors[i] = self._spawn(i)
-                except (RayActorError, ActorUnavailableError, GetTimeoutError):
-                    time.sleep(0.5)
-            raise RuntimeError(f"worker {i} did not come back after {MAX_ATTEMPTS} attempts")
+            deadline = time.monotonic() + RESTART_TIMEOUT_S
+            unplaced_since: float | None = None
+            while True:
+                if self._count_deaths(i).state == "ALIVE" and self._answers(i):
+                    return True
+                now = time.monotonic()
+                if placement_group_table(self.pg)["bundles_to_node_id"].get(i):
+                    unplaced_since = None
+                elif unplaced_since is None:
+                    unplaced_since = now
+                if now > deadline or (unplaced_since is not None and now - unplaced_since >= UNPLACED_GRACE_S):
+                    self._leave(i)
+                    return False
+                time.sleep(POLL_S)
         finally:
-            self.restarting -= 1
+            self.recovering -= 1
 
-    def _sync_and_rerun(self, i: int, task: Task, state: Sync, rb: RoundBytes) -> Result:
-        redo = replace(task, decision=Decision(task.round - 1, DecisionKind.NONE))
+    def _answers(self, i: int) -> bool:
+        try:
+            ray.get(self.actors[i].info.remote(), timeout=PROBE_S)
+            return True
+        except (RayActorError, GetTimeoutError):
+            return False
+
+    def _leave(self, i: int) -> None:
+        """Worker i leaves the job; Ray keeps its actor pending in its bundle until a node has room for it."""
+        self.live.remove(i)
+        self.counters.workers_changed(self._round + 1, len(self.live), self.n_workers)
+
+    def _rejoin(self, t: int) -> None:
+        """Missing workers whose actors are back join the job from round t (at most every REJOIN_POLL_S)."""
+        if len(self.live) == self.n_workers or time.monotonic() < self._next_poll:
+            return
+        self._next_poll = time.monotonic() + REJOIN_POLL_S
+        back = []
+        for i in range(self.n_workers):
+            if i in self.live:
+                continue
+            rec = actor_record(self.actors[i])
+            if rec.state == "DEAD":  # it will not be restarted: a new actor waits for its bundle instead
+                self.actors[i], self.restarts[i] = self._spawn(i), 0
+                self.counters.worker_failures += 1
+            elif rec.state == "ALIVE" and self._answers(i):
+                self.counters.worker_failures += rec.restarts - self.restarts[i]  # its deaths while out
+                self.restarts[i] = rec.restarts
+                back.append(i)
+        if back:
+            self.live = sorted(self.live + back)
+            self.counters.workers_changed(t + 1, len(self.live), self.n_workers)
+
+    def _resync(self, i: int, state: Sync, rb: RoundBytes) -> bool:
+        """Send worker i the state (and the live workers); False when it left the job meanwhile."""
+        data = encode_sync(replace(state, members=tuple(self.live)))
         for _ in range(MAX_ATTEMPTS):
-            self.resync(i, state, rb)
-            res = self.rerun(i, redo, rb)
-            if res.status == Status.OK:
-                return res
-        raise RuntimeError(f"worker {i} kept failing in round {task.round}")
+            rb.add("sync", "down", len(data))
+            try:
+                ray.get(self.actors[i].sync.remote(data), timeout=self.settings.call_timeout_s)
+                return True
+            except (RayActorError, GetTimeoutError) as e:
+                if isinstance(e, GetTimeoutError):
+                    ray.kill(self.actors[i], no_restart=False)
+                if not self._recover(i):
+                    return False
+        raise RuntimeError(f"worker {i} could not be synced in round {self._round + 1}")
+
+    def _rerun(self, i: int, task: Task, rb: RoundBytes) -> Result | None:
+        header, decision = encode_task(task)
+        _count_task(rb, task, header, decision, task.kind.label)
+        return self._collect(i, self.actors[i].step.remote(header, decision), task, rb)
 
     def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
-        data = encode_sync(state)
-        rb.add("sync", "down", len(data))
-        try:
-            ray.get(self.actors[worker].sync.remote(data), timeout=CALL_TIMEOUT_S)
-        except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
-            self.counters.worker_failures += 1
-            if isinstance(e, GetTimeoutError):
-                ray.kill(self.actors[worker], no_restart=False)
-            self._revive(worker)
-            self.resync(worker, state, rb)
+        """The round loop's repair of a replica that differs (its rerun follows)."""
+        self._resync(worker, state, rb)
 
     def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
-        header, decision = encode_task(task)
-        rb.add(task.kind.label, "down", len(header) + len(decision))
-        return self._collect(worker, self.actors[worker].step.remote(header, decision), task, rb)
+        res = self._rerun(worker, task, rb) if worker in self.live else None
+        if res is None:
+            raise WorkerLost(f"worker {worker} left the job while its replica was being repaired in round "
+                             f"{task.round + 1}")
+        return res
 
     def close(self) -> None:
         for a in self.actors:
@@ -320,4 +416,4 @@ def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule
     specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker))) for i in range(n)]
     return RayPool(specs, (data.x_train, data.y_train), cfg.cluster.cpus_per_worker,
-                   cfg.cluster.gpus_per_worker, counters)
+                   cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env())

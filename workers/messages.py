@@ -15,6 +15,10 @@ does the round's work and answers with a `Result`. Sizes on the wire (little-end
                       Ray's few dozen bytes of pickle metadata for it are framing, not payload)
     + digest          8 B of blake2b over the parameter bytes (replica check, counted as sync)
 So a stochastic round moves 6 + 9 = 15 B down and 7 + 14 = 21 B up per worker, whatever the model size.
+
+When the job's workers change (one left, or came back), the next task's header carries the live workers
+(flag 4, then <H count and count x <H slot = 2 + 2n B, counted as sync) and they split each minibatch among
+themselves from then on; a `Sync` carries them too (flag 2 of its header), for a worker that missed that task.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ _RESULT = struct.Struct("<IHB")
 _TRIALS = struct.Struct("<qfH")
 _GRAD = struct.Struct("<fI")
 _SEED = struct.Struct("<q")
+_COUNT = struct.Struct("<H")
 DIGEST_BYTES = 8
 _BEATS_CURRENT = 0x8000
 _IMPROVEMENTS_MAX = 0x7FFF
@@ -59,6 +64,8 @@ class Status(enum.IntEnum):
 
 FLAG_DIGEST = 1
 FLAG_PARAMS = 2  # APPLY only: send the parameters up (localsgd's last gather, counted as sync)
+FLAG_MEMBERS = 4  # the live workers follow the header: the shards are re-split among them
+TASK_HEADER_BYTES = _TASK.size  # the rest of a header (the live workers) is accounted as sync
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Task:
     decision: Decision  # of round - 1 (kind NONE when the worker is already up to date)
     want_digest: bool = False
     want_params: bool = False
+    members: tuple[int, ...] | None = None  # the live workers, sorted, when they changed (else unchanged)
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ class Sync:
     version: int
     theta: np.ndarray
     grad: np.ndarray | None
+    members: tuple[int, ...] | None = None  # the live workers (None: keep the replica's)
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -107,14 +116,26 @@ def encode_decision(d: Decision) -> bytes:
     return head
 
 
+def _encode_members(members: tuple[int, ...] | None) -> bytes:
+    return b"" if members is None else struct.pack(f"<H{len(members)}H", len(members), *members)
+
+
+def _decode_members(data: bytes, at: int) -> tuple[tuple[int, ...], int]:
+    """(members, offset after them)."""
+    (n,) = _COUNT.unpack_from(data, at)
+    return struct.unpack_from(f"<{n}H", data, at + _COUNT.size), at + _COUNT.size + 2 * n
+
+
 def encode_task(t: Task) -> tuple[bytes, bytes]:
     """(header, decision) bytes: the two parts are accounted to the kinds of two different rounds."""
-    flags = (FLAG_DIGEST if t.want_digest else 0) | (FLAG_PARAMS if t.want_params else 0)
-    return _TASK.pack(t.round, int(t.kind), flags), encode_decision(t.decision)
+    flags = ((FLAG_DIGEST if t.want_digest else 0) | (FLAG_PARAMS if t.want_params else 0)
+             | (FLAG_MEMBERS if t.members is not None else 0))
+    return _TASK.pack(t.round, int(t.kind), flags) + _encode_members(t.members), encode_decision(t.decision)
 
 
 def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
-    rnd, kind, flags = _TASK.unpack(header)
+    rnd, kind, flags = _TASK.unpack_from(header)
+    members = _decode_members(header, _TASK.size)[0] if flags & FLAG_MEMBERS else None
     dkind = DecisionKind(decision[0])
     seed, array = 0, None
     if dkind == DecisionKind.SEED:
@@ -122,7 +143,7 @@ def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
     elif dkind in ARRAY_DECISIONS:
         array = _owned(decision, 1)
     return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST),
-                bool(flags & FLAG_PARAMS))
+                bool(flags & FLAG_PARAMS), members)
 
 
 def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None, bytes]:
@@ -162,21 +183,24 @@ def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: Ro
     return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest)
 
 
-_SYNC = struct.Struct("<IB")
+_SYNC = struct.Struct("<IB")  # version, flags (1: a gradient follows theta, 2: the live workers precede theta)
+_SYNC_GRAD, _SYNC_MEMBERS = 1, 2
 
 
 def encode_sync(s: Sync) -> bytes:
     grad = b"" if s.grad is None else _f32(s.grad)
-    return _SYNC.pack(s.version, int(bool(grad))) + _f32(s.theta) + grad
+    flags = (_SYNC_GRAD if grad else 0) | (_SYNC_MEMBERS if s.members is not None else 0)
+    return _SYNC.pack(s.version, flags) + _encode_members(s.members) + _f32(s.theta) + grad
 
 
 def decode_sync(data: bytes) -> Sync:
-    version, has_grad = _SYNC.unpack_from(data)
-    arr = _owned(data, _SYNC.size)
-    if has_grad:
+    version, flags = _SYNC.unpack_from(data)
+    members, at = _decode_members(data, _SYNC.size) if flags & _SYNC_MEMBERS else (None, _SYNC.size)
+    arr = _owned(data, at)
+    if flags & _SYNC_GRAD:
         half = len(arr) // 2
-        return Sync(version, arr[:half], arr[half:])
-    return Sync(version, arr, None)
+        return Sync(version, arr[:half], arr[half:], members)
+    return Sync(version, arr, None, members)
 
 
 def _owned(buffer: bytes | memoryview, offset: int) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Round t uses the minibatch `schedule.batch(t)`. A full round computes the summed gradient on this worker's
 shard of it; a stochastic round tries K seeded shifts on the WHOLE minibatch (so costs from different
-workers compare) and keeps the best; localsgd rounds step on the shard.
+workers compare) and keeps the best; localsgd rounds step on the shard. The shards split the minibatch among the
+job's live workers (`members`, all of them until one leaves): this worker's shard is the one at its place among
+them, so the live workers' shards cover every example of the minibatch once.
 """
 from __future__ import annotations
 
@@ -97,6 +99,7 @@ class Replica:
         self.model, self.hyper, self.schedule = model, hyper, schedule
         self.job_seed, self.k, self.combine = job_seed, k, combine
         self.worker, self.n_workers = worker, n_workers
+        self.members: tuple[int, ...] = tuple(range(n_workers))  # the live workers, among whom batches are split
         self.device = torch.device(device)
         self.x = torch.as_tensor(x_train).to(self.device)
         self.y = torch.as_tensor(y_train).to(self.device)
@@ -112,6 +115,8 @@ class Replica:
 
     def sync(self, s: Sync) -> None:
         self._best = None
+        if s.members is not None:
+            self.members = s.members
         grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
         self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad)
 
@@ -122,7 +127,13 @@ class Replica:
             return HybridState(decision.round + 1, best[2], st.grad)  # our own best trial won
         return apply_decision(st, decision, self.hyper)
 
+    def shard(self, t: int) -> np.ndarray:
+        """This worker's examples of round t's minibatch."""
+        return self.schedule.shard(t, self.members.index(self.worker), len(self.members))
+
     def handle(self, task: Task) -> Result:
+        if task.members is not None:
+            self.members = task.members
         st = self.state
         needed = task.round - 1 if task.decision.kind != DecisionKind.NONE else task.round
         if st is None or st.version != needed:
@@ -131,7 +142,7 @@ class Replica:
         dig = digest(st.theta) if task.want_digest else b""
         t = task.round
         if task.kind == RoundKind.APPLY and task.want_params:  # localsgd's last gather, weighted by shard
-            return Result(t, self.worker, examples=len(self.schedule.shard(t - 1, self.worker, self.n_workers)),
+            return Result(t, self.worker, examples=len(self.shard(t - 1)),
                           array=st.theta.cpu().numpy(), digest=dig)
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
@@ -143,7 +154,7 @@ class Replica:
             self._best = None if out.theta is None else (t, out.seed, out.theta)
             return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements,
                           beats_current=out.beats_current, digest=dig)
-        idx = torch.tensor(self.schedule.shard(t, self.worker, self.n_workers), device=self.device)
+        idx = torch.tensor(self.shard(t), device=self.device)
         if task.kind == RoundKind.FULL:
             loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx])
             return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator import ray_pool
-from coordinator.ray_pool import SharedBuffer, remove_orphans
+from coordinator import shared_buffers
+from coordinator.shared_buffers import SharedBuffer, remove_orphans
 from workers.actor import open_shared
 
 
 @pytest.fixture()
 def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(ray_pool, "SHM_DIR", str(tmp_path))
+    monkeypatch.setattr(shared_buffers, "SHM_DIR", str(tmp_path))
     return tmp_path
 
 
