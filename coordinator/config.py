@@ -56,6 +56,9 @@ class TrainConfig(_Strict):
     # own, only trials scored on them, and on MNIST a 2-worker r = 2 job in that order collapsed to 39% dev
     # accuracy in its last epochs (BENCHMARKS.md, section 7 has five seeds of both orders).
     shuffle: bool = True
+    # Write checkpoint.npz every this-many rounds as well as at every epoch end; None: at epoch ends only.
+    # A job restarted from a checkpoint recomputes the rounds after it, bitwise as they were (seeded rounds).
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
 
 
 class HybridConfig(_Strict):

@@ -185,7 +185,7 @@ class Job:
         pool = self.pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule, c)
         loop = self._loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode,
                                       self.cfg.hybrid.combine, pool, c, self.cfg.hybrid.replica_check_every)
-        rpe = self.schedule.rounds_per_epoch
+        rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
         try:
             for t in range(self.state.version, p.total_rounds):
                 if self.stop_requested:
@@ -199,6 +199,9 @@ class Job:
                     row = self._end_epoch(p.epoch, t + 1)
                     if on_epoch:
                         on_epoch(row)
+                elif every and (t + 1) % every == 0:
+                    require_finite_parameters(self.state.theta, t + 1)  # the last checkpoint stays finite
+                    self._checkpoint()
                 if on_round:
                     on_round(event, p)
             loop.flush()

@@ -176,6 +176,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()) if v is not None))
         if job.get("bytes"):
             print(f"bytes: total {fmt_bytes(job['bytes'].get('total', 0))}")
+        if job.get("restarts"):
+            print(f"restarts: {job['restarts']} (from its checkpoint, after its coordinator died)")
         if job.get("result"):
             _print_end(job)
         return 0

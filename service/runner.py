@@ -30,6 +30,7 @@ from service.validation import needs
 log = logging.getLogger("hes.service")
 RAY_TIMEOUT_S = 30.0
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_STARTING = ("starting", "restarting")  # messages of a job whose coordinator has not reported RUNNING yet
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -94,9 +95,8 @@ class Runner:
                 continue
             handle = find_job(rec.id)
             if handle is None:
-                self._fail(rec, f"the coordinator of this job is gone (Ray actor hes-job-{rec.id} no longer "
-                                "exists: the service restarted and its Ray cluster did not keep the job)"
-                                + _resume_hint(Path(rec.out_dir)))
+                self._restart_or_fail(rec, "its coordinator is gone (the service restarted and its Ray cluster "
+                                           "did not keep the job)")
                 continue
             log.info("reattached to job %s", rec.id)
             self.handles[rec.id] = handle
@@ -131,7 +131,7 @@ class Runner:
             log.warning("job %s: its coordinator did not answer within %.0f s", job_id, RAY_TIMEOUT_S)
             return None
         if poll.died is not None or poll.snapshot is None:
-            self._fail(rec, f"the coordinator of this job died: {poll.died}" + _resume_hint(Path(rec.out_dir)))
+            self._restart_or_fail(rec, f"its coordinator died ({poll.died})")
             return self._detach(job_id)
         snap, result = poll.snapshot, poll.result
         self.metrics.update(job_id, snap, poll.events)
@@ -142,12 +142,15 @@ class Runner:
             fields["history"] = read_history(Path(rec.out_dir))
         gone = None
         if result is not None:
-            fields.update(status=result.get("status", "FAILED"), message=clean(str(result.get("message", ""))),
-                          result=result, finished_at=now())
+            message = clean(str(result.get("message", "")))
+            if rec.restarts:
+                message = "; ".join(m for m in (message, _restarts_note(rec.restarts)) if m)
+            fields.update(status=result.get("status", "FAILED"), message=message,
+                          result={**result, "message": message, "restarts": rec.restarts}, finished_at=now())
             self.metrics.finish(job_id)
             gone = self._detach(job_id)
-        elif snap["status"] == "RUNNING" and rec.status != "RUNNING":
-            fields.update(status="RUNNING", message="")
+        elif snap["status"] == "RUNNING" and (rec.status != "RUNNING" or rec.message.startswith(_STARTING)):
+            fields.update(status="RUNNING", message=_restarts_note(rec.restarts))
         self.store.update(job_id, **fields)
         return gone
 
@@ -163,9 +166,11 @@ class Runner:
             if chosen is None:
                 return
             rec, cfg = chosen
+            resume = (Path(rec.out_dir) / "checkpoint.npz").is_file()  # a restarted job continues from it
             try:
                 # find_job first: a service that died between starting a job and recording it left its actor
-                handle = find_job(rec.id) or start_job(cfg, rec.out_dir, job_id=rec.id, detached=True)
+                handle = find_job(rec.id) or start_job(cfg, rec.out_dir, resume=resume, job_id=rec.id,
+                                                       detached=True)
             except (ray.exceptions.RayError, ValueError) as err:
                 with self.lock:
                     self.starting.discard(rec.id)
@@ -178,8 +183,9 @@ class Runner:
                 keep = current is not None and not current.terminal  # not stopped or deleted meanwhile
                 if keep:
                     self.handles[rec.id] = handle
-                    self.store.update(rec.id, started_at=now(),
-                                      message=f"starting: loading data and placing {cfg.cluster.workers} workers")
+                    what = "restarting from its checkpoint" if resume else "starting"
+                    self.store.update(rec.id, started_at=now(), message=f"{what}: loading data and placing "
+                                      f"{cfg.cluster.workers} workers")
             if keep:
                 log.info("started job %s", rec.id)
             else:
@@ -231,6 +237,19 @@ class Runner:
                           history=read_history(Path(rec.out_dir)),
                           result={"status": "FAILED", "message": message, "config": rec.config, **rec.progress})
 
+    def _restart_or_fail(self, rec: JobRecord, why: str) -> None:
+        """A running job lost its coordinator: queue it again (it resumes from its latest checkpoint, or starts
+        over when it has none) while it has restarts left, else fail it."""
+        limit = self.settings.job_max_restarts
+        if rec.restarts >= limit:
+            self._fail(rec, f"{why}; it was restarted {rec.restarts} times already (HES_JOB_MAX_RESTARTS={limit})"
+                            + _resume_hint(Path(rec.out_dir)))
+            return
+        n = rec.restarts + 1
+        log.warning("job %s: %s; restart %d of %d", rec.id, why, n, limit)
+        self.store.update(rec.id, status="RUNNING", started_at=None, restarts=n,
+                          message=f"restarting from its checkpoint (restart {n} of {limit}): {why}")
+
     def _detach(self, job_id: str) -> JobHandle | None:
         """Stop following a job (under the lock); its (detached) coordinator is then killed by the caller."""
         self.workers.pop(job_id, None)
@@ -244,7 +263,8 @@ class Runner:
                 return None
             handle = self.handles.get(job_id)
             if handle is None:  # queued, or its coordinator is being created: that one is killed once it exists
-                message = "stopped before it started"
+                message = ("stopped while it was being restarted; its last checkpoint is kept" if rec.restarts
+                           else "stopped before it started")
                 self.store.update(job_id, status="STOPPED", message=message, finished_at=now(),
                                   result={"status": "STOPPED", "message": message, "config": rec.config,
                                           **rec.progress})
@@ -298,6 +318,13 @@ def clean(text: str) -> str:
 
 def first_line(err: BaseException) -> str:
     return (clean(str(err)).splitlines() or [""])[0][:300]
+
+
+def _restarts_note(restarts: int) -> str:
+    """What the job's message says of its restarts ('' for none)."""
+    if not restarts:
+        return ""
+    return f"restarted {restarts} time{'s' if restarts > 1 else ''} from its checkpoint after its coordinator died"
 
 
 def _resume_hint(out_dir: Path) -> str:

@@ -79,6 +79,8 @@ class JobOut(BaseModel):
     improvements: int = 0
     replica_checks: dict[str, int] = Field(default_factory=dict)
     workers: dict[str, int] = Field(default_factory=dict, description="alive and restarting worker actors")
+    restarts: int = Field(0, description="times the job was restarted from its checkpoint after its coordinator "
+                                         "died (at most HES_JOB_MAX_RESTARTS)")
     times: TimesOut
     result: dict[str, Any] | None = None
     links: dict[str, str]
@@ -92,6 +94,7 @@ class JobOut(BaseModel):
             rounds=p.get("rounds", {}), bytes=p.get("bytes", {}), seconds=p.get("seconds", {}),
             improvements=p.get("improvements", 0), replica_checks=p.get("replica_checks", {}),
             workers=p.get("workers", {}) if not rec.terminal else {"alive": 0, "restarting": 0},
+            restarts=rec.restarts,
             times=TimesOut(created=rec.created_at, started=rec.started_at, finished=rec.finished_at,
                            updated=rec.updated_at),
             result=finite(rec.result) if rec.terminal else None,

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     ray_num_cpus: Annotated[int, Field(ge=0)] | None = None  # CPUs of that Ray; None: all of this machine
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often running jobs are polled
+    # A job whose coordinator dies (actor killed, node lost, service restarted) is restarted from its latest
+    # checkpoint up to this many times, then FAILED.
+    job_max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3
 
     @field_validator("allowed_data_roots", mode="before")
     @classmethod

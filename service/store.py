@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    restarts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
@@ -56,6 +57,7 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     updated_at: str = field(default_factory=now)
+    restarts: int = 0  # times its coordinator died and the job was restarted from its checkpoint
 
     @property
     def terminal(self) -> bool:
@@ -74,6 +76,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if "restarts" not in columns:  # a store written before jobs were restarted automatically
+            self._db.execute("ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:

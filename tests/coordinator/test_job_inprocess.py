@@ -71,6 +71,35 @@ def test_stop_then_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> No
     assert np.array_equal(again.state.theta.numpy(), whole.state.theta.numpy())
 
 
+class Crash(Exception):
+    """A coordinator that dies mid-round: nothing after it is written."""
+
+
+@pytest.mark.parametrize("every", [None, 4])
+def test_a_crash_resumes_from_the_latest_checkpoint_bitwise(tmp_path: Path, every: int | None) -> None:
+    raw = digits_cfg()
+    raw["train"]["checkpoint_every"] = every
+    cfg = validate_config(raw)
+    whole = Job(cfg, tmp_path / "whole")
+    whole.run()
+    crashed = Job(cfg, tmp_path / "crashed")
+
+    def crash_at_18(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 18:
+            raise Crash
+
+    with pytest.raises(Crash):
+        crashed.run(on_round=crash_at_18)
+    resumed = Job(cfg, tmp_path / "crashed", resume=True)
+    # epochs end at rounds 11, 22, ...; with checkpoint_every 4 also at 12 and 16 (a multiple of 4 that is no
+    # epoch end); the rounds after the checkpoint are recomputed
+    assert resumed.state.version == (16 if every else 11)
+    assert resumed.run()["status"] == "SUCCEEDED"
+    assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
+    assert len(resumed.history) == 4
+    assert [r["dev_accuracy"] for r in resumed.history] == [r["dev_accuracy"] for r in whole.history]
+
+
 def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "job.json"
     cfg.write_text(json.dumps(digits_cfg()))

@@ -74,6 +74,33 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, session id) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[3])
+
+
+def service_pids(root: int) -> set[int]:
+    """The service process, its descendants and everything in its session (Ray daemonises some processes)."""
+    parents: dict[int, list[int]] = {}
+    same_session = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := _proc_stat(int(name))) is not None:
+            parents.setdefault(stat[0], []).append(int(name))
+            if stat[1] == root:
+                same_session.add(int(name))
+    seen, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += parents.get(pid, [])
+    return seen | same_session
+
+
 def wait_for_job(client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool],
                  timeout: float = 180) -> dict[str, Any]:
     """Poll GET /v1/jobs/{id} until done(job); the job document."""

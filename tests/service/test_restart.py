@@ -1,4 +1,5 @@
-"""Jobs survive a service restart: reattached while their coordinator lives, FAILED saying so once it is gone.
+"""Jobs survive a service restart: reattached while their coordinator lives, restarted from their checkpoint
+once it is gone.
 
 The coordinators only outlive the service on a Ray cluster the service joined (HES_RAY_ADDRESS), so the
 test starts a Ray head of its own (`ray start --head --block`, private temp dir and port) and stops it.
@@ -61,7 +62,7 @@ def ray_head() -> Iterator[RayHead]:
     head.stop()
 
 
-def test_restart_reattaches_then_fails_when_the_coordinator_is_gone(
+def test_restart_reattaches_then_restarts_when_the_coordinator_is_gone(
         make_server: Callable[..., Server], ray_head: RayHead, tmp_path: Path) -> None:
     state = tmp_path / "state"
     joined = {"HES_RAY_ADDRESS": ray_head.address, "RAY_AUTH_MODE": "token"}
@@ -77,19 +78,23 @@ def test_restart_reattaches_then_fails_when_the_coordinator_is_gone(
     with second.client() as c:
         job = c.get(f"/v1/jobs/{jid}").json()
         assert job["status"] == "RUNNING" and job["config"] == before["config"]
-        later = wait_for_job(c, jid, lambda j: running(j) and j["progress"]["round"] > job["progress"]["round"],
-                             timeout=60)
+        later = wait_for_job(c, jid, lambda j: running(j) and j["progress"]["epoch"] >= 1, timeout=120)
         assert later["progress"]["round"] > before["progress"]["round"]  # the same run, still going
+        assert later["restarts"] == 0
     assert f"reattached to job {jid}" in second.log.read_text()
     second.stop()
     ray_head.stop()  # the cluster, and the job's coordinator with it, is gone
 
-    third = make_server(state)  # a Ray of its own
+    third = make_server(state)  # a Ray of its own: the job starts again there from its last checkpoint
     with third.client() as c:
         job = c.get(f"/v1/jobs/{jid}").json()
-        assert job["status"] == "FAILED"
-        assert "coordinator of this job is gone" in job["message"] and jid in job["message"]
-        assert job["config"] == before["config"]
-        assert job["progress"]["round"] >= later["progress"]["round"]
-        assert job["result"]["status"] == "FAILED" and job["times"]["finished"]
+        assert job["status"] == "RUNNING" and job["restarts"] == 1, job
+        assert "restart 1 of 3" in job["message"] and "coordinator is gone" in job["message"]
+        again = wait_for_job(c, jid, lambda j: running(j) and not j["message"].startswith("restarting"), timeout=120)
+        per_epoch = again["progress"]["total_rounds"] // again["progress"]["epochs"]
+        assert again["progress"]["round"] >= later["progress"]["epoch"] * per_epoch  # from its checkpoint
+        assert "restarted 1 time" in again["message"] and again["config"] == before["config"]
+        assert c.post(f"/v1/jobs/{jid}/stop").status_code == 202
+        stopped = wait_for_job(c, jid, lambda j: j["status"] in ("STOPPED", "FAILED", "SUCCEEDED"))
+        assert stopped["status"] == "STOPPED" and stopped["result"]["restarts"] == 1
         assert c.delete(f"/v1/jobs/{jid}").status_code == 204
