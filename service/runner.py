@@ -181,11 +181,12 @@ class Runner:
                 self.starting.discard(rec.id)
                 current = self.store.get(rec.id)
                 keep = current is not None and not current.terminal  # not stopped or deleted meanwhile
-                if keep:
+                if current is not None and keep:
                     self.handles[rec.id] = handle
-                    what = "restarting from its checkpoint" if resume else "starting"
-                    self.store.update(rec.id, started_at=now(), message=f"{what}: loading data and placing "
-                                      f"{cfg.cluster.workers} workers")
+                    placing = f"loading data and placing {cfg.cluster.workers} workers"
+                    restarting = current.message.startswith("restarting")  # keep why it restarts
+                    self.store.update(rec.id, started_at=now(), message=f"{current.message}; {placing}"
+                                      if restarting else f"starting: {placing}")
             if keep:
                 log.info("started job %s", rec.id)
             else:
