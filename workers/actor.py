@@ -1,10 +1,11 @@
 """The stateless Ray worker actor: a thin shell around `Replica` that speaks bytes.
 
 Every call takes and returns the wire encoding of workers/messages.py, so what the coordinator counts is
-exactly what crossed. A restarted actor comes back at version 0 and asks for a sync.
+exactly what crossed. A restarted actor comes back at version 0 and asks for a sync, which also tells it the
+job's live workers (among whom it takes its shard of each batch, see workers/replica.py).
 
 A worker on the coordinator's own Ray node may get a shared-memory buffer (`WorkerSpec.shared`, see
-coordinator/ray_pool.py): it then writes a full round's gradient (or an average round's parameters) there
+coordinator/shared_buffers.py): it then writes a full round's gradient (or an average round's parameters) there
 and returns `SHARED` in place of the array; the bytes are the same, counted the same, but they skip Ray's
 serialization and the reply's 4P bytes through gRPC. When the buffer cannot be opened (a restarted actor:
 the coordinator has unlinked its name by then), the worker returns the array through Ray as any other.

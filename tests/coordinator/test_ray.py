@@ -5,6 +5,7 @@ import contextlib
 import glob
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from coordinator.actor import start_job
 from coordinator.config import validate_config
 from coordinator.job import Job
-from coordinator.ray_pool import ClusterTooSmall, ray_pool
+from coordinator.ray_pool import ActorRecord, ClusterTooSmall, actor_record, ray_pool
 from coordinator.shared_buffers import SHM_DISABLE
 from workers.messages import Sync, encode_sync
 
@@ -113,7 +114,8 @@ def test_corrupted_replica_is_detected_and_repaired(ray_cluster: object, tmp_pat
 def test_a_worker_killed_five_times_is_counted_five_times_and_changes_nothing(ray_cluster: object,
                                                                              tmp_path: Path) -> None:
     """SIGKILL, as the OOM killer would: Ray restarts the actor each time (no cap per job), the pool resyncs it,
-    and each death is counted once, whether a call saw it fail or the restarted actor answered first."""
+    and each death is counted once, whether the next call fails or finds the actor already restarted (then no
+    call fails: the test waits for the restart before the round goes on)."""
     clean = run_ray(tmp_path / "clean", cfg(2))
     killed: list[int] = []
     shared_after: list[bool] = []
@@ -123,9 +125,15 @@ def test_a_worker_killed_five_times_is_counted_five_times_and_changes_nothing(ra
         if event.round == 0:
             target.extend(i for i, info in enumerate(infos(job)) if info["shared_memory"])
         if event.round in (2, 5, 8, 11, 14):
+            actor = job.pool.actors[target[0]]  # type: ignore[union-attr]
             pid = infos(job)[target[0]]["pid"]  # the incarnation the pool has synced since the last kill
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
+            if event.round in (2, 8, 14):
+                deadline = time.monotonic() + 120
+                while actor_record(actor) != ActorRecord("ALIVE", len(killed)):
+                    assert time.monotonic() < deadline, "Ray did not restart the worker"
+                    time.sleep(0.1)
         if event.round == 17:
             shared_after.extend(i["shared_memory"] for i in infos(job))
 
