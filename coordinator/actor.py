@@ -5,6 +5,7 @@ event and stop calls concurrently. `start_job` / `find_job` return a `JobHandle`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import traceback
@@ -15,6 +16,7 @@ from typing import Any
 import ray
 
 from coordinator.config import JobConfig, validate_config
+from coordinator.documents import Poll, first_line
 from coordinator.job import Job, Progress, failed_result, failure_message
 from coordinator.local_ray import start_loopback_ray
 from coordinator.rounds import RoundEvent
@@ -45,9 +47,9 @@ def actor_name(job_id: str) -> str:
 
 @ray.remote(num_cpus=0, max_concurrency=8, max_restarts=0)
 class CoordinatorActor:
-    def __init__(self, config: dict[str, Any], out_dir: str, resume: bool) -> None:
+    def __init__(self, config: dict[str, Any], out_dir: str, resume: bool, restarts: int = 0) -> None:
         self.cfg: JobConfig = validate_config(config)
-        self.out_dir, self.resume = out_dir, resume
+        self.out_dir, self.resume, self.restarts = out_dir, resume, restarts
         self.job: Job | None = None
         self.progress = Progress(epochs=self.cfg.train.epochs)
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
@@ -59,7 +61,7 @@ class CoordinatorActor:
         from coordinator.ray_pool import ray_pool
 
         try:
-            self.job = Job(self.cfg, self.out_dir, resume=self.resume, pool_factory=ray_pool)
+            self.job = Job(self.cfg, self.out_dir, resume=self.resume, pool_factory=ray_pool, restarts=self.restarts)
             self.progress = self.job.progress
             if self.stop_requested:
                 self.job.stop()
@@ -107,11 +109,28 @@ class CoordinatorActor:
         return self.result_doc
 
 
+class JobStartError(RuntimeError):
+    """A job's coordinator actor could not be created."""
+
+
 class JobHandle:
-    """A driver's view of one coordinator actor."""
+    """A driver's view of one coordinator actor. `poll`, `request_stop` and `kill` turn Ray's errors into
+    answers, so a driver (the service) needs no Ray of its own."""
 
     def __init__(self, actor: ray.actor.ActorHandle, run_ref: ray.ObjectRef | None) -> None:
         self.actor, self.run_ref = actor, run_ref
+
+    def poll(self, timeout: float = 30.0) -> Poll:
+        """The coordinator's snapshot and round events, and its result once its run is over."""
+        try:
+            done = self.done()  # first: when it is done, the status and events that follow are final
+            snap = self.progress(timeout=timeout)
+            events = self.events()
+            return Poll(snap, events, self.result() if done else None)
+        except ray.exceptions.GetTimeoutError:
+            return Poll(timed_out=True)
+        except ray.exceptions.RayError as err:
+            return Poll(died=f"{type(err).__name__}: {first_line(err)}")
 
     def progress(self, timeout: float = 60) -> dict[str, Any]:
         """The coordinator's progress snapshot; GetTimeoutError when it does not answer within `timeout`."""
@@ -134,16 +153,32 @@ class JobHandle:
     def stop(self) -> None:
         ray.get(self.actor.stop.remote(), timeout=60)
 
-    def request_stop(self) -> None:
-        """Ask the coordinator to stop without waiting for its answer (the service's stop route)."""
-        self.actor.stop.remote()
+    def request_stop(self) -> bool:
+        """Ask the coordinator to stop without waiting for its answer; False when it is gone."""
+        try:
+            self.actor.stop.remote()
+            return True
+        except ray.exceptions.RayError:
+            return False
 
     def kill(self) -> None:
-        ray.kill(self.actor)
+        """Kill the coordinator actor (a detached one outlives its run); nothing when it is gone already."""
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.kill(self.actor)
+
+
+def cluster_resources() -> dict[str, float]:
+    """The connected Ray cluster's total resources (CPU, GPU, memory, ...)."""
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def disconnect_ray() -> None:
+    """Leave the cluster; a Ray started by this process stops with it."""
+    ray.shutdown()
 
 
 def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | None = None,
-              detached: bool = False) -> JobHandle:
+              detached: bool = False, restarts: int = 0) -> JobHandle:
     """Create the coordinator actor (on this node, where out_dir is) and start its run."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -157,8 +192,12 @@ def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | 
         options.update(name=actor_name(job_id), namespace=NAMESPACE)
     if detached:
         options["lifetime"] = "detached"
-    actor = CoordinatorActor.options(**options).remote(cfg.model_dump(), out_dir, resume)  # type: ignore[attr-defined]
-    return JobHandle(actor, actor.run.remote())
+    try:
+        actor = CoordinatorActor.options(**options).remote(cfg.model_dump(), out_dir, resume,  # type: ignore[attr-defined]
+                                                             restarts)
+        return JobHandle(actor, actor.run.remote())
+    except (ray.exceptions.RayError, ValueError) as err:  # ValueError: the name is taken
+        raise JobStartError(f"{type(err).__name__}: {first_line(err)}") from None
 
 
 def find_job(job_id: str) -> JobHandle | None:

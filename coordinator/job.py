@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch
 
 from coordinator.accounting import Counters
 from coordinator.config import JobConfig
+from coordinator.documents import plain, restarts_note
 from coordinator.outputs import (
     OutputError,
     load_checkpoint,
@@ -35,7 +35,6 @@ from workers.replica import Replica, Schedule
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 log = logging.getLogger("hes.job")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
@@ -49,6 +48,7 @@ class Progress:
     epochs: int = 0
     latest: dict[str, float] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    restarts: int = 0  # times the job was restarted from a checkpoint after its coordinator died
 
     @property
     def fraction(self) -> float:
@@ -63,6 +63,7 @@ class Progress:
             "metrics": dict(self.latest), "rounds": dict(c.rounds), "bytes": c.bytes_doc(),
             "seconds": dict(c.seconds), "improvements": c.improvements,
             "replica_checks": {"checked": c.replica_checked, "mismatches": c.replica_mismatches},
+            "restarts": self.restarts,
         }
 
 
@@ -96,7 +97,7 @@ def failure_message(err: BaseException, cfg: JobConfig, total_rounds: int) -> st
         return f"diverged at round {err.round}{of}: {err.reason} ({divergence_hint(cfg)})"
     if isinstance(err, OutputError):
         return str(err)
-    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    lines = [line.strip() for line in plain(str(err)).splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0][:500]}" if lines else type(err).__name__
 
 
@@ -108,7 +109,8 @@ def failed_result(cfg: JobConfig, progress: Progress, num_parameters: int | None
     p = progress.to_dict()
     doc = {"status": "FAILED", "message": progress.message, "config": cfg.model_dump(),
            "num_parameters": num_parameters, "num_workers": cfg.cluster.workers, "final": {},
-           "rounds": p["rounds"], "bytes": p["bytes"], "seconds": p["seconds"], "replica_checks": p["replica_checks"]}
+           "rounds": p["rounds"], "bytes": p["bytes"], "seconds": p["seconds"], "replica_checks": p["replica_checks"],
+           "restarts": progress.restarts}
     for name, write in (("error.log", lambda: write_text(out_dir / "error.log", trace)),
                         ("result.json", lambda: write_json(out_dir / "result.json", doc))):
         try:
@@ -132,12 +134,12 @@ class Job:
     """Owns the parameters (the single source of truth) and runs rounds through a pool."""
 
     def __init__(self, cfg: JobConfig, out_dir: str | Path, resume: bool = False,
-                 pool_factory: PoolFactory | None = None) -> None:
+                 pool_factory: PoolFactory | None = None, restarts: int = 0) -> None:
         self.cfg, self.out = cfg, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data, self.model, self.hyper, self.schedule = build_parts(cfg)
         self.progress = Progress(epochs=cfg.train.epochs,
-                                 total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch)
+                                 total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
         theta0, grad0, version = self.model.initial_parameters(cfg.seed), None, 0
         if resume:
@@ -213,7 +215,8 @@ class Job:
                 pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started
         p.status = "STOPPED" if p.round < p.total_rounds else "SUCCEEDED"
-        p.message = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else c.workers_note
+        ended = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else c.workers_note
+        p.message = "; ".join(m for m in (ended, restarts_note(p.restarts)) if m)
         return self._finish()
 
     def _end_epoch(self, epoch: int, rounds_done: int) -> dict[str, Any]:
@@ -263,7 +266,7 @@ class Job:
                         "stochastic_rounds": c.seconds["stochastic_rounds"], "evaluation": c.seconds["evaluation"]},
             "replica_checks": {"checked": c.replica_checked, "mismatches": c.replica_mismatches},
             "improvements": c.improvements, "stale_results_dropped": c.stale_results_dropped,
-            "worker_failures": c.worker_failures,
+            "worker_failures": c.worker_failures, "restarts": p.restarts,
         }
         self._checkpoint()
         write_history(self.out / "history.csv", self.history)

@@ -48,31 +48,27 @@ def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True
 
 
 def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
-    import ray
-
     from coordinator.actor import connect_ray, start_job
 
     connect_ray(cfg.cluster.address)
     handle = start_job(cfg, str(out.resolve()), resume=resume)
     bar = None
     try:
-        while not handle.done():
+        while True:
             try:
-                snapshot = handle.progress()
-            except KeyboardInterrupt:
-                handle.stop()
-                continue
-            if bar is None:
-                bar = _bar(snapshot["progress"]["total_rounds"], snapshot["progress"]["round"], progress)
-            bar.n = snapshot["progress"]["round"]
-            bar.set_postfix(postfix(snapshot), refresh=True)
-            try:
+                poll = handle.poll(timeout=60)
+                if poll.died is not None:
+                    raise RuntimeError(f"the job's coordinator actor died: {poll.died}")
+                if poll.result is not None:
+                    return poll.result
+                if poll.snapshot is not None:
+                    p = poll.snapshot["progress"]
+                    bar = bar or _bar(p["total_rounds"], p["round"], progress)
+                    bar.n = p["round"]
+                    bar.set_postfix(postfix(poll.snapshot), refresh=True)
                 time.sleep(0.5)
-            except KeyboardInterrupt:
-                handle.stop()
-        return handle.result()
-    except ray.exceptions.RayActorError as err:
-        raise RuntimeError(f"the job's coordinator actor died: {err}") from None
+            except KeyboardInterrupt:  # the job ends STOPPED after its current round, its checkpoint kept
+                handle.request_stop()
     finally:
         if bar is not None:
             bar.close()

@@ -10,13 +10,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from coordinator.actor import connect_ray
+from coordinator.actor import cluster_resources, connect_ray, disconnect_ray
 from service.metrics import Metrics
 from service.routes import jobs, system
 from service.runner import Runner
@@ -56,14 +55,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(runner.reattach)
     stopping = asyncio.Event()
     app.state.poller = asyncio.create_task(poll_forever(runner, settings.poll_seconds, stopping))
-    log.info("job service ready: state in %s, Ray %s", settings.state_dir, ray.cluster_resources())
+    log.info("job service ready: state in %s, Ray %s", settings.state_dir, cluster_resources())
     try:
         yield
     finally:
         stopping.set()
         await app.state.poller
         store.close()
-        ray.shutdown()
+        disconnect_ray()
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import shutil
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from coordinator.actor import JobHandle, find_job, start_job
+from coordinator.actor import JobHandle, JobStartError, cluster_resources, find_job, start_job
 from coordinator.config import ConfigError, JobConfig, validate_config
+from coordinator.documents import Poll, plain, restarts_note
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import JobRecord, Store, now
@@ -29,9 +26,7 @@ from service.validation import needs
 
 log = logging.getLogger("hes.service")
 RAY_TIMEOUT_S = 30.0
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _STARTING = ("starting", "restarting")  # messages of a job whose coordinator has not reported RUNNING yet
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def read_history(out_dir: Path) -> list[dict[str, Any]]:
@@ -50,29 +45,6 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
-@dataclass(frozen=True)
-class Poll:
-    """What one poll of a running job's coordinator brought back (asked without the runner's lock)."""
-    snapshot: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] | None = None  # set once the coordinator's run is over
-    died: str | None = None  # why the coordinator is gone, when it is
-    timed_out: bool = False
-
-
-def ask(handle: JobHandle) -> Poll:
-    """Poll one coordinator: its status, round events and, when its run is over, its result."""
-    try:
-        done = handle.done()  # first: when it is done, the status and events that follow are final
-        snap = handle.progress(timeout=RAY_TIMEOUT_S)
-        events = handle.events()
-        return Poll(snap, events, handle.result() if done else None)
-    except ray.exceptions.GetTimeoutError:
-        return Poll(timed_out=True)
-    except ray.exceptions.RayError as err:
-        return Poll(died=f"{type(err).__name__}: {first_line(err)}")
-
-
 class Runner:
     """Starts, follows, stops and forgets jobs. `lock` guards the store decisions and the handle tables;
     no Ray call is made while it is held, so stop and delete never wait behind a slow coordinator."""
@@ -85,7 +57,7 @@ class Runner:
         self.lock = threading.RLock()
 
     def cluster(self) -> dict[str, float]:
-        return {k: float(v) for k, v in ray.cluster_resources().items()}
+        return cluster_resources()
 
     def reattach(self) -> None:
         """After a (re)start: reattach to coordinators of jobs that were started, or fail those jobs."""
@@ -107,7 +79,7 @@ class Runner:
         with self.lock:
             running = dict(self.handles)
         for job_id, handle in running.items():
-            poll = ask(handle)
+            poll = handle.poll(RAY_TIMEOUT_S)
             with self.lock:
                 gone = self._apply(job_id, handle, poll)
             if gone is not None:
@@ -142,15 +114,12 @@ class Runner:
             fields["history"] = read_history(Path(rec.out_dir))
         gone = None
         if result is not None:
-            message = clean(str(result.get("message", "")))
-            if rec.restarts:
-                message = "; ".join(m for m in (message, _restarts_note(rec.restarts)) if m)
-            fields.update(status=result.get("status", "FAILED"), message=message,
-                          result={**result, "message": message, "restarts": rec.restarts}, finished_at=now())
+            fields.update(status=result.get("status", "FAILED"), message=plain(str(result.get("message", ""))),
+                          result=result, finished_at=now())
             self.metrics.finish(job_id)
             gone = self._detach(job_id)
         elif snap["status"] == "RUNNING" and (rec.status != "RUNNING" or rec.message.startswith(_STARTING)):
-            fields.update(status="RUNNING", message=_restarts_note(rec.restarts))
+            fields.update(status="RUNNING", message=restarts_note(rec.restarts))
         self.store.update(job_id, **fields)
         return gone
 
@@ -170,12 +139,11 @@ class Runner:
             try:
                 # find_job first: a service that died between starting a job and recording it left its actor
                 handle = find_job(rec.id) or start_job(cfg, rec.out_dir, resume=resume, job_id=rec.id,
-                                                       detached=True)
-            except (ray.exceptions.RayError, ValueError) as err:
+                                                       detached=True, restarts=rec.restarts)
+            except JobStartError as err:
                 with self.lock:
                     self.starting.discard(rec.id)
-                    self._fail(rec, f"the job's coordinator could not be started: {type(err).__name__}: "
-                                    f"{first_line(err)}")
+                    self._fail(rec, f"the job's coordinator could not be started: {err}")
                 continue
             with self.lock:
                 self.starting.discard(rec.id)
@@ -273,10 +241,8 @@ class Runner:
             self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
                                               "round, keeping its checkpoint")
             answer = self.store.get(job_id)
-        try:
-            handle.request_stop()
-        except ray.exceptions.RayError as err:  # a dead coordinator: the next poll marks it FAILED
-            log.warning("job %s: stop failed: %s", job_id, first_line(err))
+        if not handle.request_stop():  # a dead coordinator: the next poll restarts or fails the job
+            log.warning("job %s: its coordinator did not take the stop request", job_id)
         return answer
 
     def forget(self, job_id: str) -> bool:
@@ -298,10 +264,8 @@ class Runner:
 
 def _kill(job_id: str, handle: JobHandle) -> None:
     """Kill a coordinator actor that outlives its run (detached); quiet when it is already gone."""
-    try:
-        handle.kill()
-    except ray.exceptions.RayError:
-        log.info("job %s: its coordinator was already gone", job_id)
+    log.info("job %s: its coordinator is released", job_id)
+    handle.kill()
 
 
 def _merge(stored: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
@@ -312,20 +276,6 @@ def _merge(stored: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def clean(text: str) -> str:
-    """A message fit for a user: no terminal escape codes (Ray colours its errors), no other control bytes."""
-    return _CONTROL.sub("", _ANSI.sub("", text)).strip()
-
-
-def first_line(err: BaseException) -> str:
-    return (clean(str(err)).splitlines() or [""])[0][:300]
-
-
-def _restarts_note(restarts: int) -> str:
-    """What the job's message says of its restarts ('' for none)."""
-    if not restarts:
-        return ""
-    return f"restarted {restarts} time{'s' if restarts > 1 else ''} from its checkpoint after its coordinator died"
 
 
 def _resume_hint(out_dir: Path) -> str:

@@ -21,7 +21,7 @@ from hes_server import DIGITS_JOB, Server, running, service_pids, terminal, wait
 
 pytestmark = pytest.mark.slow
 
-JOB: dict[str, Any] = {**DIGITS_JOB, "name": "restarts", "train": {**DIGITS_JOB["train"], "epochs": 8}}
+JOB: dict[str, Any] = {**DIGITS_JOB, "name": "restarts", "train": {**DIGITS_JOB["train"], "epochs": 30}}
 LONG_JOB: dict[str, Any] = {**DIGITS_JOB, "name": "restarts-long", "train": {**DIGITS_JOB["train"], "epochs": 2000}}
 
 
