@@ -24,6 +24,7 @@ REJOIN_POLL_S, and the worker rejoins at the next round: it is synced (counted a
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -84,8 +85,8 @@ READY_TIMEOUT_S = 300.0  # a new worker actor: process start, torch import, the 
 RESTART_TIMEOUT_S = READY_TIMEOUT_S  # a worker not back this long after it died leaves the job
 UNPLACED_GRACE_S = 5.0  # a worker whose bundle has had no node this long leaves the job
 REJOIN_POLL_S = 5.0  # how often a shrunk job looks for its missing workers (one GCS call each)
-POLL_S = 0.2
-PROBE_S = 10.0
+POLL_S = 0.2  # between two looks at a recovering worker
+PROBE_S = 10.0  # for a restarted worker's first answer
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,14 @@ class PoolSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> PoolSettings:
-        return cls(float(env.get("HES_WORKER_TIMEOUT_S", "600")), env.get(SHM_DISABLE, "") in ("", "0"))
+        raw = env.get("HES_WORKER_TIMEOUT_S", "600")
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = math.nan
+        if not timeout > 0 or math.isinf(timeout):
+            raise ValueError(f"HES_WORKER_TIMEOUT_S: {raw!r} is not a number of seconds above 0")
+        return cls(timeout, env.get(SHM_DISABLE, "") in ("", "0"))
 
 
 class ClusterTooSmall(RuntimeError):

@@ -1,7 +1,9 @@
-"""Without Ray: the live workers on the wire, the shards they split a batch into, and the note a shrunk job leaves."""
+"""Without a Ray cluster: the live workers on the wire, the shards they split a batch into, the note a shrunk job
+leaves, and the pool's settings."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from coordinator.accounting import Counters
@@ -79,3 +81,13 @@ def test_the_note_of_a_job_that_ran_short_of_workers() -> None:
     c.workers_changed(20, 1, 2)
     assert c.workers_note == "ran on 1 of 2 workers in rounds 5 to 11; ran on 1 of 2 workers from round 20"
     assert Counters.from_dict(c.to_dict()).workers_note == c.workers_note  # kept in the checkpoint
+
+
+def test_pool_settings_are_read_once_from_the_environment() -> None:
+    from coordinator.ray_pool import PoolSettings
+
+    assert PoolSettings.from_env({}) == PoolSettings(600.0, True)
+    assert PoolSettings.from_env({"HES_WORKER_TIMEOUT_S": "5", "HES_SHM_DISABLE": "1"}) == PoolSettings(5.0, False)
+    for bad in ("soon", "0", "-1", "inf", "nan"):
+        with pytest.raises(ValueError, match="HES_WORKER_TIMEOUT_S: .* is not a number of seconds above 0"):
+            PoolSettings.from_env({"HES_WORKER_TIMEOUT_S": bad})
