@@ -60,7 +60,7 @@ def render(ctx: Context, runs: dict[str, JobRun]) -> str:
             pct(f["test_accuracy"]), r.dev_range(LAST_EPOCHS),
             f"{paper[0]:.2f}% / {paper[1]:.2f}%" if paper else "none (control)",
             signed(100 * f["dev_accuracy"] - paper[1], unit=" pt") if paper else "",
-            f"{r.result['rounds']['full']} / {r.result['rounds']['stochastic']}", f"{r.wall_seconds:.0f}",
+            f"{r.result.rounds.full} / {r.result.rounds.stochastic}", f"{r.wall_seconds:.0f}",
         ])
     parts = [
         f"In process (`cluster.workers: 0`, one torch thread), seed 100, $HES_MNIST_DIR = `{ctx.mnist}`, "

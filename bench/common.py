@@ -21,6 +21,7 @@ import ray
 import torch
 
 from coordinator.config import JobConfig, load_config
+from coordinator.documents import JobResult, JobStatus
 from coordinator.job import Job, PoolFactory, Progress
 from coordinator.rounds import RoundEvent
 
@@ -62,14 +63,14 @@ def paper_length(ctx: Context, spec: JobSpec) -> JobSpec:
 @dataclass
 class JobRun:
     spec: JobSpec
-    result: dict[str, Any]
+    result: JobResult
     events: list[RoundEvent] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch, as history.csv
     wall_seconds: float = 0.0
 
     @property
-    def final(self) -> dict[str, float]:
-        return self.result["final"]
+    def final(self) -> dict[str, float | None]:
+        return self.result.final
 
     def dev_range(self, last: int) -> str:
         """Lowest to highest dev accuracy over the last `last` epochs, e.g. "94.1% to 95.0%"."""
@@ -83,8 +84,8 @@ class JobRun:
 
     def per_round(self, kind: str) -> float:
         """Mean seconds per round of `kind` (full | stochastic) from the result document."""
-        n = self.result["rounds"][kind]
-        return self.result["seconds"][f"{kind}_rounds"] / n if n else float("nan")
+        n = getattr(self.result.rounds, kind)
+        return getattr(self.result.seconds, f"{kind}_rounds") / n if n else float("nan")
 
     def median_round(self, kind: str, skip: int = 0) -> float:
         return median([e.seconds for e in self.events if e.kind == kind and e.round >= skip])
@@ -105,8 +106,8 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
     started = time.perf_counter()
     job = Job(cfg, out, pool_factory=pool_factory)
     result = job.run(on_round=record)
-    if result["status"] != "SUCCEEDED":
-        raise RuntimeError(f"{spec.hes_command()}: {result['status']} {result['message']}")
+    if result.status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"{spec.hes_command()}: {result.status} {result.message}")
     return JobRun(spec, result, events, list(job.history), time.perf_counter() - started)
 
 

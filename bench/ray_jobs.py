@@ -52,7 +52,7 @@ def _ray(spec: JobSpec, workers: int) -> JobSpec:
 
 
 def _bytes(run: JobRun) -> int:
-    return int(run.result["bytes"]["total"])
+    return run.result.bytes.total
 
 
 def run_ray(ctx: Context) -> str:
@@ -72,13 +72,13 @@ def run_ray(ctx: Context) -> str:
 
 
 def _job_row(label: str, run: JobRun, backprop: JobRun) -> list[str]:
-    res, b = run.result, run.result["bytes"]
+    res, b = run.result, run.result.bytes
     return [label, pct(run.final["dev_accuracy"]), run.dev_range(LAST_EPOCHS), pct(run.final["test_accuracy"]),
             num(_bytes(run)),
-            num(b["full"]["up"] + b["full"]["down"]), num(b["stochastic"]["up"] + b["stochastic"]["down"]),
-            pct(ratio(_bytes(run), _bytes(backprop))), f"{res['seconds']['total']:.1f}",
+            num(b.full.up + b.full.down), num(b.stochastic.up + b.stochastic.down),
+            pct(ratio(_bytes(run), _bytes(backprop))), f"{res.seconds.total:.1f}",
             ms(run.per_round("full")), ms(run.per_round("stochastic")),
-            f"{res['rounds']['full']} / {res['rounds']['stochastic']}"]
+            f"{res.rounds.full} / {res.rounds.stochastic}"]
 
 
 def _render_ray(ctx: Context, backprop: JobRun, runs: dict[tuple[int, str], JobRun], r3: JobRun,
@@ -91,9 +91,9 @@ def _render_ray(ctx: Context, backprop: JobRun, runs: dict[tuple[int, str], JobR
     share_rows = []
     for r, run, base in [(2, runs[(2, "hybrid")], backprop), (3, r3, r3_backprop), (4, runs[(4, "hybrid")], backprop)]:
         share, limit = ratio(_bytes(run), _bytes(base)), 1 / r + SHARE_SLACK
-        full, all_rounds = run.result["rounds"]["full"], sum(run.result["rounds"].values())
+        full, all_rounds = run.result.rounds.full, run.result.rounds.full + run.result.rounds.stochastic
         paper = PAPER_SHARE.get(r)
-        share_rows.append([r, f"{run.result['config']['train']['epochs']}", pct(share, 3),
+        share_rows.append([r, f"{run.result.config['train']['epochs']}", pct(share, 3),
                            pct(paper, 1) if paper is not None else "not modeled",
                            f"{full} of {all_rounds} ({pct(ratio(full, all_rounds))})",
                            f"{pct(limit, 3)}: {verdict(share <= limit)}"])
@@ -137,12 +137,12 @@ def _ray_words(backprop: JobRun, runs: dict[tuple[int, str], JobRun]) -> list[st
             word = "**loses** to" if d < 0 else ("ties" if d == 0 else "beats")
             out.append(f"- r={r}: hybrid {word} {role} `{mode}` on dev accuracy ({pct(h.final['dev_accuracy'])} vs "
                        f"{pct(o.final['dev_accuracy'])}, {d:+.2f} points) with {pct(ratio(_bytes(h), _bytes(o)))} "
-                       f"of its bytes and {ratio(h.result['seconds']['total'], o.result['seconds']['total']):.2f}x "
+                       f"of its bytes and {ratio(h.result.seconds.total, o.result.seconds.total):.2f}x "
                        "its seconds.")
         d = 100 * (h.final["dev_accuracy"] - backprop.final["dev_accuracy"])
         out.append(f"- r={r}: hybrid against backprop: {d:+.2f} points of dev accuracy for "
                    f"{pct(ratio(_bytes(h), _bytes(backprop)))} of the bytes and "
-                   f"{ratio(h.result['seconds']['total'], backprop.result['seconds']['total']):.2f}x the seconds.")
+                   f"{ratio(h.result.seconds.total, backprop.result.seconds.total):.2f}x the seconds.")
     for (r, mode), run in runs.items():
         if run.dev_swing(LAST_EPOCHS) > SWING:
             out.append(f"- r={r} {mode}: the dev accuracy swung over {100 * run.dev_swing(LAST_EPOCHS):.1f} points "
@@ -164,20 +164,20 @@ def run_bytes(ctx: Context) -> str:
     rows = []
     for label, spec in BYTES_MODELS:
         run = run_job(ctx, _ray(spec.plus("train.epochs=1"), n), pool_factory=ray_pool)
-        res, b = run.result, run.result["bytes"]
-        p, rounds = res["num_parameters"], res["rounds"]
-        s_up = ratio(b["stochastic"]["up"], n * rounds["stochastic"])
-        s_down = ratio(b["stochastic"]["down"], n * rounds["stochastic"])
-        f_up = ratio(b["full"]["up"], rounds["full"])
-        f_down = ratio(b["full"]["down"], rounds["full"])
+        res, b = run.result, run.result.bytes
+        p, rounds = res.num_parameters or 0, res.rounds
+        s_up = ratio(b.stochastic.up, n * rounds.stochastic)
+        s_down = ratio(b.stochastic.down, n * rounds.stochastic)
+        f_up = ratio(b.full.up, rounds.full)
+        f_down = ratio(b.full.down, rounds.full)
         npp4 = n * p * 4
         full_ok = abs(f_up / npp4 - 1) <= FULL_TOLERANCE and abs(f_down / npp4 - 1) <= FULL_TOLERANCE
-        rows.append([label, code(run.spec.hes_command()), num(p), f"{rounds['full']} / {rounds['stochastic']}",
+        rows.append([label, code(run.spec.hes_command()), num(p), f"{rounds.full} / {rounds.stochastic}",
                      f"{s_up:.1f} / {s_down:.1f}",
                      verdict(s_up <= STOCHASTIC_UP_MAX and s_down <= STOCHASTIC_DOWN_MAX),
                      f"{num(f_up)} / {num(f_down)}", num(npp4),
                      f"{100 * (f_up / npp4 - 1):+.3f}% / {100 * (f_down / npp4 - 1):+.3f}%", verdict(full_ok),
-                     num(b["sync"])])
+                     num(b.sync)])
     return "\n".join([
         f"Local Ray, {n} workers, 1 epoch of MNIST, Hybrid-ES r=2 (so both kinds of round occur). Payload bytes as "
         "counted at the send sites (result.json); per worker per stochastic round = stochastic bytes / "
@@ -278,8 +278,8 @@ def _pair_ratios(base: list[JobRun], other: list[JobRun], kind: str) -> list[flo
 
 
 def _mean_per_round(runs: list[JobRun], kind: str) -> float:
-    seconds = sum(r.result["seconds"][f"{kind}_rounds"] for r in runs)
-    return ratio(seconds, sum(r.result["rounds"][kind] for r in runs))
+    seconds = sum(getattr(r.result.seconds, f"{kind}_rounds") for r in runs)
+    return ratio(seconds, sum(getattr(r.result.rounds, kind) for r in runs))
 
 
 def _mean_after_first(runs: list[JobRun], kind: str) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from coordinator.config import JobConfig, validate_config
-from coordinator.documents import Poll, first_line
+from coordinator.documents import JobResult, JobStatus, Poll, RoundReport, Snapshot, WorkerCounts, first_line
 from coordinator.job import Job, Progress, failed_result, failure_message
 from coordinator.local_ray import start_loopback_ray
 from coordinator.rounds import RoundEvent
@@ -52,12 +52,12 @@ class CoordinatorActor:
         self.out_dir, self.resume, self.restarts = out_dir, resume, restarts
         self.job: Job | None = None
         self.progress = Progress(epochs=self.cfg.train.epochs)
-        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
-        self.result_doc: dict[str, Any] | None = None
+        self.events: deque[RoundReport] = deque(maxlen=MAX_EVENTS)
+        self.result_doc: JobResult | None = None
         self.stop_requested = False
         self.lock = threading.Lock()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> JobResult:
         from coordinator.ray_pool import ray_pool
 
         try:
@@ -69,32 +69,27 @@ class CoordinatorActor:
         except Exception as err:  # the job fails; the actor stays up to report why (Job.run reports its own)
             if isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None:
                 err = err.cause  # a worker's error, not Ray's wrapping of it (colours, pid, address)
-            self.progress.status = "FAILED"
+            self.progress.status = JobStatus.FAILED
             self.progress.message = failure_message(err, self.cfg, self.progress.total_rounds)
             self.result_doc = self._failed_result(traceback.format_exc())
         return self.result_doc
 
     def _on_round(self, event: RoundEvent, p: Progress) -> None:
         with self.lock:
-            self.events.append({"round": event.round, "kind": event.kind, "seconds": event.seconds,
-                                "up": dict(event.bytes.up), "down": dict(event.bytes.down),
-                                "improvements": event.improvements, "loss": event.loss})
+            self.events.append(RoundReport(event.round, event.kind, event.seconds, dict(event.bytes.up),
+                                           dict(event.bytes.down), event.improvements, event.loss))
 
-    def _failed_result(self, trace: str) -> dict[str, Any]:
+    def _failed_result(self, trace: str) -> JobResult:
         """result.json of a failed job (never raises: a full disk must not hide why the job failed)."""
         return failed_result(self.cfg, self.progress, self.job.model.num_parameters if self.job else None,
                              Path(self.out_dir), trace)
 
-    def status(self) -> dict[str, Any]:
-        doc = self.progress.to_dict()
+    def status(self) -> Snapshot:
         pool = getattr(self.job, "pool", None)
-        doc["workers"] = {"alive": getattr(pool, "alive", 0), "restarting": getattr(pool, "restarting", 0)}
-        c = self.progress.counters
-        doc["worker_failures"] = c.worker_failures
-        doc["sent"] = {"up": dict(c.up), "down": dict(c.down)}  # by kind, with sync split by direction
-        return doc
+        return self.progress.snapshot(WorkerCounts(alive=getattr(pool, "alive", 0),
+                                                   restarting=getattr(pool, "restarting", 0)))
 
-    def drain_events(self) -> list[dict[str, Any]]:
+    def drain_events(self) -> list[RoundReport]:
         with self.lock:
             out = list(self.events)
             self.events.clear()
@@ -105,7 +100,7 @@ class CoordinatorActor:
         if self.job is not None:
             self.job.stop()
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> JobResult | None:
         return self.result_doc
 
 
@@ -132,11 +127,11 @@ class JobHandle:
         except ray.exceptions.RayError as err:
             return Poll(died=f"{type(err).__name__}: {first_line(err)}")
 
-    def progress(self, timeout: float = 60) -> dict[str, Any]:
+    def progress(self, timeout: float = 60) -> Snapshot:
         """The coordinator's progress snapshot; GetTimeoutError when it does not answer within `timeout`."""
         return ray.get(self.actor.status.remote(), timeout=timeout)
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> list[RoundReport]:
         return ray.get(self.actor.drain_events.remote(), timeout=60)
 
     def done(self) -> bool:
@@ -145,7 +140,7 @@ class JobHandle:
             return bool(ready)
         return self.result() is not None
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> JobResult | None:
         if self.run_ref is not None:
             return ray.get(self.run_ref)
         return ray.get(self.actor.result.remote(), timeout=60)

@@ -4,7 +4,9 @@ Pure Python (no torch, no Ray), so the light CLI client imports it as well as `h
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+
+from coordinator.documents import ProgressInfo
 
 
 def fmt_bytes(n: float) -> str:
@@ -15,14 +17,13 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def postfix(job: dict[str, Any]) -> dict[str, str]:
-    """The bar's fields from a job document (GET /v1/jobs/{id}) or a coordinator's progress snapshot:
-    epoch, loss (the last round's), dev accuracy, payload bytes so far."""
-    p, m = job["progress"], job.get("metrics") or {}
-    out = {"epoch": f"{p['epoch']}/{p['epochs']}"}
-    if m.get("batch_loss") is not None:
-        out["loss"] = f"{m['batch_loss']:.3f}"
-    if m.get("dev_accuracy") is not None:
-        out["dev_acc"] = f"{m['dev_accuracy']:.4f}"
-    out["bytes"] = fmt_bytes((job.get("bytes") or {}).get("total", 0))
+def postfix(p: ProgressInfo, m: Mapping[str, float | None], total_bytes: int) -> dict[str, str]:
+    """The bar's fields from a coordinator's snapshot or a job of GET /v1/jobs/{id} (both typed): epoch,
+    loss (the last round's), dev accuracy, payload bytes so far."""
+    out = {"epoch": f"{p.epoch}/{p.epochs}"}
+    if (loss := m.get("batch_loss")) is not None:
+        out["loss"] = f"{loss:.3f}"
+    if (acc := m.get("dev_accuracy")) is not None:
+        out["dev_acc"] = f"{acc:.4f}"
+    out["bytes"] = fmt_bytes(total_bytes)
     return out

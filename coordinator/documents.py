@@ -1,18 +1,138 @@
-"""Typed documents that cross from a job's coordinator to its drivers (the service, `hes train`)."""
+"""Typed documents of a job, defined once: its status, the snapshot a coordinator reports while it runs,
+its round events, and its result (result.json). The job, the coordinator actor, the service's runner,
+store and REST schemas, the CLI and the progress bar all use these; their JSON is DESIGN.md's."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+
+
+class _Doc(BaseModel):
+    # Documents stored by an older version may hold keys this one dropped: ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ProgressInfo(_Doc):
+    round: int = Field(default=0, description="rounds done")
+    total_rounds: int = Field(default=0, description="epochs x rounds per epoch")
+    epoch: int = Field(default=0, description="epochs done")
+    epochs: int = 0
+    fraction: float = Field(default=0.0, description="round / total_rounds, 0..1")
+
+
+class Flow(_Doc):
+    up: int = 0  # worker to coordinator
+    down: int = 0
+
+
+class ByteCounts(_Doc):
+    """Payload bytes by round kind and direction (DESIGN.md's result.json), plus the data set's one-time
+    transfer into the object store."""
+    full: Flow = Field(default_factory=Flow)
+    stochastic: Flow = Field(default_factory=Flow)
+    sync: int = 0
+    total: int = 0
+    dataset: int = 0
+
+
+class RoundCounts(_Doc):
+    full: int = 0
+    stochastic: int = 0
+
+
+class Seconds(_Doc):
+    total: float = 0.0
+    full_rounds: float = 0.0
+    stochastic_rounds: float = 0.0
+    evaluation: float = 0.0
+
+
+class ReplicaChecks(_Doc):
+    checked: int = 0
+    mismatches: int = 0
+
+
+class WorkerCounts(_Doc):
+    alive: int = 0
+    restarting: int = 0
+
+
+class SentBytes(_Doc):
+    """Payload bytes by direction and kind (full, stochastic, sync): what hes_sent_bytes_total counts."""
+    up: dict[str, int] = Field(default_factory=dict)
+    down: dict[str, int] = Field(default_factory=dict)
+
+
+class Snapshot(_Doc):
+    """A job as its coordinator reports it while it runs (and as the service stores it)."""
+    status: JobStatus = JobStatus.PENDING
+    message: str = ""
+    progress: ProgressInfo = Field(default_factory=ProgressInfo)
+    metrics: dict[str, float | None] = Field(default_factory=dict)  # latest losses, accuracies; None: not finite
+    rounds: RoundCounts = Field(default_factory=RoundCounts)
+    bytes: ByteCounts = Field(default_factory=ByteCounts)
+    seconds: Seconds = Field(default_factory=Seconds)
+    improvements: int = 0
+    replica_checks: ReplicaChecks = Field(default_factory=ReplicaChecks)
+    restarts: int = 0  # times the job was restarted from a checkpoint after its coordinator died
+    workers: WorkerCounts = Field(default_factory=WorkerCounts)
+    worker_failures: int = 0
+    sent: SentBytes = Field(default_factory=SentBytes)
+
+
+class JobResult(_Doc):
+    """result.json: how a job ended and what it reached (`final` is empty for a FAILED job)."""
+    status: JobStatus
+    message: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    num_parameters: int | None = None
+    num_workers: int = 0
+    final: dict[str, float | None] = Field(default_factory=dict)  # {train,dev,test}_{accuracy,loss}
+    rounds: RoundCounts = Field(default_factory=RoundCounts)
+    bytes: ByteCounts = Field(default_factory=ByteCounts)
+    seconds: Seconds = Field(default_factory=Seconds)
+    replica_checks: ReplicaChecks = Field(default_factory=ReplicaChecks)
+    improvements: int = 0
+    stale_results_dropped: int = 0
+    worker_failures: int = 0
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """One finished round as the service's metrics observe it: payload bytes by kind and direction."""
+    round: int
+    kind: str  # full | stochastic
+    seconds: float
+    up: dict[str, int]
+    down: dict[str, int]
+    improvements: int
+    loss: float
 
 
 @dataclass(frozen=True)
 class Poll:
-    """One look at a running job's coordinator: its snapshot, the round events since the last look, and its
-    result once its run is over; or why there is none (it did not answer in time, or it is gone)."""
-    snapshot: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] | None = None
+    """One look at a running job's coordinator: its snapshot, the round reports since the last look, and
+    its result once its run is over; or why there is none (it did not answer in time, or it is gone)."""
+    snapshot: Snapshot | None = None
+    events: list[RoundReport] = field(default_factory=list)
+    result: JobResult | None = None
     died: str | None = None
     timed_out: bool = False
 

@@ -17,7 +17,20 @@ import torch
 
 from coordinator.accounting import Counters
 from coordinator.config import JobConfig
-from coordinator.documents import plain, restarts_note
+from coordinator.documents import (
+    ByteCounts,
+    JobResult,
+    JobStatus,
+    ProgressInfo,
+    ReplicaChecks,
+    RoundCounts,
+    Seconds,
+    SentBytes,
+    Snapshot,
+    WorkerCounts,
+    plain,
+    restarts_note,
+)
 from coordinator.outputs import (
     OutputError,
     load_checkpoint,
@@ -33,14 +46,13 @@ from workers.hybrid import Diverged, HybridState, Hyper, evaluate, require_finit
 from workers.models import Model, build_model
 from workers.replica import Replica, Schedule
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 log = logging.getLogger("hes.job")
 
 
 @dataclass
 class Progress:
-    """What `GET /v1/jobs/{id}` and the progress bar show while a job runs."""
-    status: str = "PENDING"
+    """A running job's state of progress; `snapshot()` is what the service and the progress bar show."""
+    status: JobStatus = JobStatus.PENDING
     message: str = ""
     round: int = 0
     total_rounds: int = 0
@@ -54,17 +66,20 @@ class Progress:
     def fraction(self) -> float:
         return self.round / self.total_rounds if self.total_rounds else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def snapshot(self, workers: WorkerCounts | None = None) -> Snapshot:
         c = self.counters
-        return {
-            "status": self.status, "message": self.message or c.workers_note,  # e.g. "ran on 1 of 2 workers ..."
-            "progress": {"round": self.round, "total_rounds": self.total_rounds, "epoch": self.epoch,
-                         "epochs": self.epochs, "fraction": round(self.fraction, 6)},
-            "metrics": dict(self.latest), "rounds": dict(c.rounds), "bytes": c.bytes_doc(),
-            "seconds": dict(c.seconds), "improvements": c.improvements,
-            "replica_checks": {"checked": c.replica_checked, "mismatches": c.replica_mismatches},
-            "restarts": self.restarts,
-        }
+        return Snapshot(
+            status=self.status, message=self.message or c.workers_note,  # e.g. "ran on 1 of 2 workers ..."
+            progress=ProgressInfo(round=self.round, total_rounds=self.total_rounds, epoch=self.epoch,
+                                  epochs=self.epochs, fraction=round(self.fraction, 6)),
+            metrics=dict(self.latest), rounds=RoundCounts(**c.rounds), bytes=ByteCounts.model_validate(c.bytes_doc()),
+            seconds=Seconds(**c.seconds), improvements=c.improvements, replica_checks=replica_checks(c),
+            restarts=self.restarts, workers=workers or WorkerCounts(), worker_failures=c.worker_failures,
+            sent=SentBytes(up=dict(c.up), down=dict(c.down)))
+
+
+def replica_checks(c: Counters) -> ReplicaChecks:
+    return ReplicaChecks(checked=c.replica_checked, mismatches=c.replica_mismatches)
 
 
 def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
@@ -102,17 +117,16 @@ def failure_message(err: BaseException, cfg: JobConfig, total_rounds: int) -> st
 
 
 def failed_result(cfg: JobConfig, progress: Progress, num_parameters: int | None, out_dir: Path,
-                  trace: str) -> dict[str, Any]:
+                  trace: str) -> JobResult:
     """result.json of a failed job: what it had done, and why it stopped (the traceback in error.log).
 
     Writing is best effort: when the disk is what failed, the document returned still says why."""
-    p = progress.to_dict()
-    doc = {"status": "FAILED", "message": progress.message, "config": cfg.model_dump(),
-           "num_parameters": num_parameters, "num_workers": cfg.cluster.workers, "final": {},
-           "rounds": p["rounds"], "bytes": p["bytes"], "seconds": p["seconds"], "replica_checks": p["replica_checks"],
-           "restarts": progress.restarts}
+    p = progress.snapshot()
+    doc = JobResult(status=JobStatus.FAILED, message=progress.message, config=cfg.model_dump(),
+                    num_parameters=num_parameters, num_workers=cfg.cluster.workers, rounds=p.rounds, bytes=p.bytes,
+                    seconds=p.seconds, replica_checks=p.replica_checks, restarts=progress.restarts)
     for name, write in (("error.log", lambda: write_text(out_dir / "error.log", trace)),
-                        ("result.json", lambda: write_json(out_dir / "result.json", doc))):
+                        ("result.json", lambda: write_json(out_dir / "result.json", doc.model_dump(mode="json")))):
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             write()
@@ -165,7 +179,7 @@ class Job:
         self.stop_requested = True
 
     def run(self, on_round: Callable[[RoundEvent, Progress], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
         """Train to the end (or to a stop), write the outputs, return the result document.
 
         A divergence (nan or inf) or an OS error (a full disk) ends the job FAILED: result.json says why,
@@ -175,14 +189,14 @@ class Job:
             return self._run(on_round, on_epoch)
         except (Diverged, OSError) as err:
             p = self.progress
-            p.status, p.message = "FAILED", failure_message(err, self.cfg, p.total_rounds)
+            p.status, p.message = JobStatus.FAILED, failure_message(err, self.cfg, p.total_rounds)
             log.info("job %s failed: %s", self.cfg.name, p.message)
             return failed_result(self.cfg, p, self.model.num_parameters, self.out, traceback.format_exc())
 
     def _run(self, on_round: Callable[[RoundEvent, Progress], None] | None,
-             on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+             on_epoch: Callable[[dict[str, Any]], None] | None) -> JobResult:
         p, c = self.progress, self.progress.counters
-        p.status, started = "RUNNING", time.perf_counter()
+        p.status, started = JobStatus.RUNNING, time.perf_counter()
         seconds_before = c.seconds["total"]
         pool = self.pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule, c)
         loop = self._loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode,
@@ -214,8 +228,9 @@ class Job:
                 self._loop = None
                 pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started
-        p.status = "STOPPED" if p.round < p.total_rounds else "SUCCEEDED"
-        ended = f"stopped after round {p.round} of {p.total_rounds}" if p.status == "STOPPED" else c.workers_note
+        p.status = JobStatus.STOPPED if p.round < p.total_rounds else JobStatus.SUCCEEDED
+        stopped = p.status == JobStatus.STOPPED
+        ended = f"stopped after round {p.round} of {p.total_rounds}" if stopped else c.workers_note
         p.message = "; ".join(m for m in (ended, restarts_note(p.restarts)) if m)
         return self._finish()
 
@@ -249,31 +264,28 @@ class Job:
                 "counters": self.progress.counters.to_dict()}
         save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta)
 
-    def _finish(self) -> dict[str, Any]:
+    def _finish(self) -> JobResult:
         p, c, theta = self.progress, self.progress.counters, self.state.theta
         require_finite_parameters(theta, p.round)  # a diverged job writes no model
-        final = {}
+        final: dict[str, float | None] = {}
         for split, x, y in (("train", self.data.x_train, self.data.y_train), ("dev", self.data.x_dev, self.data.y_dev),
                             ("test", self.data.x_test, self.data.y_test)):
             loss, acc = evaluate(self.model, theta, x, y)
+            if split == "train":
+                require_finite(loss, p.round, "the training loss")
             final[f"{split}_accuracy"], final[f"{split}_loss"] = acc, loss
-        require_finite(final["train_loss"], p.round, "the training loss")
-        result = {
-            "status": p.status, "message": p.message, "config": self.cfg.model_dump(),
-            "num_parameters": self.model.num_parameters, "num_workers": self.cfg.cluster.workers,
-            "final": final, "rounds": dict(c.rounds), "bytes": c.bytes_doc(),
-            "seconds": {"total": c.seconds["total"], "full_rounds": c.seconds["full_rounds"],
-                        "stochastic_rounds": c.seconds["stochastic_rounds"], "evaluation": c.seconds["evaluation"]},
-            "replica_checks": {"checked": c.replica_checked, "mismatches": c.replica_mismatches},
-            "improvements": c.improvements, "stale_results_dropped": c.stale_results_dropped,
-            "worker_failures": c.worker_failures, "restarts": p.restarts,
-        }
+        result = JobResult(
+            status=p.status, message=p.message, config=self.cfg.model_dump(), num_parameters=self.model.num_parameters,
+            num_workers=self.cfg.cluster.workers, final=final, rounds=RoundCounts(**c.rounds),
+            bytes=ByteCounts.model_validate(c.bytes_doc()), seconds=Seconds(**c.seconds),
+            replica_checks=replica_checks(c), improvements=c.improvements,
+            stale_results_dropped=c.stale_results_dropped, worker_failures=c.worker_failures, restarts=p.restarts)
         self._checkpoint()
         write_history(self.out / "history.csv", self.history)
         named = {k: v.detach().cpu().numpy() for k, v in self.model.unflatten(theta).items()}
         write_model(self.out / "model.safetensors", named,
                     {"arch": self.model.arch, "activation": self.model.activation, "job": self.cfg.name})
-        write_json(self.out / "result.json", result)
+        write_json(self.out / "result.json", result.model_dump(mode="json"))
         return result
 
 

@@ -9,13 +9,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from coordinator.config import JobConfig
 from coordinator.display import postfix
+from coordinator.documents import JobResult
 from coordinator.job import Job, Progress
 from coordinator.rounds import RoundEvent
 
@@ -25,7 +25,7 @@ def _bar(total: int, initial: int, enabled: bool) -> tqdm:
                 dynamic_ncols=True)
 
 
-def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> JobResult:
     """Run the job to its end; Ctrl-C stops it cleanly (status STOPPED, checkpoint kept)."""
     if cfg.cluster.workers >= 1:
         return train_on_ray(cfg, out, resume, progress)
@@ -37,7 +37,8 @@ def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True
     def on_round(event: RoundEvent, p: Progress) -> None:
         bar.update(1)
         if event.round % 10 == 0 or p.round == p.total_rounds:
-            bar.set_postfix(postfix(p.to_dict()), refresh=False)
+            snap = p.snapshot()
+            bar.set_postfix(postfix(snap.progress, snap.metrics, snap.bytes.total), refresh=False)
 
     previous = signal.signal(signal.SIGINT, lambda *_: job.stop())
     try:
@@ -47,7 +48,7 @@ def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True
         bar.close()
 
 
-def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> JobResult:
     from coordinator.actor import connect_ray, start_job
 
     connect_ray(cfg.cluster.address)
@@ -62,10 +63,10 @@ def train_on_ray(cfg: JobConfig, out: Path, resume: bool, progress: bool) -> dic
                 if poll.result is not None:
                     return poll.result
                 if poll.snapshot is not None:
-                    p = poll.snapshot["progress"]
-                    bar = bar or _bar(p["total_rounds"], p["round"], progress)
-                    bar.n = p["round"]
-                    bar.set_postfix(postfix(poll.snapshot), refresh=True)
+                    p = poll.snapshot.progress
+                    bar = bar or _bar(p.total_rounds, p.round, progress)
+                    bar.n = p.round
+                    bar.set_postfix(postfix(p, poll.snapshot.metrics, poll.snapshot.bytes.total), refresh=True)
                 time.sleep(0.5)
             except KeyboardInterrupt:  # the job ends STOPPED after its current round, its checkpoint kept
                 handle.request_stop()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.config import ConfigError, load_config, preset_names, validate_config
 from coordinator.display import fmt_bytes
+from coordinator.documents import JobResult, JobStatus, Snapshot
 
 if TYPE_CHECKING:
     from service.client import Client
@@ -29,21 +30,26 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     return fn
 
 
-def summary_lines(result: dict[str, Any]) -> list[str]:
-    if not result.get("final"):
-        return [f"status {result['status']}: {result.get('message', '')}"]
-    f, b, r = result["final"], result["bytes"], result["rounds"]
+def summary_lines(result: JobResult) -> list[str]:
+    f = result.final
+    if not f:
+        return [f"status {result.status}: {result.message}"]
+    b, r = result.bytes, result.rounds
+
+    def num(key: str) -> str:
+        return "n/a" if f.get(key) is None else f"{f[key]:.4f}"
+
     return [
-        f"status {result['status']} {result.get('message', '')}".rstrip(),
-        f"accuracy: train {f['train_accuracy']:.4f}  dev {f['dev_accuracy']:.4f}  test {f['test_accuracy']:.4f}",
-        f"loss: train {f['train_loss']:.4f}  dev {f['dev_loss']:.4f}",
-        f"rounds: {r['full']} full, {r['stochastic']} stochastic; {result['num_parameters']:,} parameters, "
-        f"{result['num_workers']} workers",
-        f"bytes: full {fmt_bytes(b['full']['up'])} up / {fmt_bytes(b['full']['down'])} down, stochastic "
-        f"{fmt_bytes(b['stochastic']['up'])} up / {fmt_bytes(b['stochastic']['down'])} down, "
-        f"sync {fmt_bytes(b['sync'])}, total {fmt_bytes(b['total'])}",
-        f"seconds: {result['seconds']['total']:.1f}; replica checks {result['replica_checks']['checked']}, "
-        f"mismatches {result['replica_checks']['mismatches']}",
+        f"status {result.status} {result.message}".rstrip(),
+        f"accuracy: train {num('train_accuracy')}  dev {num('dev_accuracy')}  test {num('test_accuracy')}",
+        f"loss: train {num('train_loss')}  dev {num('dev_loss')}",
+        f"rounds: {r.full} full, {r.stochastic} stochastic; {result.num_parameters or 0:,} parameters, "
+        f"{result.num_workers} workers",
+        f"bytes: full {fmt_bytes(b.full.up)} up / {fmt_bytes(b.full.down)} down, stochastic "
+        f"{fmt_bytes(b.stochastic.up)} up / {fmt_bytes(b.stochastic.down)} down, "
+        f"sync {fmt_bytes(b.sync)}, total {fmt_bytes(b.total)}",
+        f"seconds: {result.seconds.total:.1f}; replica checks {result.replica_checks.checked}, "
+        f"mismatches {result.replica_checks.mismatches}",
     ]
 
 
@@ -80,10 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for line in summary_lines(result):
         print(line)
     written = "result.json history.csv model.safetensors checkpoint.npz"
-    if result["status"] == "FAILED":
+    if result.status == JobStatus.FAILED:
         written = "result.json error.log (no model)"
     print(f"outputs in {out}/: {written}")
-    return 0 if result["status"] in ("SUCCEEDED", "STOPPED") else 1
+    return 0 if result.status in (JobStatus.SUCCEEDED, JobStatus.STOPPED) else 1
 
 
 @command
@@ -125,13 +131,14 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _print_end(job: dict[str, Any]) -> int:
-    result = job.get("result") or {}
-    if "final" in result:
-        for line in summary_lines(result):
+    """The end of a job document (GET /v1/jobs/{id}): its result's summary; the exit status."""
+    status = JobStatus(job["status"])
+    if job.get("result"):
+        for line in summary_lines(JobResult.model_validate(job["result"])):
             print(line)
     else:
-        print(f"status {job['status']} {job.get('message', '')}".rstrip())
-    return 0 if job["status"] in ("SUCCEEDED", "STOPPED") else 1
+        print(f"status {status} {job.get('message', '')}".rstrip())
+    return 0 if status in (JobStatus.SUCCEEDED, JobStatus.STOPPED) else 1
 
 
 def _service_call(name: str, fn: Callable[[], int]) -> int:
@@ -168,16 +175,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(job, indent=2))
             return 0
-        p, m = job["progress"], job.get("metrics") or {}
-        print(f"job {job['id']} ({job['name']}): {job['status']} {job['message']}".rstrip())
-        print(f"progress: round {p['round']}/{p['total_rounds']}, epoch {p['epoch']}/{p['epochs']} "
-              f"({100 * p['fraction']:.1f}%)")
-        if m:
-            print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()) if v is not None))
-        if job.get("bytes"):
-            print(f"bytes: total {fmt_bytes(job['bytes'].get('total', 0))}")
-        if job.get("restarts"):
-            print(f"restarts: {job['restarts']} (from its checkpoint, after its coordinator died)")
+        snap = Snapshot.model_validate(job)
+        p = snap.progress
+        print(f"job {job['id']} ({job['name']}): {snap.status} {snap.message}".rstrip())
+        print(f"progress: round {p.round}/{p.total_rounds}, epoch {p.epoch}/{p.epochs} ({100 * p.fraction:.1f}%)")
+        if snap.metrics:
+            print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(snap.metrics.items()) if v is not None))
+        print(f"bytes: total {fmt_bytes(snap.bytes.total)}")
+        if snap.restarts:
+            print(f"restarts: {snap.restarts} (from its checkpoint, after its coordinator died)")
         if job.get("result"):
             _print_end(job)
         return 0
@@ -261,7 +267,7 @@ def add_service_parsers(sub: Any) -> None:
     p = sub.add_parser("stop", parents=[client], help="stop a job (it keeps its last checkpoint)")
     p.add_argument("id")
     p = sub.add_parser("list", parents=[client], help="list jobs, newest first")
-    p.add_argument("--status", choices=["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"])
+    p.add_argument("--status", choices=[s.value for s in JobStatus])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--offset", type=int, default=0)
 

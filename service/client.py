@@ -14,9 +14,9 @@ import httpx
 from tqdm import tqdm
 
 from coordinator.display import postfix
+from coordinator.documents import Snapshot
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class ServiceError(RuntimeError):
@@ -72,19 +72,21 @@ def watch(client: Client, job_id: str, every: float = 0.5, quiet: bool = False,
           file: TextIO = sys.stderr) -> dict[str, Any]:
     """Show a progress bar (rounds) until the job ends; the final job document."""
     job = client.job(job_id)
-    bar = tqdm(total=max(1, job["progress"]["total_rounds"]), unit="round", desc=f"{job['name']} {job['status']}",
+    snap = Snapshot.model_validate(job)  # a job document holds a snapshot's fields
+    bar = tqdm(total=max(1, snap.progress.total_rounds), unit="round", desc=f"{job['name']} {snap.status}",
                disable=quiet, file=file, dynamic_ncols=True, mininterval=0.2)
     try:
         while True:
-            p = job["progress"]
-            if p["total_rounds"] and bar.total != p["total_rounds"]:
-                bar.total = p["total_rounds"]
-            bar.n = p["round"]
-            bar.set_description(f"{job['name']} {job['status']}", refresh=False)
-            bar.set_postfix(postfix(job), refresh=True)
-            if job["status"] in TERMINAL:
+            p = snap.progress
+            if p.total_rounds and bar.total != p.total_rounds:
+                bar.total = p.total_rounds
+            bar.n = p.round
+            bar.set_description(f"{job['name']} {snap.status}", refresh=False)
+            bar.set_postfix(postfix(p, snap.metrics, snap.bytes.total), refresh=True)
+            if snap.status.terminal:
                 return job
             time.sleep(every)
             job = client.job(job_id)
+            snap = Snapshot.model_validate(job)
     finally:
         bar.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
-from service.store import STATUSES
+from coordinator.documents import JobStatus, RoundReport, Snapshot
 
 ROUND_KINDS = ("full", "stochastic")
 BYTE_KINDS = ("full", "stochastic", "sync")
@@ -48,7 +48,7 @@ class Metrics:
         self.jobs = Gauge("hes_jobs", "Jobs in the store, by status", ["status"], registry=r)
         for state in WORKER_STATES:
             self.workers.labels(state=state).set(0)
-        for status in STATUSES:
+        for status in JobStatus:
             self.jobs.labels(status=status).set(0)
         for kind in ROUND_KINDS:
             self.round_bytes.labels(kind=kind)
@@ -71,47 +71,45 @@ class Metrics:
             self.improvements.labels(job=job_id)
             self.progress.labels(job=job_id).set(0)
 
-    def update(self, job_id: str, snapshot: dict[str, Any], events: Sequence[dict[str, Any]] = ()) -> None:
+    def update(self, job_id: str, snapshot: Snapshot, events: Sequence[RoundReport] = ()) -> None:
         """Bring a job's series up to a coordinator status snapshot and observe its round events."""
         self.track(job_id)
         with self._lock:
             seen = self._seen[job_id]
-            for kind, n in snapshot.get("rounds", {}).items():
+            for kind, n in snapshot.rounds.model_dump().items():
                 self._grow(seen, f"rounds.{kind}", n, self.rounds.labels(job=job_id, kind=kind))
-            for direction, by_kind in snapshot.get("sent", {}).items():
+            for direction, by_kind in (("up", snapshot.sent.up), ("down", snapshot.sent.down)):
                 for kind, n in by_kind.items():
                     self._grow(seen, f"bytes.{kind}.{direction}", n,
                                self.sent_bytes.labels(job=job_id, kind=kind, direction=direction))
-            self._grow(seen, "improvements", snapshot.get("improvements", 0), self.improvements.labels(job=job_id))
-            self._grow(seen, "worker_failures", snapshot.get("worker_failures", 0), self.worker_failures)
-            fraction = snapshot.get("progress", {}).get("fraction")
-            if fraction is not None:
-                self.progress.labels(job=job_id).set(fraction)
-            latest = snapshot.get("metrics", {})
-            if "train_loss" in latest:
-                self.train_loss.labels(job=job_id).set(latest["train_loss"])
-            if "dev_accuracy" in latest:
-                self.dev_accuracy.labels(job=job_id).set(latest["dev_accuracy"])
+            self._grow(seen, "improvements", snapshot.improvements, self.improvements.labels(job=job_id))
+            self._grow(seen, "worker_failures", snapshot.worker_failures, self.worker_failures)
+            self.progress.labels(job=job_id).set(snapshot.progress.fraction)
+            train_loss, dev_accuracy = snapshot.metrics.get("train_loss"), snapshot.metrics.get("dev_accuracy")
+            if train_loss is not None:
+                self.train_loss.labels(job=job_id).set(train_loss)
+            if dev_accuracy is not None:
+                self.dev_accuracy.labels(job=job_id).set(dev_accuracy)
             for e in events:
                 self._observe_round(job_id, e)
 
-    def _observe_round(self, job_id: str, e: dict[str, Any]) -> None:
+    def _observe_round(self, job_id: str, e: RoundReport) -> None:
         """A round's decision rides down with the next round's task, so a round is observed when the next
         one arrives: its own kind's bytes plus, when the kinds differ, the next task's bytes of its kind
         (its decision). Two rounds of one kind in a row share one sum, so per kind the histogram's sum
         equals what hes_sent_bytes_total charges to rounds. Stochastic round, 2 workers: (21 up + 6 header
         + 9 seed) B * 2 = 72 B."""
-        kind = e["kind"]
+        kind = e.kind
         if kind not in ROUND_KINDS:
             return
         pending = self._pending.pop(job_id, None)
         if pending is not None:
             prev_kind, amount = pending
             if prev_kind != kind:
-                amount += e["down"].get(prev_kind, 0)
+                amount += e.down.get(prev_kind, 0)
             self.round_bytes.labels(kind=prev_kind).observe(amount)
-        self._pending[job_id] = (kind, e["up"].get(kind, 0) + e["down"].get(kind, 0))
-        self.round_seconds.labels(kind=kind).observe(e["seconds"])
+        self._pending[job_id] = (kind, e.up.get(kind, 0) + e.down.get(kind, 0))
+        self.round_seconds.labels(kind=kind).observe(e.seconds)
 
     def finish(self, job_id: str) -> None:
         """The job ended: observe its last round (its decision was applied by the final flush)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from coordinator.actor import JobHandle, JobStartError, cluster_resources, find_job, start_job
 from coordinator.config import ConfigError, JobConfig, validate_config
-from coordinator.documents import Poll, plain, restarts_note
+from coordinator.documents import JobResult, JobStatus, Poll, Snapshot, WorkerCounts, plain, restarts_note
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import JobRecord, Store, now
@@ -53,7 +53,7 @@ class Runner:
         self.settings, self.store, self.metrics = settings, store, metrics
         self.handles: dict[str, JobHandle] = {}
         self.starting: set[str] = set()  # chosen to start; their coordinators are being created
-        self.workers: dict[str, dict[str, int]] = {}
+        self.workers: dict[str, WorkerCounts] = {}
         self.lock = threading.RLock()
 
     def cluster(self) -> dict[str, float]:
@@ -86,8 +86,8 @@ class Runner:
                 _kill(job_id, gone)
         self._start_queued()
         with self.lock:
-            alive = sum(w.get("alive", 0) for w in self.workers.values())
-            restarting = sum(w.get("restarting", 0) for w in self.workers.values())
+            alive = sum(w.alive for w in self.workers.values())
+            restarting = sum(w.restarting for w in self.workers.values())
             counts = self.store.counts()
         self.metrics.set_workers(alive, restarting)
         self.metrics.set_jobs(counts)
@@ -107,19 +107,19 @@ class Runner:
             return self._detach(job_id)
         snap, result = poll.snapshot, poll.result
         self.metrics.update(job_id, snap, poll.events)
-        self.workers[job_id] = snap.get("workers", {})
+        self.workers[job_id] = snap.workers
         progress = _merge(rec.progress, snap)
         fields: dict[str, Any] = {"progress": progress}
-        if progress["progress"]["epoch"] > len(rec.history) or result is not None:
+        if progress.progress.epoch > len(rec.history) or result is not None:
             fields["history"] = read_history(Path(rec.out_dir))
         gone = None
         if result is not None:
-            fields.update(status=result.get("status", "FAILED"), message=plain(str(result.get("message", ""))),
-                          result=result, finished_at=now())
+            fields.update(status=result.status, message=plain(result.message), result=result, finished_at=now())
             self.metrics.finish(job_id)
             gone = self._detach(job_id)
-        elif snap["status"] == "RUNNING" and (rec.status != "RUNNING" or rec.message.startswith(_STARTING)):
-            fields.update(status="RUNNING", message=restarts_note(rec.restarts))
+        elif snap.status == JobStatus.RUNNING and (rec.status != JobStatus.RUNNING
+                                                   or rec.message.startswith(_STARTING)):
+            fields.update(status=JobStatus.RUNNING, message=restarts_note(rec.restarts))
         self.store.update(job_id, **fields)
         return gone
 
@@ -202,9 +202,9 @@ class Runner:
 
     def _fail(self, rec: JobRecord, message: str) -> None:
         self.metrics.finish(rec.id)
-        self.store.update(rec.id, status="FAILED", message=message, finished_at=now(),
+        self.store.update(rec.id, status=JobStatus.FAILED, message=message, finished_at=now(),
                           history=read_history(Path(rec.out_dir)),
-                          result={"status": "FAILED", "message": message, "config": rec.config, **rec.progress})
+                          result=_ended(rec, JobStatus.FAILED, message))
 
     def _restart_or_fail(self, rec: JobRecord, why: str) -> None:
         """A running job lost its coordinator: queue it again (it resumes from its latest checkpoint, or starts
@@ -216,7 +216,7 @@ class Runner:
             return
         n = rec.restarts + 1
         log.warning("job %s: %s; restart %d of %d", rec.id, why, n, limit)
-        self.store.update(rec.id, status="RUNNING", started_at=None, restarts=n,
+        self.store.update(rec.id, status=JobStatus.RUNNING, started_at=None, restarts=n,
                           message=f"restarting from its checkpoint (restart {n} of {limit}): {why}")
 
     def _detach(self, job_id: str) -> JobHandle | None:
@@ -234,9 +234,8 @@ class Runner:
             if handle is None:  # queued, or its coordinator is being created: that one is killed once it exists
                 message = ("stopped while it was being restarted; its last checkpoint is kept" if rec.restarts
                            else "stopped before it started")
-                self.store.update(job_id, status="STOPPED", message=message, finished_at=now(),
-                                  result={"status": "STOPPED", "message": message, "config": rec.config,
-                                          **rec.progress})
+                self.store.update(job_id, status=JobStatus.STOPPED, message=message, finished_at=now(),
+                                  result=_ended(rec, JobStatus.STOPPED, message))
                 return self.store.get(job_id)
             self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
                                               "round, keeping its checkpoint")
@@ -268,12 +267,17 @@ def _kill(job_id: str, handle: JobHandle) -> None:
     handle.kill()
 
 
-def _merge(stored: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+def _ended(rec: JobRecord, status: JobStatus, message: str) -> JobResult:
+    """The result of a job the service ended itself (its coordinator gone, or never started): what it had done."""
+    p = rec.progress
+    return JobResult(status=status, message=message, config=rec.config, rounds=p.rounds, bytes=p.bytes,
+                     seconds=p.seconds, replica_checks=p.replica_checks, improvements=p.improvements,
+                     worker_failures=p.worker_failures, restarts=rec.restarts)
+
+
+def _merge(stored: Snapshot, snap: Snapshot) -> Snapshot:
     """The coordinator's snapshot; before its job is built it knows no total yet, so keep the stored one."""
-    doc = {k: v for k, v in snap.items() if k not in ("status", "message")}
-    if not snap.get("progress", {}).get("total_rounds") and "progress" in stored:
-        doc["progress"] = stored["progress"]
-    return doc
+    return snap if snap.progress.total_rounds else snap.model_copy(update={"progress": stored.progress})
 
 
 

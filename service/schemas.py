@@ -6,10 +6,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from coordinator.documents import (
+    ByteCounts,
+    JobResult,
+    JobStatus,
+    ProgressInfo,
+    ReplicaChecks,
+    RoundCounts,
+    Seconds,
+    WorkerCounts,
+)
 from coordinator.outputs import HISTORY_COLUMNS
 from service.store import JobRecord
-
-Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "digits": {
@@ -48,14 +56,6 @@ def finite(doc: Any) -> Any:
     return doc
 
 
-class ProgressOut(BaseModel):
-    round: int = Field(0, description="rounds done")
-    total_rounds: int = Field(0, description="epochs x rounds per epoch")
-    epoch: int = Field(0, description="epochs done")
-    epochs: int = 0
-    fraction: float = Field(0.0, description="round / total_rounds, 0..1")
-
-
 class TimesOut(BaseModel):
     created: str
     started: str | None = None
@@ -67,37 +67,35 @@ class JobOut(BaseModel):
     """A job as `GET /v1/jobs/{id}` shows it; `result` (the document of result.json) once terminal."""
     id: str
     name: str
-    status: Status
-    message: str = Field("", description="why it waits, failed or stopped")
+    status: JobStatus
+    message: str = Field(default="", description="why it waits, failed or stopped")
     config: dict[str, Any]
-    progress: ProgressOut
+    progress: ProgressInfo
     metrics: dict[str, float | None] = Field(default_factory=dict, description="latest losses and accuracies "
                                              "(null: not finite, a diverged loss)")
-    rounds: dict[str, int] = Field(default_factory=dict, description="full and stochastic rounds done")
-    bytes: dict[str, Any] = Field(default_factory=dict, description="payload bytes as in result.json")
-    seconds: dict[str, float] = Field(default_factory=dict)
+    rounds: RoundCounts = Field(default_factory=RoundCounts, description="full and stochastic rounds done")
+    bytes: ByteCounts = Field(default_factory=ByteCounts, description="payload bytes as in result.json")
+    seconds: Seconds = Field(default_factory=Seconds)
     improvements: int = 0
-    replica_checks: dict[str, int] = Field(default_factory=dict)
-    workers: dict[str, int] = Field(default_factory=dict, description="alive and restarting worker actors")
-    restarts: int = Field(0, description="times the job was restarted from its checkpoint after its coordinator "
-                                         "died (at most HES_JOB_MAX_RESTARTS)")
+    replica_checks: ReplicaChecks = Field(default_factory=ReplicaChecks)
+    workers: WorkerCounts = Field(default_factory=WorkerCounts, description="alive and restarting worker actors")
+    restarts: int = Field(default=0, description="times the job was restarted from its checkpoint after its "
+                                                 "coordinator died (at most HES_JOB_MAX_RESTARTS)")
     times: TimesOut
-    result: dict[str, Any] | None = None
+    result: JobResult | None = None
     links: dict[str, str]
 
     @classmethod
     def of(cls, rec: JobRecord) -> JobOut:
-        p = finite(rec.progress)
+        p = rec.progress
         return cls(
-            id=rec.id, name=rec.name, status=rec.status, message=rec.message, config=rec.config,  # type: ignore[arg-type]
-            progress=ProgressOut(**p.get("progress", {})), metrics=p.get("metrics", {}),
-            rounds=p.get("rounds", {}), bytes=p.get("bytes", {}), seconds=p.get("seconds", {}),
-            improvements=p.get("improvements", 0), replica_checks=p.get("replica_checks", {}),
-            workers=p.get("workers", {}) if not rec.terminal else {"alive": 0, "restarting": 0},
-            restarts=rec.restarts,
+            id=rec.id, name=rec.name, status=rec.status, message=rec.message, config=rec.config,
+            progress=p.progress, metrics=finite(p.metrics), rounds=p.rounds, bytes=p.bytes, seconds=p.seconds,
+            improvements=p.improvements, replica_checks=p.replica_checks,
+            workers=p.workers if not rec.terminal else WorkerCounts(), restarts=rec.restarts,
             times=TimesOut(created=rec.created_at, started=rec.started_at, finished=rec.finished_at,
                            updated=rec.updated_at),
-            result=finite(rec.result) if rec.terminal else None,
+            result=rec.result if rec.terminal else None,
             links={"self": f"/v1/jobs/{rec.id}", "history": f"/v1/jobs/{rec.id}/history",
                    "model": f"/v1/jobs/{rec.id}/model", "stop": f"/v1/jobs/{rec.id}/stop"},
         )

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
-TERMINAL = frozenset(("SUCCEEDED", "FAILED", "STOPPED"))
+from coordinator.documents import JobResult, JobStatus, Snapshot
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
 _JSON_COLUMNS = ("config", "progress", "history", "result")
+_TYPED: dict[str, type[Snapshot] | type[JobResult]] = {"progress": Snapshot, "result": JobResult}
 
 
 def now() -> str:
@@ -46,13 +46,13 @@ def now() -> str:
 class JobRecord:
     id: str
     name: str
-    status: str
+    status: JobStatus
     config: dict[str, Any]
     out_dir: str
     message: str = ""
-    progress: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] | None = None
+    progress: Snapshot = field(default_factory=Snapshot)  # the coordinator's last snapshot
+    history: list[dict[str, Any]] = field(default_factory=list)  # history.csv's rows
+    result: JobResult | None = None
     created_at: str = field(default_factory=now)
     started_at: str | None = None
     finished_at: str | None = None
@@ -61,7 +61,7 @@ class JobRecord:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status.terminal
 
 
 class Store:
@@ -123,7 +123,7 @@ class Store:
 
     def update(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = now()
-        row = {k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+        row = {k: _encode(k, v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in row)
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*row.values(), job_id))
@@ -136,20 +136,29 @@ class Store:
         """Jobs per status, every status present."""
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-        out = dict.fromkeys(STATUSES, 0)
+        out = dict.fromkeys((s.value for s in JobStatus), 0)
         out.update({r[0]: int(r[1]) for r in rows})
         return out
 
     @staticmethod
     def _to_row(rec: JobRecord) -> dict[str, Any]:
-        row = dict(rec.__dict__)
-        for k in _JSON_COLUMNS:
-            row[k] = None if row[k] is None else json.dumps(row[k])
-        return row
+        return {k: _encode(k, v) for k, v in rec.__dict__.items()}
 
     @staticmethod
     def _from_row(row: sqlite3.Row) -> JobRecord:
         d = dict(row)
         for k in _JSON_COLUMNS:
             d[k] = None if d[k] is None else json.loads(d[k])
+            if k in _TYPED and d[k] is not None:
+                d[k] = _TYPED[k].model_validate(d[k])
+        d["status"] = JobStatus(d["status"])
         return JobRecord(**d)
+
+
+def _encode(column: str, value: Any) -> Any:
+    """A column's value as SQLite stores it: documents as JSON (NaN as null), the status as its name."""
+    if column not in _JSON_COLUMNS or value is None:
+        return str(value) if isinstance(value, JobStatus) else value
+    if isinstance(value, (Snapshot, JobResult)):
+        return value.model_dump_json()
+    return json.dumps(value)

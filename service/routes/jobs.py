@@ -11,9 +11,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Res
 from fastapi.responses import FileResponse
 
 from coordinator.config import JobConfig
+from coordinator.documents import JobStatus, ProgressInfo, Snapshot
 from service.metrics import Metrics
 from service.runner import Runner, read_history
-from service.schemas import EXAMPLES, ErrorOut, HistoryOut, JobOut, JobPage, Status, finite
+from service.schemas import EXAMPLES, ErrorOut, HistoryOut, JobOut, JobPage, finite
 from service.settings import Settings
 from service.store import JobRecord, Store
 from service.validation import AdmissionGate, Busy, Refused, admit
@@ -91,10 +92,9 @@ def submit(config: Annotated[JobConfig, Body(openapi_examples=EXAMPLES)], respon
     job_id = secrets.token_hex(6)
     while store.get(job_id) is not None:
         job_id = secrets.token_hex(6)
-    rec = JobRecord(id=job_id, name=cfg.name, status="PENDING", config=cfg.model_dump(mode="json"),
+    rec = JobRecord(id=job_id, name=cfg.name, status=JobStatus.PENDING, config=cfg.model_dump(mode="json"),
                     out_dir=str(settings.jobs_dir / job_id), message="queued",
-                    progress={"progress": {"round": 0, "total_rounds": total_rounds, "epoch": 0,
-                                           "epochs": cfg.train.epochs, "fraction": 0.0}})
+                    progress=Snapshot(progress=ProgressInfo(total_rounds=total_rounds, epochs=cfg.train.epochs)))
     store.insert(rec)
     metrics.track(job_id)
     metrics.set_jobs(store.counts())
@@ -103,7 +103,7 @@ def submit(config: Annotated[JobConfig, Body(openapi_examples=EXAMPLES)], respon
 
 
 @router.get("", response_model=JobPage, summary="A page of jobs, newest first")
-def list_jobs(store: StoreDep, status: Status | None = None,
+def list_jobs(store: StoreDep, status: JobStatus | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               offset: Annotated[int, Query(ge=0, le=2**62)] = 0) -> JobPage:
     records, total = store.page(status, limit, offset)

@@ -56,8 +56,8 @@ def test_each_output_writer_leaves_no_tmp_file_and_names_it(tmp_path: Path) -> N
 def test_a_full_disk_at_the_checkpoint_fails_the_job_readably(tmp_path: Path) -> None:
     tmp = full(tmp_path / "checkpoint.tmp.npz")
     result = Job(validate_config(small_cfg()), tmp_path).run()
-    assert (result["status"], result["message"]) == ("FAILED", enospc(tmp, "the checkpoint"))
-    assert json.loads((tmp_path / "result.json").read_text())["message"] == result["message"]
+    assert (result.status, result.message) == ("FAILED", enospc(tmp, "the checkpoint"))
+    assert json.loads((tmp_path / "result.json").read_text())["message"] == result.message
     assert "No space left on device" in (tmp_path / "error.log").read_text()
     assert sorted(os.listdir(tmp_path)) == ["config.json", "error.log", "result.json"]
 
@@ -77,6 +77,6 @@ def test_when_the_failure_cannot_be_written_the_result_still_says_why(tmp_path: 
     for name in ("checkpoint.tmp.npz", "error.log.tmp", "result.json.tmp"):
         full(tmp_path / name)
     result = Job(validate_config(small_cfg()), tmp_path).run()
-    assert (result["status"], result["message"]) == ("FAILED", enospc(tmp_path / "checkpoint.tmp.npz",
+    assert (result.status, result.message) == ("FAILED", enospc(tmp_path / "checkpoint.tmp.npz",
                                                                      "the checkpoint"))
     assert os.listdir(tmp_path) == ["config.json"]

@@ -36,8 +36,8 @@ def diverging_cfg(**hybrid: object) -> dict:
 ])
 def test_a_diverged_job_fails_naming_the_round_and_the_knob(tmp_path: Path, hybrid: dict, message: str) -> None:
     result = Job(validate_config(diverging_cfg(**hybrid)), tmp_path).run()
-    assert (result["status"], result["message"]) == ("FAILED", message)
-    assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))
+    assert (result.status, result.message) == ("FAILED", message)
+    assert json.loads((tmp_path / "result.json").read_text()) == result.model_dump(mode="json")
     assert "Diverged" in (tmp_path / "error.log").read_text()
     assert not (tmp_path / "model.safetensors").exists()
     assert not (tmp_path / "checkpoint.npz").exists()  # no epoch ended: no checkpoint of nan parameters

@@ -74,7 +74,7 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
         if event.round == 3:
             other = next(n for n in own_cluster.worker_nodes)
             own_cluster.remove_node(other)  # the next (full) round's call to its worker fails; no node has room
-        message = progress.to_dict()["message"]
+        message = progress.snapshot().message
         if "shrunk" not in seen and message:
             seen.update(shrunk=event.round, message=message, workers=(pool.alive, pool.restarting))  # type: ignore[union-attr]
         if event.round == seen.get("shrunk", -9) + 4:
@@ -89,15 +89,15 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
 
     seen["theta"] = {0: job.state.theta.numpy().copy()}  # the parameters each round starts from
     r = job.run(on_round=on_round)
-    assert r["status"] == "SUCCEEDED"
+    assert r.status == "SUCCEEDED"
     shrunk, grown = seen["shrunk"], seen["grown"]
     assert shrunk == 4 and grown == shrunk + 5  # round 4 (the 5th) found the node gone and was redone
     assert seen["message"] == "ran on 1 of 2 workers from round 5" and seen["workers"] == (1, 1)
-    assert r["message"] == f"ran on 1 of 2 workers in rounds 5 to {grown}"
+    assert r.message == f"ran on 1 of 2 workers in rounds 5 to {grown}"
     assert len(seen["nodes"]) == 2 and head in seen["nodes"]  # back on the new node
-    assert r["worker_failures"] == 1  # the node's loss killed the worker once
-    assert r["replica_checks"]["checked"] > 0 and r["replica_checks"]["mismatches"] == 0
-    assert r["bytes"]["sync"] > 0
+    assert r.worker_failures == 1  # the node's loss killed the worker once
+    assert r.replica_checks.checked > 0 and r.replica_checks.mismatches == 0
+    assert r.bytes.sync > 0
     lives = {n for n, _ in seen["gradients"].values()}
     assert lives == {1, 2}
     data, model = job.data, job.model

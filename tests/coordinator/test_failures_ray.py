@@ -29,8 +29,8 @@ def full(path: Path) -> Path:
 
 def test_a_diverged_job_on_ray_ends_failed_without_a_model(ray_cluster: object, tmp_path: Path) -> None:
     result = start_job(validate_config(cfg(2, lr=1e308)), str(tmp_path)).result()
-    assert result["status"] == "FAILED"
-    assert result["message"] == ("diverged at round 2 of 11: the cost of every trial is nan "
+    assert result.status == "FAILED"
+    assert result.message == ("diverged at round 2 of 11: the cost of every trial is nan "
                                  "(lower train.lr, now 1e+308, or hybrid.sigma, now 1)")
     assert not (tmp_path / "model.safetensors").exists() and (tmp_path / "result.json").is_file()
 
@@ -38,8 +38,8 @@ def test_a_diverged_job_on_ray_ends_failed_without_a_model(ray_cluster: object, 
 def test_a_full_disk_on_ray_ends_failed_readably(ray_cluster: object, tmp_path: Path) -> None:
     tmp = full(tmp_path / "checkpoint.tmp.npz")
     result = start_job(validate_config(cfg(1)), str(tmp_path)).result()
-    assert result["status"] == "FAILED"
-    assert result["message"] == f"OSError: [Errno 28] No space left on device: '{tmp}' while writing the checkpoint"
+    assert result.status == "FAILED"
+    assert result.message == f"OSError: [Errno 28] No space left on device: '{tmp}' while writing the checkpoint"
     assert sorted(os.listdir(tmp_path)) == ["config.json", "error.log", "result.json"]
 
 
@@ -48,6 +48,6 @@ def test_the_actor_failure_path_never_raises(ray_cluster: object, tmp_path: Path
     for name in ("error.log.tmp", "result.json.tmp"):
         full(tmp_path / name)
     result = start_job(validate_config(cfg(3, cpus=2)), str(tmp_path)).result()
-    assert result["status"] == "FAILED"
-    assert result["message"].startswith("ClusterTooSmall: cluster.workers: 3 workers x 2.0 CPU / 0.0 GPU need 6 CPUs")
+    assert result.status == "FAILED"
+    assert result.message.startswith("ClusterTooSmall: cluster.workers: 3 workers x 2.0 CPU / 0.0 GPU need 6 CPUs")
     assert os.listdir(tmp_path) == ["config.json"]

@@ -26,11 +26,11 @@ def digits_cfg(**hybrid: object) -> dict:
 
 def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
     result = Job(validate_config(digits_cfg()), tmp_path).run()
-    assert result["status"] == "SUCCEEDED"
-    assert result["final"]["dev_accuracy"] > 0.7  # chance is 0.1
-    assert result["rounds"] == {"full": 22, "stochastic": 22}  # 4 epochs of 11 rounds, every 2nd full
-    assert result["replica_checks"]["checked"] > 0 and result["replica_checks"]["mismatches"] == 0
-    assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))
+    assert result.status == "SUCCEEDED"
+    assert result.final["dev_accuracy"] > 0.7  # chance is 0.1
+    assert (result.rounds.full, result.rounds.stochastic) == (22, 22)  # 4 epochs of 11 rounds, every 2nd full
+    assert result.replica_checks.checked > 0 and result.replica_checks.mismatches == 0
+    assert json.loads((tmp_path / "result.json").read_text()) == result.model_dump(mode="json")
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     weights = load_file(str(tmp_path / "model.safetensors"))
@@ -41,12 +41,12 @@ def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
                                     {"combine": "notebook"}, {"combine": "elitist"}, {"r": 1}, {"r": 4}])
 def test_every_mode_runs(tmp_path: Path, hybrid: dict) -> None:
     result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
-    assert result["status"] == "SUCCEEDED"
-    assert result["final"]["train_accuracy"] > 0.3
+    assert result.status == "SUCCEEDED"
+    assert result.final["train_accuracy"] > 0.3
     if hybrid.get("mode") == "backprop":
-        assert result["rounds"]["stochastic"] == 0
+        assert result.rounds.stochastic == 0
     if hybrid.get("r") == 1:  # Assisted H-ES: every batch gets a full round, then trials around its gradient
-        assert result["rounds"]["stochastic"] == result["rounds"]["full"] == 44
+        assert result.rounds.stochastic == result.rounds.full == 44
 
 
 def test_stop_then_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> None:
@@ -59,15 +59,15 @@ def test_stop_then_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> No
         if event.round == 17:
             part.stop()
 
-    assert part.run(on_round=stop_at_17)["status"] == "STOPPED"
+    assert part.run(on_round=stop_at_17).status == "STOPPED"
     resumed = Job(cfg, tmp_path / "part", resume=True)
     assert resumed.state.version == 18
-    assert resumed.run()["status"] == "SUCCEEDED"
+    assert resumed.run().status == "SUCCEEDED"
     assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
     assert len(resumed.history) == 4
     again = Job(cfg, tmp_path / "part", resume=True)  # resuming a finished job changes nothing
     assert again.progress.round == again.progress.total_rounds
-    assert again.run()["status"] == "SUCCEEDED"
+    assert again.run().status == "SUCCEEDED"
     assert np.array_equal(again.state.theta.numpy(), whole.state.theta.numpy())
 
 
@@ -94,7 +94,7 @@ def test_a_crash_resumes_from_the_latest_checkpoint_bitwise(tmp_path: Path, ever
     # epochs end at rounds 11, 22, ...; with checkpoint_every 4 also at 12 and 16 (a multiple of 4 that is no
     # epoch end); the rounds after the checkpoint are recomputed
     assert resumed.state.version == (16 if every else 11)
-    assert resumed.run()["status"] == "SUCCEEDED"
+    assert resumed.run().status == "SUCCEEDED"
     assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
     assert len(resumed.history) == 4
     assert [r["dev_accuracy"] for r in resumed.history] == [r["dev_accuracy"] for r in whole.history]
@@ -143,7 +143,7 @@ def test_localsgd_final_parameters_hold_every_local_step(tmp_path: Path) -> None
     raw["train"]["epochs"] = 3  # 33 rounds: the last average is after round 31, round 32 steps locally
     job = Job(validate_config(raw), tmp_path)
     result = job.run()
-    assert result["status"] == "SUCCEEDED" and result["bytes"]["sync"] == 0  # in process: nothing crosses
+    assert result.status == "SUCCEEDED" and result.bytes.sync == 0  # in process: nothing crosses
     worker = job.pool.replica.state  # type: ignore[attr-defined]
     assert worker is not None and worker.version == job.state.version
     assert torch.equal(worker.theta, job.state.theta)  # the coordinator gathered the last local step

@@ -64,14 +64,14 @@ def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path, monke
     job = Job(validate_config(cfg(2)), tmp_path, pool_factory=ray_pool)
     job_ref.append(job)
     r = job.run(on_round=look)
-    assert r["status"] == "SUCCEEDED" and r["final"]["dev_accuracy"] > 0.5
-    n, rounds, p = 2, r["rounds"], r["num_parameters"]
-    s, f = r["bytes"]["stochastic"], r["bytes"]["full"]
-    assert s["up"] / (n * rounds["stochastic"]) <= 32 and s["down"] / (n * rounds["stochastic"]) <= 16
-    assert abs(f["up"] / (n * rounds["full"] * p * 4) - 1) <= 0.02
-    assert abs(f["down"] / (n * rounds["full"] * p * 4) - 1) <= 0.02
-    assert r["replica_checks"]["checked"] > 0 and r["replica_checks"]["mismatches"] == 0
-    assert r["bytes"]["dataset"] > 0
+    assert r.status == "SUCCEEDED" and r.final["dev_accuracy"] > 0.5
+    n, rounds, p = 2, r.rounds, r.num_parameters
+    s, f = r.bytes.stochastic, r.bytes.full
+    assert s.up / (n * rounds.stochastic) <= 32 and s.down / (n * rounds.stochastic) <= 16
+    assert p is not None and abs(f.up / (n * rounds.full * p * 4) - 1) <= 0.02
+    assert abs(f.down / (n * rounds.full * p * 4) - 1) <= 0.02
+    assert r.replica_checks.checked > 0 and r.replica_checks.mismatches == 0
+    assert r.bytes.dataset > 0
     assert len({i["node"] for i in nodes}) == 2  # SPREAD over the two nodes
     # the worker on this process's node returns its arrays through shared memory, the other through Ray;
     # the buffers' names are gone once the actors have started
@@ -106,8 +106,8 @@ def test_corrupted_replica_is_detected_and_repaired(ray_cluster: object, tmp_pat
 
     job = Job(validate_config(cfg(2)), tmp_path / "bad", pool_factory=ray_pool)
     r = job.run(on_round=corrupt)
-    assert r["replica_checks"]["mismatches"] >= 1
-    assert r["bytes"]["sync"] > 0
+    assert r.replica_checks.mismatches >= 1
+    assert r.bytes.sync > 0
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
 
 
@@ -139,9 +139,9 @@ def test_a_worker_killed_five_times_is_counted_five_times_and_changes_nothing(ra
 
     job = Job(validate_config(cfg(2)), tmp_path / "kill", pool_factory=ray_pool)
     r = job.run(on_round=kill)
-    assert r["status"] == "SUCCEEDED" and len(set(killed)) == 5
-    assert r["worker_failures"] == 5
-    assert r["replica_checks"]["mismatches"] == 0 and r["bytes"]["sync"] > 0
+    assert r.status == "SUCCEEDED" and len(set(killed)) == 5
+    assert r.worker_failures == 5
+    assert r.replica_checks.mismatches == 0 and r.bytes.sync > 0
     assert shared_after == [False, False]  # a restarted actor finds no buffer (its name is gone): Ray's replies
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
 
@@ -165,19 +165,19 @@ def test_hung_worker_is_killed_restarted_and_the_job_carries_on(ray_cluster: obj
         for pid in stopped:  # let it die if the pool did not kill it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-    assert stopped and r["status"] == "SUCCEEDED" and r["worker_failures"] == 1  # killed by the pool, restarted
+    assert stopped and r.status == "SUCCEEDED" and r.worker_failures == 1  # killed by the pool, restarted
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
 
 
 def test_localsgd_moves_parameters_every_r_rounds(ray_cluster: object, tmp_path: Path) -> None:
     r = run_ray(tmp_path, cfg(2, mode="localsgd")).result  # type: ignore[attr-defined]
-    n, p = 2, r["num_parameters"]
-    assert abs(r["bytes"]["full"]["up"] / (n * r["rounds"]["full"] * p * 4) - 1) <= 0.02
-    assert r["bytes"]["stochastic"]["up"] / (n * r["rounds"]["stochastic"]) <= 32
+    n, p = 2, r.num_parameters or 0
+    assert abs(r.bytes.full.up / (n * r.rounds.full * p * 4) - 1) <= 0.02
+    assert r.bytes.stochastic.up / (n * r.rounds.stochastic) <= 32
     # r = 4 over 22 rounds: averages after rounds 3, 7, ..., 19; rounds 20 and 21 step locally, so the job
     # ends by gathering every worker's parameters once more (sync) and saving their average
     r4 = run_ray(tmp_path / "r4", cfg(2, mode="localsgd", r=4)).result  # type: ignore[attr-defined]
-    assert r4["rounds"]["full"] == 5 and r4["bytes"]["sync"] >= n * p * 4
+    assert r4.rounds.full == 5 and r4.bytes.sync >= n * p * 4
 
 
 def test_too_many_cpus_is_refused_with_the_field(ray_cluster: object, tmp_path: Path) -> None:
@@ -190,10 +190,10 @@ def test_too_many_cpus_is_refused_with_the_field(ray_cluster: object, tmp_path: 
 def test_coordinator_actor_runs_a_job(ray_cluster: object, tmp_path: Path) -> None:
     handle = start_job(validate_config(cfg(2)), str(tmp_path), job_id="test-actor")
     result = handle.result()
-    assert result["status"] == "SUCCEEDED"
-    assert handle.progress()["progress"]["fraction"] == 1.0
+    assert result is not None and result.status == "SUCCEEDED"
+    assert handle.progress().progress.fraction == 1.0
     events = handle.events()
-    assert {e["kind"] for e in events} == {"full", "stochastic"}
+    assert {e.kind for e in events} == {"full", "stochastic"}
     assert (tmp_path / "result.json").is_file()
 
 

@@ -12,6 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from promql import ROOT, load_dashboard, panel_targets, prometheus, query, substitute
 
+from coordinator.documents import RoundCounts, RoundReport, Snapshot
 from service.metrics import Metrics
 
 # DESIGN.md's metric table: name -> labels (histograms: the labels of their _bucket/_sum/_count series).
@@ -37,8 +38,9 @@ GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 def exported_series() -> dict[str, set[str]]:
     """Sample name -> label names, from what service.metrics renders for one job with epoch metrics."""
     m = Metrics()
-    m.update("job-1", {"rounds": {"full": 1}, "metrics": {"train_loss": 1.0, "dev_accuracy": 0.5}},
-             [{"kind": "full", "seconds": 0.1, "up": {"full": 8}, "down": {"full": 8}}])
+    m.update("job-1", Snapshot(rounds=RoundCounts(full=1), metrics={"train_loss": 1.0, "dev_accuracy": 0.5}),
+             [RoundReport(round=0, kind="full", seconds=0.1, up={"full": 8}, down={"full": 8}, improvements=0,
+                          loss=1.0)])
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(m.render().decode()):
         for sample in family.samples:

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.config import validate_config
+from coordinator.documents import ProgressInfo, RoundCounts, RoundReport, SentBytes, Snapshot
 from service.metrics import Metrics
 from service.schemas import finite
 from service.settings import Settings
@@ -25,16 +26,16 @@ def value(m: Metrics, name: str, **labels: str) -> float:
     return samples(m)[(name, tuple(sorted(labels.items())))]
 
 
-def snapshot(rounds: tuple[int, int], full: tuple[int, int], sync: tuple[int, int]) -> dict[str, Any]:
-    return {"rounds": {"full": rounds[0], "stochastic": rounds[1]},
-            "sent": {"up": {"full": full[0], "stochastic": 21 * rounds[1], "sync": sync[0]},
-                     "down": {"full": full[1], "stochastic": 15 * rounds[1], "sync": sync[1]}},
-            "improvements": rounds[1], "worker_failures": 1, "progress": {"fraction": 0.5},
-            "metrics": {"train_loss": 0.7, "dev_accuracy": 0.8}}
+def snapshot(rounds: tuple[int, int], full: tuple[int, int], sync: tuple[int, int]) -> Snapshot:
+    return Snapshot(rounds=RoundCounts(full=rounds[0], stochastic=rounds[1]),
+                    sent=SentBytes(up={"full": full[0], "stochastic": 21 * rounds[1], "sync": sync[0]},
+                                   down={"full": full[1], "stochastic": 15 * rounds[1], "sync": sync[1]}),
+                    improvements=rounds[1], worker_failures=1, progress=ProgressInfo(fraction=0.5),
+                    metrics={"train_loss": 0.7, "dev_accuracy": 0.8})
 
 
-def event(kind: str, up: dict[str, int], down: dict[str, int]) -> dict[str, Any]:
-    return {"kind": kind, "seconds": 0.01, "up": up, "down": down}
+def event(kind: str, up: dict[str, int], down: dict[str, int]) -> RoundReport:
+    return RoundReport(round=0, kind=kind, seconds=0.01, up=up, down=down, improvements=0, loss=0.0)
 
 
 def test_counters_follow_the_coordinator_totals_without_double_counting() -> None:
@@ -56,7 +57,7 @@ def test_counters_follow_the_coordinator_totals_without_double_counting() -> Non
 def test_a_round_is_observed_with_its_decision_from_the_next_task() -> None:
     """Full round 0 (gradients up, its gradient down with task 1), stochastic 1, full 2; 2 workers."""
     m = Metrics()
-    m.update("j", {}, [event("full", {"full": 800}, {"full": 12}),
+    m.update("j", Snapshot(), [event("full", {"full": 800}, {"full": 12}),
                        event("stochastic", {"stochastic": 42}, {"full": 800, "stochastic": 12}),
                        event("full", {"full": 800}, {"full": 12, "stochastic": 18})])
     assert value(m, "hes_round_sent_bytes_count", kind="full") == 1  # round 2 waits for its decision

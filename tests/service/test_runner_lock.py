@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from coordinator.actor import JobHandle
+from coordinator.documents import JobStatus, ProgressInfo, Snapshot
 from service.metrics import Metrics
 from service.runner import Runner
 from service.settings import Settings
@@ -31,7 +32,7 @@ class HeldHandle(JobHandle):
         super().__init__(real.actor, real.run_ref)
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def progress(self, timeout: float = 60) -> dict[str, Any]:
+    def progress(self, timeout: float = 60) -> Snapshot:
         self.entered.set()
         self.release.wait(120)
         return super().progress(timeout)
@@ -41,10 +42,10 @@ def test_stop_and_delete_do_not_wait_for_a_poll(ray_cluster: object, tmp_path: P
     settings = Settings(state_dir=tmp_path / "state", max_concurrent_jobs=2)
     store = Store(tmp_path / "jobs.db")
     runner = Runner(settings, store, Metrics())
-    store.insert(JobRecord(id="done", name="done", status="SUCCEEDED", config=JOB,
+    store.insert(JobRecord(id="done", name="done", status=JobStatus.SUCCEEDED, config=JOB,
                            out_dir=str(tmp_path / "done")))
-    store.insert(JobRecord(id="long", name="long", status="PENDING", config=JOB, out_dir=str(tmp_path / "long"),
-                           progress={"progress": {"round": 0, "total_rounds": 2800, "epoch": 0, "fraction": 0.0}}))
+    store.insert(JobRecord(id="long", name="long", status=JobStatus.PENDING, config=JOB, out_dir=str(tmp_path / "long"),
+                           progress=Snapshot(progress=ProgressInfo(total_rounds=2800, epochs=200))))
     runner.tick()
     assert "long" in runner.handles
     held = runner.handles["long"] = HeldHandle(runner.handles["long"])

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from coordinator.documents import JobResult, JobStatus, ProgressInfo, Snapshot
 from service.cli import main
 from service.settings import Settings
-from service.store import STATUSES, JobRecord, Store
+from service.store import JobRecord, Store
 
 
 @pytest.fixture(autouse=True)
@@ -69,9 +70,10 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
         Settings()
 
 
-def record(job_id: str, status: str = "PENDING", created: str = "2026-01-01T00:00:00.000+00:00") -> JobRecord:
+def record(job_id: str, status: JobStatus = JobStatus.PENDING,
+           created: str = "2026-01-01T00:00:00.000+00:00") -> JobRecord:
     return JobRecord(id=job_id, name=f"job-{job_id}", status=status, config={"seed": 1}, out_dir=f"/x/{job_id}",
-                     progress={"progress": {"round": 0, "total_rounds": 10}}, created_at=created)
+                     progress=Snapshot(progress=ProgressInfo(total_rounds=10)), created_at=created)
 
 
 def test_store_is_wal_and_survives_reopening(tmp_path: Path) -> None:
@@ -79,19 +81,23 @@ def test_store_is_wal_and_survives_reopening(tmp_path: Path) -> None:
     store = Store(db)
     assert store.journal_mode() == "wal"
     store.insert(record("a", created="2026-01-01T00:00:01.000+00:00"))
-    store.insert(record("b", "RUNNING", created="2026-01-01T00:00:02.000+00:00"))
-    store.insert(record("c", "SUCCEEDED", created="2026-01-01T00:00:03.000+00:00"))
-    store.update("b", progress={"progress": {"round": 5, "total_rounds": 10}, "metrics": {"dev_accuracy": 0.5}},
+    store.insert(record("b", JobStatus.RUNNING, created="2026-01-01T00:00:02.000+00:00"))
+    store.insert(record("c", JobStatus.SUCCEEDED, created="2026-01-01T00:00:03.000+00:00"))
+    store.update("b", progress=Snapshot(progress=ProgressInfo(round=5, total_rounds=10),
+                                        metrics={"dev_accuracy": 0.5, "dev_loss": float("nan")}),
                  history=[{"epoch": 1, "dev_accuracy": 0.5}], message="running")
-    store.update("c", result={"status": "SUCCEEDED", "final": {"dev_accuracy": 0.9}}, finished_at="t")
+    done = JobResult(status=JobStatus.SUCCEEDED, final={"dev_accuracy": 0.9})
+    store.update("c", result=done, finished_at="t")
     store.close()
 
     store = Store(db)
     b = store.get("b")
-    assert b is not None and b.progress["metrics"] == {"dev_accuracy": 0.5} and b.message == "running"
+    assert b is not None and b.message == "running" and b.status is JobStatus.RUNNING
+    assert b.progress.metrics == {"dev_accuracy": 0.5, "dev_loss": None}  # a diverged loss is stored as null
+    assert b.progress.progress.round == 5
     assert b.history == [{"epoch": 1, "dev_accuracy": 0.5}] and b.updated_at > b.created_at
     c = store.get("c")
-    assert c is not None and c.terminal and c.result == {"status": "SUCCEEDED", "final": {"dev_accuracy": 0.9}}
+    assert c is not None and c.terminal and c.result == done
     assert store.get("nope") is None
     assert [r.id for r in store.unfinished()] == ["a", "b"]
     page, total = store.page(None, limit=2, offset=0)
@@ -100,6 +106,6 @@ def test_store_is_wal_and_survives_reopening(tmp_path: Path) -> None:
     assert [r.id for r in page] == ["a"] and total == 3
     page, total = store.page("RUNNING", limit=10, offset=0)
     assert [r.id for r in page] == ["b"] and total == 1
-    assert store.counts() == {**dict.fromkeys(STATUSES, 0), "PENDING": 1, "RUNNING": 1, "SUCCEEDED": 1}
+    assert store.counts() == {**dict.fromkeys(JobStatus, 0), "PENDING": 1, "RUNNING": 1, "SUCCEEDED": 1}
     assert store.delete("c") and not store.delete("c")
     assert [r.id for r in store.all()] == ["a", "b"]
