@@ -72,6 +72,10 @@ class HybridConfig(_Strict):
     combine: Literal["argmin", "notebook", "elitist"] = "argmin"
     # Every this-many rounds each worker reports a digest of its parameters; 0 turns the check off.
     replica_check_every: Annotated[int, Field(ge=0)] = 10
+    # A trial's perturbation of the weights: gaussian (every weight its own N(0, 1) draw) or lowrank (per weight
+    # matrix E = A B^T / sqrt(noise_rank), A and B N(0, 1), so every entry has unit variance; workers/noise.py).
+    noise: Literal["gaussian", "lowrank"] = "gaussian"
+    noise_rank: Annotated[int, Field(ge=1, le=4096)] = 1  # rank of lowrank perturbations
 
 
 class ClusterConfig(_Strict):

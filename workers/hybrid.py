@@ -9,6 +9,14 @@ With B = 1000, lr = 5, sigma = 1.25 a trial moves each weight by 5 * 1.25 / 1000
 Every replica applies a round's `Decision` with `apply_decision`, so the coordinator and the workers
 hold bitwise-identical parameters without ever sending them on a stochastic round.
 
+How a round's K trials are evaluated depends on the noise family (`Hyper.noise`, config `hybrid.noise`):
+- gaussian: one trial at a time, in a buffer of its own: the seed's noise is drawn into it and turned in place
+  into the trial's weights (the step descend(theta, grad) recomputed in chunks beside it), so a round holds
+  the best trial's weights and the current one's, not the step, a copy and the noise besides; the arithmetic
+  is the one `shift(descend(...))` does, so costs and parameters are bitwise those of a dense trial.
+- lowrank: all K trials (and the unperturbed step) at once, `Model.forward_trials`: the first layer's product
+  with the batch once, every trial's low-rank correction batched.
+
 The gradient that stochastic rounds shift is the last BACKPROP gradient (Algorithm 2: dθ is assigned by
 backprop only, and every stochastic round draws N(0, σ²) around it anew). Applying a chosen seed moves the
 parameters, not that gradient, so at r >= 3 the shifts of consecutive stochastic rounds do not pile up
@@ -25,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from workers.models import Model
-from workers.noise import perturbation
+from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation
+
+CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it (256 kB of float32)
 
 
 class Diverged(ValueError):
@@ -62,6 +72,7 @@ class Hyper:
     sigma: float
     batch_size: int
     num_weights: int
+    noise: NoiseSpec = NoiseSpec()  # the trials' perturbation family (gaussian unless hybrid.noise says lowrank)
 
     @property
     def shift_scale(self) -> float:
@@ -110,7 +121,7 @@ def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor,
 @torch.no_grad()
 def batch_cost(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy of theta on a batch, rounded to float32 as it travels (4 bytes)."""
-    return float(np.float32(F.cross_entropy(model.forward(theta, x), y).item()))
+    return _cost(model.forward(theta, x), y)
 
 
 @torch.no_grad()
@@ -123,8 +134,17 @@ def descend(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tens
     return out
 
 
+def noise_spec(model: Model, family: str = "gaussian", rank: int = 1) -> NoiseSpec:
+    """The NoiseSpec of config keys `hybrid.noise` and `hybrid.noise_rank` for `model`'s weight matrices."""
+    return NoiseSpec(family, rank, model.matrices)
+
+
 def noise(seed: int, hyper: Hyper, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(perturbation(seed, hyper.num_weights)).to(device)
+    """The seed's perturbation z of the weight prefix, (num_weights,) float32 with unit-variance entries; a
+    buffer of the caller's own (the gaussian trials write into it)."""
+    if hyper.noise.family == "lowrank":
+        return lowrank_dense(seed, hyper.noise).to(device)
+    return torch.as_tensor(perturbation(seed, hyper.num_weights)).to(device)
 
 
 @torch.no_grad()
@@ -158,20 +178,86 @@ def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tens
     """
     if state.grad is None:
         raise ValueError("a stochastic round needs a gradient: the first round of a job must be full")
-    base = descend(state.theta, state.grad, hyper)
-    reference_cost = batch_cost(model, base, x, y)
-    best_seed, best_cost, best_theta, improvements = seeds[0], math.nan, None, 0
+    best_theta = None
+    if hyper.noise.family == "lowrank":  # the replica that ran the winner rebuilds it: a few numbers to draw
+        reference_cost, costs = _lowrank_costs(model, state.theta, state.grad, seeds, x, y, hyper)
+    else:
+        reference_cost, costs, best_weights = _gaussian_costs(model, state.theta, state.grad, seeds, x, y, hyper)
+        best_theta = torch.cat([best_weights, _step_biases(state.theta, state.grad, hyper)])
+    # The first of the lowest costs. A nan or inf cost loses to every finite one but is reported as it is: when
+    # no trial of the round is finite, the coordinator ends the job as diverged (coordinator/rounds.py).
+    best = min(range(len(seeds)), key=lambda i: cost_rank(costs[i]))
+    improvements = sum(cost < reference_cost for cost in costs)
+    beats_current = compare_current and costs[best] < batch_cost(model, state.theta, x, y)
+    return TrialOutcome(seeds[best], costs[best], improvements, reference_cost, beats_current, best_theta)
+
+
+def _step_biases(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
+    """The biases of descend(theta, grad): no L2 on them, the same arithmetic, to the bit."""
+    nw = hyper.num_weights
+    return theta[nw:] - hyper.lr * grad[nw:]
+
+
+def _trial_weights(z: torch.Tensor, theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
+    """z (num_weights,), the seed's noise, becomes in place the trial's weights descend(theta, grad) - lr*sigma/B*z.
+
+    The step is recomputed in slices of CHUNK beside z instead of held whole; every operation is the
+    elementwise one `descend` and `shift` do, so the result is theirs to the bit."""
+    z.mul_(hyper.shift_scale)
+    decay = 2.0 * hyper.lr * hyper.l2
+    for lo in range(0, hyper.num_weights, CHUNK):
+        hi = min(lo + CHUNK, hyper.num_weights)
+        step = theta[lo:hi] - hyper.lr * grad[lo:hi]
+        if hyper.l2:
+            step -= decay * theta[lo:hi]
+        torch.sub(step, z[lo:hi], out=z[lo:hi])
+    return z
+
+
+def _cost(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float(np.float32(F.cross_entropy(logits, y).item()))
+
+
+def _gaussian_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds: list[int], x: torch.Tensor,
+                    y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float], torch.Tensor]:
+    """(the unperturbed step's cost, each trial's cost, the best trial's weights), one trial at a time.
+
+    At most two trials' weights are alive (the best so far and the current one) besides theta and grad."""
+    biases = _step_biases(theta, grad, hyper)
+    reference = _trial_weights(torch.zeros_like(theta[:hyper.num_weights]), theta, grad, hyper)  # step - 0 = step
+    reference_cost = _cost(model.forward_parts(reference, biases, x), y)
+    del reference
+    costs: list[float] = []
+    best, best_cost = None, math.nan
     for seed in seeds:
-        trial = shift(base, noise(seed, hyper, base.device), hyper)
-        cost = batch_cost(model, trial, x, y)
-        if cost < reference_cost:
-            improvements += 1
-        # A nan or inf cost loses to every finite one but is reported as it is: when no trial of the round is
-        # finite, the coordinator ends the job as diverged (coordinator/rounds.py) instead of stepping into it.
-        if best_theta is None or cost_rank(cost) < cost_rank(best_cost):
-            best_seed, best_cost, best_theta = seed, cost, trial
-    beats_current = compare_current and best_cost < batch_cost(model, state.theta, x, y)
-    return TrialOutcome(best_seed, best_cost, improvements, reference_cost, beats_current, best_theta)
+        weights = _trial_weights(noise(seed, hyper, theta.device), theta, grad, hyper)
+        cost = _cost(model.forward_parts(weights, biases, x), y)
+        costs.append(cost)
+        if best is None or cost_rank(cost) < cost_rank(best_cost):
+            best, best_cost = weights, cost
+        del weights  # a losing trial's buffer goes now, before the next is drawn
+    assert best is not None, "a stochastic round needs at least one trial"
+    return reference_cost, costs, best
+
+
+def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds: list[int], x: torch.Tensor,
+                   y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float]]:
+    """(the unperturbed step's cost, each trial's cost), all K trials in one batched forward.
+
+    The step is slot 0 of the batch (zero factors), the trials slots 1..K; their weights are
+    step - lr*sigma/B * A B^T / sqrt(rank), never built."""
+    spec = hyper.noise
+    drawn = [lowrank_factors(seed, spec) for seed in seeds]
+    factors = []
+    for i, (rows, cols) in enumerate(spec.matrices):
+        a = torch.stack([torch.zeros(rows, spec.rank), *(f[i][0] for f in drawn)]).to(theta.device)
+        b = torch.stack([torch.zeros(cols, spec.rank), *(f[i][1] for f in drawn)]).to(theta.device)
+        factors.append((a, b))
+    logits = model.forward_trials(descend(theta, grad, hyper), x, factors, hyper.shift_scale / math.sqrt(spec.rank))
+    t, n, classes = logits.shape
+    losses = F.cross_entropy(logits.reshape(t * n, classes), y.repeat(t), reduction="none").view(t, n).mean(1)
+    costs = [float(c) for c in losses.cpu().numpy().astype(np.float32)]
+    return costs[0], costs[1:]
 
 
 @torch.no_grad()

@@ -4,6 +4,12 @@ A `Model` lays its tensors out in that vector with every weight tensor first and
 that "the weights" (what Hybrid-ES perturbs; biases are not, see seed/NOTES.md) is the prefix
 `theta[:num_weights]` and one seed defines a perturbation of the whole model.
 MLP 784-300-10: 784*300 + 300*10 weights = 238,200, + 310 biases = 238,510 parameters.
+
+`forward_trials` evaluates T low-rank trials W_t = W - c * A_t B_t^T of every weight matrix at once, as one
+tensor (T, batch, features) through the layers: x W_t^T = x W^T - c * (x B_t) A_t^T, so the first layer's
+product with the shared input is computed once, and every later layer's base product is one matrix product
+over all trials (a conv kernel is the matrix out x in*kh*kw; its correction is a conv with the rank-r kernels
+B_t, grouped over the trials, then a 1x1 mix with A_t).
 """
 from __future__ import annotations
 
@@ -44,13 +50,25 @@ class Model:
     def num_parameters(self) -> int:
         return self.num_weights + sum(math.prod(t.shape) for t in self.biases)
 
+    @property
+    def matrices(self) -> tuple[tuple[int, int], ...]:
+        """Every weight tensor as a matrix (rows, cols): a conv kernel (out, in, kh, kw) is out x in*kh*kw."""
+        return tuple((t.shape[0], math.prod(t.shape[1:])) for t in self.weights)
+
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of theta, one per named tensor (no copies)."""
-        out, at = {}, 0
-        for t in self.weights + self.biases:
-            n = math.prod(t.shape)
-            out[t.name] = theta[at:at + n].view(t.shape)
-            at += n
+        return self.unflatten_parts(theta[:self.num_weights], theta[self.num_weights:])
+
+    def unflatten_parts(self, weights: torch.Tensor, biases: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of the weight prefix and the biases, held in two vectors (a trial's weights in a buffer of
+        their own, the biases shared by every trial)."""
+        out = {}
+        for part, tensors in ((weights, self.weights), (biases, self.biases)):
+            at = 0
+            for t in tensors:
+                n = math.prod(t.shape)
+                out[t.name] = part[at:at + n].view(t.shape)
+                at += n
         return out
 
     def initial_parameters(self, seed: int) -> np.ndarray:
@@ -67,7 +85,11 @@ class Model:
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, 10) for images x (n, 1, side, side)."""
-        p = self.unflatten(theta)
+        return self.forward_parts(theta[:self.num_weights], theta[self.num_weights:], x)
+
+    def forward_parts(self, weights: torch.Tensor, biases: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with the weight prefix and the biases in two vectors; the same arithmetic, to the bit."""
+        p = self.unflatten_parts(weights, biases)
         act = ACTIVATIONS[self.activation]
         if self.arch == "mlp":
             h = x.reshape(len(x), -1)
@@ -82,6 +104,61 @@ class Model:
         h = act(F.linear(h.reshape(len(h), -1), p["fc1.w"], p["fc1.b"]))
         h = act(F.linear(h, p["fc2.w"], p["fc2.b"]))
         return F.linear(h, p["fc3.w"], p["fc3.b"])
+
+    def forward_trials(self, theta: torch.Tensor, x: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]],
+                       c: float) -> torch.Tensor:
+        """Logits (T, n, 10) of T low-rank trials around theta for images x (n, 1, side, side).
+
+        factors[i] = (A (T, rows, r), B (T, cols, r)) of weight matrix i (`matrices`); trial t's weights are
+        W_i - c * A_t B_t^T (its biases are theta's). A trial with zero factors is theta itself."""
+        p = self.unflatten(theta)
+        act = ACTIVATIONS[self.activation]
+        n, t = len(x), factors[0][0].shape[0]
+        if self.arch == "mlp":
+            h = _lowrank_linear(x.reshape(n, -1), p["w0"], p["b0"], *factors[0], c)
+            for i in range(1, len(self.weights)):
+                h = _lowrank_linear(act(h), p[f"w{i}"], p[f"b{i}"], *factors[i], c)
+            return h
+        h = _lowrank_conv(x, p["conv1.w"], p["conv1.b"], *factors[0], c)  # (T, n, 6, 24, 24)
+        h = F.max_pool2d(act(h.flatten(0, 1)), 2)
+        h = _lowrank_conv(h.unflatten(0, (t, n)), p["conv2.w"], p["conv2.b"], *factors[1], c)
+        h = F.max_pool2d(act(h.flatten(0, 1)), 2).reshape(t, n, -1)
+        h = act(_lowrank_linear(h, p["fc1.w"], p["fc1.b"], *factors[2], c))
+        h = act(_lowrank_linear(h, p["fc2.w"], p["fc2.b"], *factors[3], c))
+        return _lowrank_linear(h, p["fc3.w"], p["fc3.b"], *factors[4], c)
+
+
+def _lowrank_linear(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                    c: float) -> torch.Tensor:
+    """h (W - c A_t B_t^T)^T + bias for every trial t: (T, n, out). h is (n, in), shared by the trials (one
+    product with W, one with all the B_t side by side), or (T, n, in), one row block per trial."""
+    t, cols, r = b.shape
+    out = F.linear(h, w, bias)  # (n, out) or (T, n, out): one matrix product either way
+    if h.dim() == 2:
+        hb = (h @ b.permute(1, 0, 2).reshape(cols, t * r)).view(len(h), t, r).transpose(0, 1)  # (T, n, r)
+    else:
+        hb = torch.bmm(h, b)
+    return out - torch.bmm(hb, (c * a).transpose(1, 2))  # c scales the small factor, not the (T, n, out) product
+
+
+def _lowrank_conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                  c: float) -> torch.Tensor:
+    """conv(h, W - c A_t B_t^T) + bias for every trial t: (T, n, out, H', W'). h is (n, in, H, W), shared,
+    or (T, n, in, H, W). The correction convolves with the r kernels B_t (in, kh, kw) of each trial (a grouped
+    conv over the trials when their inputs differ) and mixes the r maps with A_t (out x r)."""
+    t, _, r = b.shape
+    kernels = b.transpose(1, 2).reshape(t * r, *w.shape[1:])  # (T*r, in, kh, kw)
+    if h.dim() == 4:
+        out = F.conv2d(h, w, bias).unsqueeze(0)  # (1, n, out, H', W'), broadcast over the trials
+        maps = F.conv2d(h, kernels)  # (n, T*r, H', W')
+    else:
+        n = h.shape[1]
+        out = F.conv2d(h.flatten(0, 1), w, bias).unflatten(0, (t, n))
+        maps = F.conv2d(h.transpose(0, 1).flatten(1, 2), kernels, groups=t)  # (n, T*r, H', W')
+    n, _, hh, ww = maps.shape
+    maps = maps.view(n, t, r, hh * ww).permute(1, 0, 2, 3)  # (T, n, r, H'W')
+    mixed = torch.matmul((c * a).unsqueeze(1), maps)  # (T, 1, out, r) @ (T, n, r, H'W') -> (T, n, out, H'W')
+    return out - mixed.view(t, n, -1, hh, ww)
 
 
 def mlp(inputs: int, hidden: list[int], activation: str = "sigmoid", init: str = "normal",

@@ -1,16 +1,20 @@
-"""Seeded Gaussian perturbations that every replica regenerates bit for bit from the seed alone.
+"""Seeded perturbations (Gaussian or low-rank) that every replica regenerates bit for bit from the seed alone.
 
 The draw is made on the CPU by NumPy's counter-based Philox bit generator keyed by the seed, then moved
 to the model's device: Torch's CPU and CUDA generators give different numbers for one seed, NumPy's
 Philox does not depend on the device, the process or the machine. No global RNG is touched, and one
 seed yields ONE stream over the whole weight prefix of the flat vector, so no two tensors share it.
+A low-rank trial draws its factors from the same generator (`lowrank_factors`), far fewer numbers.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 SEED_BITS = 63  # seeds travel as signed 64-bit integers
 
@@ -25,3 +29,68 @@ def trial_seed(job_seed: int, round_index: int, worker: int, trial: int) -> int:
     """The seed of trial `trial` of `worker` in round `round_index`: distinct, reproducible, 63 bits."""
     digest = hashlib.blake2b(struct.pack("<qqqq", job_seed, round_index, worker, trial), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> (64 - SEED_BITS)
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """The family of a trial's perturbation of the weight prefix, and what it needs to rebuild one from a seed.
+
+    gaussian: z ~ N(0, 1) for every weight, `perturbation(seed, num_weights)`.
+    lowrank: per weight tensor, seen as a matrix (rows = its first dimension, a conv kernel's out channels;
+    cols = the rest, in * kh * kw), E = A B^T / sqrt(rank) with A (rows x rank) and B (cols x rank) N(0, 1), so
+    every entry of E has unit variance, as in the Gaussian case. `matrices` lists (rows, cols) in the flat
+    vector's order.
+    """
+    family: str = "gaussian"  # gaussian | lowrank
+    rank: int = 1
+    matrices: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.family not in ("gaussian", "lowrank"):
+            raise ValueError(f"hybrid.noise: unknown family {self.family!r}")
+        if self.rank < 1:
+            raise ValueError(f"hybrid.noise_rank: must be at least 1, got {self.rank}")
+        if self.family == "lowrank" and not self.matrices:
+            raise ValueError("hybrid.noise: lowrank needs the weight matrices' shapes")
+
+    @property
+    def draws(self) -> int:
+        """Normal numbers one lowrank trial draws: (rows + cols) * rank per weight matrix."""
+        return sum((rows + cols) * self.rank for rows, cols in self.matrices)
+
+
+Factors = list[tuple[torch.Tensor, torch.Tensor]]  # per weight matrix: A (rows, rank), B (cols, rank)
+
+
+def lowrank_factors(seed: int, spec: NoiseSpec) -> Factors:
+    """A and B of every weight matrix from ONE stream `perturbation(seed, spec.draws)`, float32 on the CPU.
+
+    Order of the stream: matrix by matrix in the flat vector's order; within a matrix A (rows x rank,
+    row-major), then B (cols x rank, row-major). Whatever generator `perturbation` uses, lowrank follows it.
+    """
+    z = torch.as_tensor(perturbation(seed, spec.draws)).cpu()
+    out, at = [], 0
+    for rows, cols in spec.matrices:
+        a = z[at:at + rows * spec.rank].view(rows, spec.rank)
+        at += rows * spec.rank
+        b = z[at:at + cols * spec.rank].view(cols, spec.rank)
+        at += cols * spec.rank
+        out.append((a, b))
+    return out
+
+
+def lowrank_dense(seed: int, spec: NoiseSpec) -> torch.Tensor:
+    """E of every weight matrix, flattened row-major and concatenated: (num_weights,) float32.
+
+    Built with elementwise products and sums in a fixed order (column j = 0, 1, ..., rank - 1), not a matrix
+    product, so every replica on every machine gets the same bits (a BLAS may sum in any order)."""
+    parts = []
+    scale = 1.0 / math.sqrt(spec.rank)
+    for a, b in lowrank_factors(seed, spec):
+        e = a[:, 0:1] * b[:, 0]
+        for j in range(1, spec.rank):
+            e += a[:, j:j + 1] * b[:, j]
+        if spec.rank > 1:
+            e *= scale
+        parts.append(e.reshape(-1))
+    return torch.cat(parts)

@@ -1,0 +1,31 @@
+"""`hybrid.noise` and `hybrid.noise_rank`: strict, defaults keep the Gaussian trials."""
+from __future__ import annotations
+
+import pytest
+
+from coordinator.config import ConfigError, load_config, validate_config
+
+
+def test_defaults_are_gaussian_rank_1() -> None:
+    h = validate_config({}).hybrid
+    assert (h.noise, h.noise_rank) == ("gaussian", 1)
+
+
+def test_overrides_set_lowrank() -> None:
+    h = load_config("paper-hes-r2", ["hybrid.noise=lowrank", "hybrid.noise_rank=4"]).hybrid
+    assert (h.noise, h.noise_rank) == ("lowrank", 4)
+
+
+@pytest.mark.parametrize("hybrid,field", [
+    ({"noise": "LowRank"}, "hybrid.noise"),
+    ({"noise": "sparse"}, "hybrid.noise"),
+    ({"noise": 1}, "hybrid.noise"),
+    ({"noise_rank": 0}, "hybrid.noise_rank"),
+    ({"noise_rank": "2"}, "hybrid.noise_rank"),
+    ({"noise_rank": 2.0}, "hybrid.noise_rank"),
+    ({"noise_rank": True}, "hybrid.noise_rank"),
+    ({"noise_rnak": 2}, "hybrid.noise_rnak: unknown key"),
+])
+def test_bad_values_name_the_field(hybrid: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config({"hybrid": hybrid})
