@@ -4,7 +4,8 @@ Run:  .venv/bin/python bench/run.py --mnist ../shared/data/mnist --out BENCHMARK
 Sections (all by default, about 40 minutes on 2 cores): table (the paper's Fig. 7 in process), rounds
 (engine vs plain PyTorch), ray (2 workers: hybrid, stale, localsgd, backprop), bytes (payload per round,
 three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark), seeds
-(five seeds of the r=2 rows and the reference, about 35 minutes more).
+(five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (1 to 32 tiny workers, about
+5 minutes).
 With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import accuracy
+import fanout
 import ray
 import ray_jobs
 import speed
@@ -38,6 +40,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "overhead": ("5. Orchestration overhead: 1 Ray worker vs in process", ray_jobs.run_overhead),
     "wire": ("6. Ray's framing on the wire (tshark, multi-node Cluster)", wire.run),
     "seeds": ("7. Five seeds of the r=2 rows (in process)", stability.run),
+    "fanout": ("Fan-out: the coordinator's time per stochastic round against the number of workers", fanout.run),
 }
 HEADER = """# BENCHMARKS
 

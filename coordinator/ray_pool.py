@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+import numpy as np
 import ray
 from ray._private.state import actors as gcs_actor_table
 from ray.exceptions import GetTimeoutError, RayActorError  # RayActorError: ActorDiedError, ActorUnavailableError
@@ -132,11 +133,15 @@ def actor_record(actor: ray.actor.ActorHandle) -> ActorRecord:
     return ActorRecord(rec.get("State", ""), int(rec.get("NumRestarts", 0)))
 
 
-def _count_task(rb: RoundBytes, task: Task, header: bytes, decision: bytes, label: str) -> None:
-    """One worker's share of a task: the header to the round's kind (its live-workers part to sync)."""
-    rb.add(task.kind.label, "down", TASK_HEADER_BYTES)
-    rb.add("sync", "down", len(header) - TASK_HEADER_BYTES)
-    rb.add(label, "down", len(decision))
+def _count_task(rb: RoundBytes, task: Task, header: bytes, decision: bytes, label: str, workers: int = 1) -> None:
+    """`workers` workers' shares of a task, each the same: the header to the round's kind (its live-workers part
+    to sync), the decision to `label`."""
+    rb.add(task.kind.label, "down", workers * TASK_HEADER_BYTES)
+    rb.add("sync", "down", workers * (len(header) - TASK_HEADER_BYTES))
+    rb.add(label, "down", workers * len(decision))
+
+
+Reply = tuple[bytes, np.ndarray | str | None, bytes]  # what WorkerActor.step returns
 
 
 @dataclass
@@ -233,9 +238,7 @@ class RayPool:
         header, decision = encode_task(task)
         arg = ray.put(decision) if len(decision) > PUT_THRESHOLD else decision
         refs = {i: self.actors[i].step.remote(header, arg) for i in self.live}
-        dlabel = decision_label(task.decision, task.kind.label)
-        for _ in refs:
-            _count_task(rb, task, header, decision, dlabel)
+        _count_task(rb, task, header, decision, decision_label(task.decision, task.kind.label), len(refs))
         return Sent(refs, rb, task)
 
     def _with_members(self, task: Task) -> Task:
@@ -253,9 +256,10 @@ class RayPool:
         refs = sent.refs
         while True:
             before = list(self.live)
+            replies, late = self._gather(refs)
             results = {}
             for i, ref in refs.items():
-                res = self._result(i, ref, task, state, rb)
+                res = self._result(i, ref, task, state, rb, replies.get(i), 0.0 if i in late else None)
                 if res is not None:
                     results[i] = res
             if not self.live:
@@ -265,16 +269,33 @@ class RayPool:
             task = self._with_members(replace(task, decision=Decision(task.round - 1, DecisionKind.NONE)))
             header, decision = encode_task(task)
             refs = {i: self.actors[i].step.remote(header, decision) for i in self.live}
-            for _ in refs:
-                _count_task(rb, task, header, decision, task.kind.label)
+            _count_task(rb, task, header, decision, task.kind.label, len(refs))
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         return self.collect(self.send(task), task, state)
 
-    def _result(self, i: int, ref: ray.ObjectRef, task: Task, state: Callable[[], Sync],
-                rb: RoundBytes) -> Result | None:
-        """Worker i's result for `task`, synced and redone if it needs it; None when it left the job."""
-        res = self._collect(i, ref, task, rb)
+    def _gather(self, refs: dict[int, ray.ObjectRef]) -> tuple[dict[int, Reply], set[int]]:
+        """The workers' replies, fetched together: one ray.wait and one ray.get for all of them, not one blocking
+        get per worker in turn, a fixed cost per call that a round of many workers pays many times (BENCHMARKS.md,
+        "Fan-out"); and the workers that did not answer within the call timeout, counted from the send. When a
+        reply is an error (its actor died), none is returned: each worker's own get then finds out who died."""
+        order = list(refs)
+        ready, _ = ray.wait([refs[i] for i in order], num_returns=len(order),
+                            timeout=self.settings.call_timeout_s)
+        done = set(ready)
+        answered = [i for i in order if refs[i] in done]
+        late = {i for i in order if refs[i] not in done}
+        try:
+            values = ray.get([refs[i] for i in answered])
+        except RayActorError:
+            return {}, late
+        return dict(zip(answered, values, strict=True)), late
+
+    def _result(self, i: int, ref: ray.ObjectRef, task: Task, state: Callable[[], Sync], rb: RoundBytes,
+                reply: Reply | None = None, timeout: float | None = None) -> Result | None:
+        """Worker i's result for `task`, synced and redone if it needs it; None when it left the job. `reply`:
+        its answer when it was fetched already; `timeout`: how long to wait for it (default: the call timeout)."""
+        res = self._collect(i, ref, task, rb, reply, timeout)
         if res is None or res.status == Status.OK:
             return res
         redo = replace(task, decision=Decision(task.round - 1, DecisionKind.NONE))
@@ -287,12 +308,16 @@ class RayPool:
                 return res
         raise RuntimeError(f"worker {i} kept asking for the state in round {task.round + 1}")
 
-    def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes) -> Result | None:
+    def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes, reply: Reply | None = None,
+                 timeout: float | None = None) -> Result | None:
         """Worker i's answer; NEED_SYNC when it died and came back (or restarted since its last call); None when
         it cannot come back and has left the job."""
         try:
-            head, array, digest = ray.get(ref, timeout=self.settings.call_timeout_s)
-            if isinstance(array, str) and array == SHARED:
+            if reply is None:
+                reply = ray.get(ref, timeout=self.settings.call_timeout_s if timeout is None else timeout)
+            head, array, digest = reply
+            if isinstance(array, str):
+                assert array == SHARED, f"worker {i} returned {array!r}"
                 array = self.shared[i].view()
         except (RayActorError, GetTimeoutError) as e:
             if isinstance(e, GetTimeoutError):  # hung: kill it; Ray restarts it, at version 0

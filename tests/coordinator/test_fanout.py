@@ -1,0 +1,52 @@
+"""Fan-out: the pool fetches all the workers' replies together, with the bytes and the bits of one get per worker;
+the `make bench` section's arithmetic."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.config import validate_config
+from coordinator.job import Job
+from coordinator.ray_pool import RayPool, ray_pool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import fanout  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+
+def tiny(workers: int) -> dict:
+    return {"name": "fanout", "seed": 3, "data": {"dataset": "digits"},
+            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
+            "train": {"epochs": 1, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
+            "hybrid": {"mode": "hybrid", "r": 2, "k": 1, "sigma": 1.0, "combine": "argmin",
+                       "replica_check_every": 3},
+            "cluster": {"workers": workers, "cpus_per_worker": 0.25}}
+
+
+@pytest.mark.slow
+def test_replies_fetched_together_change_no_byte_and_no_bit(ray_cluster: object, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    together = Job(validate_config(tiny(6)), tmp_path / "together", pool_factory=ray_pool)
+    r1 = together.run()
+    # One blocking get per worker in turn, as the pool did before: nothing prefetched, nobody late.
+    monkeypatch.setattr(RayPool, "_gather", lambda self, refs: ({}, set()))
+    one_by_one = Job(validate_config(tiny(6)), tmp_path / "one-by-one", pool_factory=ray_pool)
+    r2 = one_by_one.run()
+    assert np.array_equal(together.state.theta.numpy(), one_by_one.state.theta.numpy())
+    assert r1.bytes == r2.bytes
+    assert r1.replica_checks.mismatches == 0 and r1.replica_checks.checked > 0
+    per_round = r1.bytes.stochastic.up / (r1.rounds.stochastic * 6)
+    assert per_round <= 32  # a stochastic round's reply stays a few dozen bytes per worker
+
+
+def test_slope_and_verdict() -> None:
+    points = [fanout.Point(n, 1.0 + 0.25 * n, 0.5 + 0.1 * n, 2.0, 21, 6, 30) for n in fanout.WORKERS]
+    b, a = fanout.slope([float(p.workers) for p in points], [p.wall_ms for p in points])
+    assert b == pytest.approx(0.25) and a == pytest.approx(1.0)
+    text = fanout.render(points)
+    assert "**0.250 ms per added worker**" in text and "**meets**" in text
+    assert "**0.100 ms per worker**" in text and "| 32 |" in text
+    slow = [fanout.Point(n, 1.0 + n, 0.5, 2.0, 21, 6, 30) for n in fanout.WORKERS]
+    assert "**misses**" in fanout.render(slow)
