@@ -1,0 +1,47 @@
+"""`make chaos` in short: bench/chaos.py's soak with one job, an 8 s fault window with one worker kill and one
+service restart, its fault-free twin, and the section it writes (into a copy, never the repository's file)."""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import chaos  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+pytestmark = pytest.mark.slow
+
+
+def own_processes() -> set[int]:
+    """This test's descendants: what the soak left running, if anything."""
+    return {int(n) for n in os.listdir("/proc") if n.isdigit()} & chaos._descendants(os.getpid())
+
+
+def test_a_short_soak_survives_a_worker_kill_and_a_service_restart(tmp_path: Path) -> None:
+    plan = chaos.Plan(jobs=1, epochs=50, window_s=8, worker_kill_every_s=(3.0, 3.0), coordinator_kill_at=None,
+                      service_restart_at=0.6, node_removal_at=None, end_timeout_s=300)
+    report = chaos.Report(plan)
+    chaos.soak(plan, report)
+
+    kinds = [f.kind for f in report.faults if not f.note.startswith("not injected")]
+    assert kinds.count("worker kill") >= 1 and kinds.count("service restart") == 1, report.faults
+    (jid,) = report.ids
+    job, twin = report.jobs[jid], report.twins[jid]
+    assert job["status"] == "SUCCEEDED" and twin["status"] == "SUCCEEDED", (job["message"], twin["message"])
+    assert job["restarts"] == 0  # the coordinator outlived the service and was reattached
+    assert report.missing == [] and set(report.records.values()) == {1}
+    assert report.worker_failures_metric == job["result"]["worker_failures"] >= 1
+    assert job["result"]["final"] == twin["result"]["final"]  # a restarted, resynced worker changes nothing
+
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# BENCHMARKS\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
+    block = chaos.render(report, "test", datetime.datetime.now().astimezone(), "test", "test")
+    chaos.write_section(out, block)
+    chaos.write_section(out, block)  # replaced, not appended twice
+    text = out.read_text()
+    assert text.count(f"## {chaos.TITLE}") == 1 and "kept" in text and "1 of 1 SUCCEEDED" in text
+    assert not list(Path("/tmp").glob(f"hes-chaos-*/state/jobs/{jid}"))  # the temp folder is gone
+    assert own_processes() == set()  # cluster and service are down
