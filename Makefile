@@ -6,7 +6,7 @@ CONSTRAINTS := constraints.txt
 HES_MNIST_DIR ?= $(abspath ../shared/data/mnist)
 export HES_MNIST_DIR
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench chaos clean
 
 $(VENV): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(VENV)
 
 bench: $(VENV)
 	$(BIN)/python bench/run.py --mnist $(HES_MNIST_DIR) --out BENCHMARKS.md
+
+# Fault-injection soak on a 3-node Ray cluster behind a real `hes serve` (about 10 minutes): BENCHMARKS.md "Chaos soak"
+chaos: $(VENV)
+	$(BIN)/python bench/chaos.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
