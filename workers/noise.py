@@ -1,9 +1,11 @@
 """Seeded perturbations (Gaussian or low-rank) that every replica regenerates bit for bit from the seed alone.
 
-The draw is made on the CPU by NumPy's counter-based Philox bit generator keyed by the seed, then moved
-to the model's device: Torch's CPU and CUDA generators give different numbers for one seed, NumPy's
-Philox does not depend on the device, the process or the machine. No global RNG is touched, and one
-seed yields ONE stream over the whole weight prefix of the flat vector, so no two tensors share it.
+The draw is made on the replica's own device by the counter-based generator of workers/rng.py, built from
+torch integer operations and exactly rounded float operations only, so it gives bitwise the same numbers on
+any CPU and any CUDA GPU (torch's own CPU and CUDA generators differ for one seed, and libm's log or erfinv
+differ in the last bit between devices); a CUDA worker draws without a round trip through the host. No global
+RNG is touched, and one seed yields ONE stream over the whole weight prefix of the flat vector, so no two
+tensors share it.
 A low-rank trial draws its factors from the same generator (`lowrank_factors`), far fewer numbers.
 """
 from __future__ import annotations
@@ -16,13 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from workers import rng
+
 SEED_BITS = 63  # seeds travel as signed 64-bit integers
 
 
 def perturbation(seed: int, n: int) -> np.ndarray:
-    """z ~ N(0, 1)^n as float32, a pure function of (seed, n)."""
-    gen = np.random.Generator(np.random.Philox(key=seed))
-    return gen.standard_normal(n, dtype=np.float32)
+    """z ~ N(0, 1)^n as float32 on the CPU, a pure function of (seed, n): `perturbation_on(seed, n, "cpu")`."""
+    return rng.normal(seed, n).numpy()
+
+
+def perturbation_on(seed: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """z ~ N(0, 1)^n as a float32 tensor drawn on `device`, bitwise the same on every device."""
+    return rng.normal(seed, n, device)
 
 
 def trial_seed(job_seed: int, round_index: int, worker: int, trial: int) -> int:
