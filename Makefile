@@ -1,4 +1,4 @@
-# Entry points: make demo | make test | make lint | make bench | make .venv
+# Entry points: make demo | make test | make lint | make bench | make gpu-check | make .venv
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ CONSTRAINTS := constraints.txt
 HES_MNIST_DIR ?= $(abspath ../shared/data/mnist)
 export HES_MNIST_DIR
 
-.PHONY: demo test test-fast lint bench chaos clean
+.PHONY: demo test test-fast lint bench chaos gpu-check clean
 
 $(VENV): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(VENV)
 # Fault-injection soak on a 3-node Ray cluster behind a real `hes serve` (about 10 minutes): BENCHMARKS.md "Chaos soak"
 chaos: $(VENV)
 	$(BIN)/python bench/chaos.py --out BENCHMARKS.md
+
+# GPU workers: a GPU worker beside a CPU worker, replica digests, round times; says so and exits 0 without a GPU
+gpu-check: $(VENV)
+	$(BIN)/python bench/gpu_check.py --mnist $(HES_MNIST_DIR) --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -158,18 +158,21 @@ class WorkerLost(RuntimeError):
 
 class RayPool:
     def __init__(self, specs: list[WorkerSpec], data: tuple, cpus: float, gpus: float,
-                 counters: Counters, settings: PoolSettings | None = None) -> None:
+                 counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None) -> None:
+        """`gpus` GPUs for each of the first `gpu_workers` workers (all of them by default), none for the others:
+        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py)."""
         self.n_workers = len(specs)
-        self.specs, self.cpus, self.gpus, self.counters = specs, cpus, gpus, counters
+        self.specs, self.cpus, self.counters = specs, cpus, counters
+        self.gpus = [gpus if gpu_workers is None or i < gpu_workers else 0.0 for i in range(len(specs))]
         self.settings = settings or PoolSettings.from_env()
-        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        bundles = [{"CPU": cpus, **({"GPU": g} if g else {})} for g in self.gpus]
         total = ray.cluster_resources()
-        need_cpu, need_gpu = cpus * len(specs), gpus * len(specs)
+        need_cpu, need_gpu = cpus * len(specs), sum(self.gpus)
         if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
             raise ClusterTooSmall(
                 f"cluster.workers: {len(specs)} workers x {cpus} CPU / {gpus} GPU need {need_cpu:g} CPUs and "
                 f"{need_gpu:g} GPUs; the Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs")
-        self.pg = placement_group([bundle] * len(specs), strategy="SPREAD")
+        self.pg = placement_group(bundles, strategy="SPREAD")
         ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
             remove_placement_group(self.pg)
@@ -221,7 +224,7 @@ class RayPool:
 
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-        options = {"num_cpus": self.cpus, "num_gpus": self.gpus, "scheduling_strategy": strategy,
+        options = {"num_cpus": self.cpus, "num_gpus": self.gpus[i], "scheduling_strategy": strategy,
                    "max_restarts": -1, "max_task_retries": 0,
                    "runtime_env": {"env_vars": worker_env(self.specs[i].model.num_parameters)}}
         return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
@@ -443,10 +446,11 @@ class RayPool:
 
 
 def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-             counters: Counters) -> RayPool:
-    """The Job pool factory for cluster.workers >= 1."""
+             counters: Counters, gpu_workers: int | None = None) -> RayPool:
+    """The Job pool factory for cluster.workers >= 1. `gpu_workers`: only the first so many workers get
+    cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default."""
     n = cfg.cluster.workers
     specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker))) for i in range(n)]
     return RayPool(specs, (data.x_train, data.y_train), cfg.cluster.cpus_per_worker,
-                   cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env())
+                   cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers)

@@ -1,5 +1,11 @@
 """The stateless Ray worker actor: a thin shell around `Replica` that speaks bytes.
 
+A worker that Ray gave a GPU (cluster.gpus_per_worker > 0) keeps its replica on CUDA: parameters, the training
+set and the trials' noise (workers/rng.py draws bitwise the same numbers there as on any CPU). Its replica stays
+bitwise equal to the CPU ones: every update is elementwise arithmetic on the seed's noise, the broadcast gradient
+and scalars, each operation correctly rounded on both devices; its matmuls differ from a CPU's in the last bits,
+which changes its trial costs and gradients a little (so possibly which seed wins), never how a decision applies.
+
 Every call takes and returns the wire encoding of workers/messages.py, so what the coordinator counts is
 exactly what crossed. A restarted actor comes back at version 0 and asks for a sync, which also tells it the
 job's live workers (among whom it takes its shard of each batch, see workers/replica.py).
@@ -53,11 +59,20 @@ def open_shared(path: str | None, num_parameters: int) -> np.ndarray | None:
         return None
 
 
+def full_float32_on_cuda() -> None:
+    """Full float32 products on CUDA, as on a CPU: no TensorFloat-32 in matmuls or convolutions. (A function of
+    this module: Ray pickles the actor class by value, and torch.backends.cudnn does not pickle.)"""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 @ray.remote
 class WorkerActor:
     def __init__(self, spec: WorkerSpec, data: tuple[np.ndarray, np.ndarray]) -> None:
         torch.set_num_threads(max(1, spec.threads))
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"  # Ray gave it a GPU
+        if device == "cuda":
+            full_float32_on_cuda()
         x_train, y_train = data
         self.replica = Replica(spec.model, x_train, y_train, spec.hyper, spec.schedule, spec.job_seed, spec.k,
                                spec.combine, spec.worker, spec.n_workers, device)
@@ -65,8 +80,8 @@ class WorkerActor:
         self.device = device
         self.shared = open_shared(spec.shared, spec.model.num_parameters)
 
-    # No task events for the round calls: Ray would report each one to the GCS, about 1.1 kB per worker per
-    # round, more than 50x a stochastic round's payload (BENCHMARKS.md, section 6). `info` and `sync` keep them.
+    # No task events for the round calls: Ray would report each one to the GCS, per worker per round, many times
+    # a stochastic round's payload (BENCHMARKS.md, section 6 measures it). `info` and `sync` keep them.
     @ray.method(enable_task_events=False)
     def step(self, header: bytes, decision: bytes) -> tuple[bytes, np.ndarray | str | None, bytes]:
         task = decode_task(header, decision)
