@@ -446,7 +446,7 @@ class Soak:
             node = candidates[0]
             self.report.workers_on_removed_node = count(workers, node)
             self.cluster.remove_node(node, allow_graceful=False)
-            fault.note = (f"{self.report.workers_on_removed_node} worker(s) and {count(coordinators, node)} "
+            fault.note = (f"{self.report.workers_on_removed_node} worker process(es) and {count(coordinators, node)} "
                           "coordinator(s) on it")
             say(f"{t:5.1f} s: removed a node with {fault.note}")
         self.report.faults.append(fault)
@@ -551,6 +551,8 @@ def render(report: Report, command: str, started_at: datetime.datetime, version:
     succeeded = sum(j.get("status") == "SUCCEEDED" for j in report.jobs.values())
     twins_ok = sum(t.get("status") == "SUCCEEDED" for t in report.twins.values())
     kills = sum(f.kind == "worker kill" for f in injected)
+    # a worker restarting on the node when it went (after a kill) has no WorkerActor process yet; its job shrinks too
+    lost = max(report.workers_on_removed_node, len(shrunk))
     per_job = sum(int((j.get("result") or {}).get("worker_failures", 0)) for j in report.jobs.values())
     recs = ", ".join(f"{n} {when}" for when, n in report.records.items())
     s = report.seconds
@@ -559,9 +561,9 @@ def render(report: Report, command: str, started_at: datetime.datetime, version:
         ["fault-free twins finished", f"{twins_ok} of {len(report.twins)} SUCCEEDED"],
         ["job records lost", f"{len(report.missing)} (records in the store: {recs})"],
         ["`hes_worker_failures_total`", f"{num(report.worker_failures_metric)} after the jobs under faults ended "
-         f"({num(report.worker_failures_after_twins)} after the twins); {kills} worker kills + "
-         f"{report.workers_on_removed_node} workers lost with the removed node = "
-         f"{kills + report.workers_on_removed_node}; the jobs' own `worker_failures` sum to {per_job}"],
+         f"({num(report.worker_failures_after_twins)} after the twins); {kills} worker kills + {lost} workers lost "
+         f"with the removed node (jobs that then ran on fewer workers) = {kills + lost}; the jobs' own "
+         f"`worker_failures` sum to {per_job}"],
         ["wall time", f"{s.get('total', 0):.0f} s in all: faults {s.get('faults', 0):.0f} s, jobs under faults "
          f"{s.get('jobs under faults', 0):.0f} s from submit to the last end, twins {s.get('twins', 0):.0f} s; "
          f"the service was down {s.get('service down', 0):.0f} s"],
@@ -586,7 +588,7 @@ def render(report: Report, command: str, started_at: datetime.datetime, version:
         table(["fault", "injected", "survived", "when (s into the window) and what"], fault_rows),
         table(["job", "status", "restarts", "worker failures", "dev accuracy", "fault-free twin", "difference",
                "message"], job_rows),
-        summary(report, succeeded, kills),
+        summary(report, kills + lost),
     ])
     if report.log_lines:
         body += "\n\nThe service's log (restarts, reattachments, failures):\n\n```\n" + "\n".join(
@@ -594,7 +596,7 @@ def render(report: Report, command: str, started_at: datetime.datetime, version:
     return f"<!-- bench:chaos -->\n{head}{body}\n<!-- /bench:chaos -->\n"
 
 
-def summary(report: Report, succeeded: int, kills: int) -> str:
+def summary(report: Report, expected: int) -> str:
     """The paragraph: what the figures show, and what did not survive."""
     out = []
     failed = {j: d for j, d in report.jobs.items() if d.get("status") != "SUCCEEDED"}
@@ -602,7 +604,8 @@ def summary(report: Report, succeeded: int, kills: int) -> str:
         n = sum(not f.note.startswith("not injected") and f.kind != "node added" for f in report.faults)
         out.append(f"Every job ended SUCCEEDED under {n} faults and no job record was lost.")
     for j, d in failed.items():
-        out.append(f"**Job {j} did not survive**: it ended {d.get('status', 'unknown')}: {_cell(d.get('message', ''))}")
+        why = _cell(d.get("message", ""))
+        out.append(f"**Job {j} did not survive**: it ended {d.get('status', 'unknown')}: {why}.")
     if report.missing:
         out.append(f"**Records lost**: {', '.join(report.missing)}.")
     same = [j for j in report.jobs if report.twins.get(j) and
@@ -616,7 +619,6 @@ def summary(report: Report, succeeded: int, kills: int) -> str:
         out.append(f"{', '.join(differ)} differ from their twins: a job that ran on fewer workers while its node was "
                    "gone draws fewer trials per stochastic round (k per live worker) and splits its batches "
                    "differently, a different run of the same method.")
-    expected = kills + report.workers_on_removed_node
     metric = report.worker_failures_metric
     if metric == metric and metric != expected:
         out.append(f"`hes_worker_failures_total` reads {num(metric)} against {expected} worker deaths injected "
