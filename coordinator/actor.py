@@ -180,7 +180,8 @@ def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | 
     from coordinator.ray_pool import NOT_NICED
 
     here = ray.get_runtime_context().get_node_id()
-    options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True),
+    # hard affinity: out_dir (checkpoints, result.json) is on this node's disk; the actor needs no CPU, so it fits
+    options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
                                # the parameter server is on every round's path: not niced (see ray_pool.worker_env)
                                "runtime_env": {"env_vars": dict(NOT_NICED)}}
     if job_id is not None:
