@@ -5,8 +5,8 @@ Sections (all by default, about 40 minutes on 2 cores): table (the paper's Fig. 
 (engine vs plain PyTorch), ray (2 workers: hybrid, stale, localsgd, backprop), bytes (payload per round,
 three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark), seeds
 (five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (1 to 32 tiny workers, about
-5 minutes).
-With --only, the other sections already in --out are kept as they were.
+5 minutes), fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory;
+about 45 minutes). With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import accuracy
 import fanout
+import fast_trials
 import ray
 import ray_jobs
 import speed
@@ -40,6 +41,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "overhead": ("5. Orchestration overhead: 1 Ray worker vs in process", ray_jobs.run_overhead),
     "wire": ("6. Ray's framing on the wire (tshark, multi-node Cluster)", wire.run),
     "seeds": ("7. Five seeds of the r=2 rows (in process)", stability.run),
+    "fast-trials": ("Fast trials: low-rank trials batched, Gaussian trials lean (issue 13)", fast_trials.run),
     "fanout": ("Fan-out: the coordinator's time per stochastic round against the number of workers", fanout.run),
 }
 HEADER = """# BENCHMARKS
@@ -48,7 +50,7 @@ Written by `make bench` (`bench/run.py`) from the numbers it measured; every sec
 when, and on what. The machine is shared (2 cores, other engineers' test suites running), so timings
 are compared only side by side within one run, as medians and ratios.
 """
-BLOCK = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
+BLOCK = re.compile(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
 
 
 def merge(path: Path, new: dict[str, str]) -> str:

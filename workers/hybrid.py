@@ -15,7 +15,8 @@ How a round's K trials are evaluated depends on the noise family (`Hyper.noise`,
   the best trial's weights and the current one's, not the step, a copy and the noise besides; the arithmetic
   is the one `shift(descend(...))` does, so costs and parameters are bitwise those of a dense trial.
 - lowrank: all K trials (and the unperturbed step) at once, `Model.forward_trials`: the first layer's product
-  with the batch once, every trial's low-rank correction batched.
+  with the batch once, every trial's low-rank correction batched (the ConvNet: one dense trial at a time,
+  see `Model.batches_trials`).
 
 The gradient that stochastic rounds shift is the last BACKPROP gradient (Algorithm 2: dθ is assigned by
 backprop only, and every stochastic round draws N(0, σ²) around it anew). Applying a chosen seed moves the
@@ -245,8 +246,13 @@ def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds:
     """(the unperturbed step's cost, each trial's cost), all K trials in one batched forward.
 
     The step is slot 0 of the batch (zero factors), the trials slots 1..K; their weights are
-    step - lr*sigma/B * A B^T / sqrt(rank), never built."""
+    step - lr*sigma/B * A B^T / sqrt(rank), never built. A model that does not batch its trials
+    (`Model.batches_trials`) evaluates them one dense forward at a time."""
     spec = hyper.noise
+    if not model.batches_trials:
+        base = descend(theta, grad, hyper)
+        return batch_cost(model, base, x, y), [batch_cost(model, shift(base, noise(seed, hyper, base.device), hyper),
+                                                          x, y) for seed in seeds]
     drawn = [lowrank_factors(seed, spec) for seed in seeds]
     factors = []
     for i, (rows, cols) in enumerate(spec.matrices):

@@ -24,6 +24,10 @@ import torch.nn.functional as F
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
 }
+# The same, in place: the batched trials' (T, n, features) activations are fresh tensors, overwritten, not copied.
+ACTIVATIONS_IN_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "relu": torch.relu_,
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,14 @@ class Model:
     @property
     def num_parameters(self) -> int:
         return self.num_weights + sum(math.prod(t.shape) for t in self.biases)
+
+    @property
+    def batches_trials(self) -> bool:
+        """Whether the engine evaluates a round's low-rank trials in one `forward_trials` (the MLP), or one
+        dense forward at a time (the ConvNet: its first layer, the one product the trials share, is a small part
+        of its forward, which max-pooling dominates, and its trials' per-trial corrections cost more than that
+        product saves; BENCHMARKS.md, "Fast trials", measures both)."""
+        return self.arch == "mlp"
 
     @property
     def matrices(self) -> tuple[tuple[int, int], ...]:
@@ -110,9 +122,10 @@ class Model:
         """Logits (T, n, 10) of T low-rank trials around theta for images x (n, 1, side, side).
 
         factors[i] = (A (T, rows, r), B (T, cols, r)) of weight matrix i (`matrices`); trial t's weights are
-        W_i - c * A_t B_t^T (its biases are theta's). A trial with zero factors is theta itself."""
+        W_i - c * A_t B_t^T (its biases are theta's). A trial with zero factors is theta itself. Inference only
+        (activations are applied in place)."""
         p = self.unflatten(theta)
-        act = ACTIVATIONS[self.activation]
+        act = ACTIVATIONS_IN_PLACE[self.activation]
         n, t = len(x), factors[0][0].shape[0]
         if self.arch == "mlp":
             h = _lowrank_linear(x.reshape(n, -1), p["w0"], p["b0"], *factors[0], c)
@@ -138,7 +151,7 @@ def _lowrank_linear(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, a: tor
         hb = (h @ b.permute(1, 0, 2).reshape(cols, t * r)).view(len(h), t, r).transpose(0, 1)  # (T, n, r)
     else:
         hb = torch.bmm(h, b)
-    return out - torch.bmm(hb, (c * a).transpose(1, 2))  # c scales the small factor, not the (T, n, out) product
+    return torch.baddbmm(out, hb, a.transpose(1, 2), alpha=-c)  # out - c * hb A^T in one pass
 
 
 def _lowrank_conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -157,8 +170,11 @@ def _lowrank_conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, a: torch
         maps = F.conv2d(h.transpose(0, 1).flatten(1, 2), kernels, groups=t)  # (n, T*r, H', W')
     n, _, hh, ww = maps.shape
     maps = maps.view(n, t, r, hh * ww).permute(1, 0, 2, 3)  # (T, n, r, H'W')
-    mixed = torch.matmul((c * a).unsqueeze(1), maps)  # (T, 1, out, r) @ (T, n, r, H'W') -> (T, n, out, H'W')
-    return out - mixed.view(t, n, -1, hh, ww)
+    ca = (c * a).unsqueeze(1).unsqueeze(-1)  # (T, 1, out, r, 1)
+    mixed = ca[:, :, :, 0] * maps[:, :, 0:1]  # (T, n, out, H'W'), one broadcast product per rank (r is small)
+    for j in range(1, r):
+        mixed.addcmul_(ca[:, :, :, j], maps[:, :, j:j + 1])
+    return mixed.view(t, n, -1, hh, ww).neg_().add_(out)  # out - mixed, in mixed's fresh buffer
 
 
 def mlp(inputs: int, hidden: list[int], activation: str = "sigmoid", init: str = "normal",

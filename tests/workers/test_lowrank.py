@@ -151,3 +151,22 @@ def test_gaussian_trials_unchanged_across_slices() -> None:
     assert out.seed == seeds[best] and out.cost == dense[best]
     assert out.reference_cost == batch_cost(model, base, x, y)
     assert out.theta is not None and torch.equal(out.theta, trials[best])
+
+
+@pytest.mark.parametrize("model", [mlp(64, [32, 16], "relu"), convnet(28)], ids=["mlp", "convnet"])
+def test_forward_trials_equals_dense_forwards(model: Model) -> None:
+    """The batched forward (which the engine uses for the MLP; the ConvNet's trials go one at a time) gives each
+    trial's logits, and the zero-factor slot the unperturbed ones."""
+    state, hyper, x, y = setup(model, 20, 2)
+    seeds = [3, 4, 5]
+    drawn = [lowrank_factors(s, hyper.noise) for s in seeds]
+    factors = [(torch.stack([torch.zeros(rows, 2), *(f[i][0] for f in drawn)]),
+                torch.stack([torch.zeros(cols, 2), *(f[i][1] for f in drawn)]))
+               for i, (rows, cols) in enumerate(hyper.noise.matrices)]
+    with torch.no_grad():
+        logits = model.forward_trials(state.theta, x, factors, hyper.shift_scale / math.sqrt(2))
+        dense = [model.forward(state.theta, x)] + [model.forward(shift(state.theta, lowrank_dense(s, hyper.noise),
+                                                                       hyper), x) for s in seeds]
+    assert logits.shape == (4, 20, 10)
+    for got, want in zip(logits, dense, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))  # float32 sums, reordered
