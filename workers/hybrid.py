@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.models import Model
-from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation
+from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
 
 CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it (256 kB of float32)
 
@@ -145,7 +145,7 @@ def noise(seed: int, hyper: Hyper, device: torch.device) -> torch.Tensor:
     buffer of the caller's own (the gaussian trials write into it)."""
     if hyper.noise.family == "lowrank":
         return lowrank_dense(seed, hyper.noise).to(device)
-    return torch.as_tensor(perturbation(seed, hyper.num_weights)).to(device)
+    return perturbation_on(seed, hyper.num_weights, device)  # drawn on the device, the same bits everywhere
 
 
 @torch.no_grad()

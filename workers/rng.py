@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
+CPU_SLICE = 1 << 17  # draws per pass on a CPU: 1 MiB of int64 words (BENCHMARKS.md, "Noise generator")
 MULTIPLIERS = (0x7FEB352D, 0x846CA68B)  # lowbias32's; used as c or c - 2^32, whichever is below 2^31 in size
 SPLIT = float(np.float32(0.425))  # AS 241: the central piece for |q| <= SPLIT (float32 |q|, a float32 SPLIT)
 SQRT_HALF = 0.7071067811865476  # the float64 nearest sqrt(1/2); any fixed number near it would do
@@ -83,13 +84,13 @@ def _signed(c: int) -> int:
     return c - 2**32 if c >= 2**31 else c
 
 
-def bits(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The stream's first n 32-bit words, (n,) int64 in [0, 2^32) on `device`."""
-    if not 0 <= n < 2**32:
-        raise ValueError(f"a stream holds at most 2^32 - 1 draws, not {n}")
+def bits(seed: int, n: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
+    """Words start, ..., start + n - 1 of the seed's stream of 32-bit words: (n,) int64 in [0, 2^32) on `device`."""
+    if not (0 <= start and 0 <= n and start + n <= 2**32):
+        raise ValueError(f"a stream holds 2^32 words; asked for {n} from {start}")
     k0, k1 = keys(seed)
     c0, c1 = (_signed(c) for c in MULTIPLIERS)
-    x = torch.arange(n, dtype=torch.int64, device=device).bitwise_xor_(k0)
+    x = torch.arange(start, start + n, dtype=torch.int64, device=device).bitwise_xor_(k0)
     shifted = torch.empty_like(x)  # in place, one scratch buffer: no new memory per operation
     x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted))
     x.mul_(c0).bitwise_and_(MASK32).bitwise_xor_(k1)
@@ -141,5 +142,13 @@ def _normal_from_bits(x: torch.Tensor) -> torch.Tensor:
 
 def normal(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """z ~ N(0, 1)^n, float32 on `device`: a pure function of (seed, n), bitwise the same on every device; the
-    first m numbers of a longer draw are the draw of length m."""
-    return _normal_from_bits(bits(seed, n, device))
+    first m numbers of a longer draw are the draw of length m. On a CPU in slices of CPU_SLICE (elementwise, so
+    the slices change no bit): a slice's words and temporaries stay in the cache."""
+    device = torch.device(device)
+    if device.type != "cpu" or n <= CPU_SLICE:
+        return _normal_from_bits(bits(seed, n, device))
+    out = torch.empty(n, dtype=torch.float32)
+    for lo in range(0, n, CPU_SLICE):
+        hi = min(n, lo + CPU_SLICE)
+        out[lo:hi] = _normal_from_bits(bits(seed, hi - lo, device, lo))
+    return out

@@ -129,3 +129,10 @@ def test_stratified_moments_of_the_transform() -> None:
     x = torch.arange(0, 2**32, 2**10, dtype=torch.int64) + 2**9
     mean, var, skew, kurt = moments(rng._normal_from_bits(x).numpy())
     assert abs(mean) < 1e-6 and abs(var - 1) < 1e-4 and abs(skew) < 1e-4 and abs(kurt) < 2e-3
+
+
+def test_slices_and_offsets_change_no_bit() -> None:
+    n = 2 * rng.CPU_SLICE + 12345
+    whole = rng._normal_from_bits(rng.bits(77, n))
+    assert torch.equal(rng.normal(77, n), whole)
+    assert torch.equal(rng.bits(77, 100, start=rng.CPU_SLICE), rng.bits(77, rng.CPU_SLICE + 100)[-100:])
