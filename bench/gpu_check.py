@@ -36,7 +36,7 @@ PAPER = JobSpec("paper-hes-r2", ("train.epochs=1",))
 MIXED = PAPER.plus("cluster.workers=2", "cluster.gpus_per_worker=1", "hybrid.replica_check_every=1")
 TIMED = [(hidden, k) for hidden in (300, 3000) for k in (10, 100)]
 SKIP_ROUNDS = 4  # CUDA's first kernels and allocations
-DIFFER = "the replicas differ"
+FAILED = "**the check failed**"  # in the section's text when the replicas differ or the job was not mixed
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,9 @@ def render(mixed: Mixed, timed: list[JobRun]) -> str:
         "",
         f"Mixed job `{MIXED.hes_command()}`, worker 0 on the GPU and worker 1 on a CPU (the workers reported "
         f"{', '.join(mixed.devices)}): {checks.checked} replica checks, {checks.mismatches} mismatches: "
-        f"**{'the replicas agree to the bit' if mixed.agree else DIFFER}**; dev accuracy after the "
-        f"epoch {100 * (mixed.run.final['dev_accuracy'] or float('nan')):.2f}%.",
+        f"{'the replicas agree to the bit' if mixed.agree else 'the replicas differ: ' + FAILED}; dev accuracy "
+        f"after the epoch {100 * (mixed.run.final['dev_accuracy'] or float('nan')):.2f}%."
+        + ("" if mixed.devices == ["cuda", "cpu"] else f" Not a mixed job (cuda, cpu): {FAILED}."),
         "",
         f"Seconds per round on one GPU worker (`{timed_spec(300, 10).hes_command()}` with model.hidden and hybrid.k "
         f"as below; medians over the epoch's rounds after the first {SKIP_ROUNDS}):",
@@ -115,7 +116,7 @@ def block(ctx: Context) -> tuple[str, bool]:
     head = (f"## GPU check\n\n- command: `{ctx.command}` (`make gpu-check`)\n"
             f"- ran: {started:%Y-%m-%d %H:%M:%S %Z} to {finished:%H:%M:%S} on {platform.node()}\n"
             f"- code: {version}\n- machine at the start: {before}\n- machine at the end: {machine()}\n\n")
-    return f"<!-- bench:gpu -->\n{head}{body}\n<!-- /bench:gpu -->\n", DIFFER not in body
+    return f"<!-- bench:gpu -->\n{head}{body}\n<!-- /bench:gpu -->\n", FAILED not in body
 
 
 def splice(text: str, section: str) -> str:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         section, ok = block(ctx)
     out.write_text(splice(out.read_text() if out.is_file() else "# BENCHMARKS\n", section))
     where = f"ran on {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no CUDA GPU here"
-    print(f"gpu-check: {where}; wrote {out}" + ("" if ok else "; the replicas DIFFER"), file=sys.stderr)
+    print(f"gpu-check: {where}; wrote {out}" + ("" if ok else f"; {FAILED}"), file=sys.stderr)
     return 0 if ok else 1
 
 

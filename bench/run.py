@@ -5,8 +5,9 @@ Sections (all by default, about 40 minutes on 2 cores): table (the paper's Fig. 
 (engine vs plain PyTorch), ray (2 workers: hybrid, stale, localsgd, backprop), bytes (payload per round,
 three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark), seeds
 (five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (1 to 32 tiny workers, about
-5 minutes), fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory;
-about 45 minutes). With --only, the other sections already in --out are kept as they were.
+5 minutes), noise (the generator against NumPy's, a minute), gpu (`make gpu-check`; says so without a GPU),
+fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory; about 45
+minutes). With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from pathlib import Path
 import accuracy
 import fanout
 import fast_trials
+import gpu_check
+import noise_speed
 import ray
 import ray_jobs
 import speed
@@ -43,6 +46,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "seeds": ("7. Five seeds of the r=2 rows (in process)", stability.run),
     "fast-trials": ("Fast trials: low-rank trials batched, Gaussian trials lean (issue 13)", fast_trials.run),
     "fanout": ("Fan-out: the coordinator's time per stochastic round against the number of workers", fanout.run),
+    "noise": ("Noise generator: workers/rng.py against NumPy's Philox (CPU)", noise_speed.run),
+    "gpu": ("GPU check (`make gpu-check`)", gpu_check.run),
 }
 HEADER = """# BENCHMARKS
 
