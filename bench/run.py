@@ -62,7 +62,8 @@ def merge(path: Path, new: dict[str, str]) -> str:
     """The file with the `new` sections replaced (or added), the others kept, in the canonical order."""
     blocks = {m.group(1): m.group(0) for m in BLOCK.finditer(path.read_text())} if path.is_file() else {}
     blocks.update(new)
-    return HEADER + "".join("\n" + blocks[key] for key in SECTIONS if key in blocks)
+    others = [key for key in blocks if key not in SECTIONS]  # written by other scripts: make chaos, make gpu-check
+    return HEADER + "".join("\n" + blocks[key] for key in [*(k for k in SECTIONS if k in blocks), *others])
 
 
 def section(key: str, ctx: Context) -> tuple[str, bool]:
