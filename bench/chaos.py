@@ -502,6 +502,13 @@ def soak(plan: Plan, report: Report) -> None:
 # --- the section ----------------------------------------------------------------------------------------------
 
 
+def soaked(plan: Plan) -> Report:
+    """The soak's report (for a caller that runs it in a process of its own: Ray's auth settings stay there)."""
+    report = Report(plan)
+    soak(plan, report)
+    return report
+
+
 def dev(job: dict[str, Any]) -> float:
     return float(((job.get("result") or {}).get("final") or {}).get("dev_accuracy", float("nan")))
 
