@@ -8,7 +8,6 @@ per stochastic round; peak memory of a stochastic round against a forward-only p
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -44,8 +43,6 @@ from common import (
     verdict,
 )
 
-import coordinator.job as job_module
-from coordinator.config import JobConfig
 from coordinator.job import build_parts
 from coordinator.ray_pool import ray_pool
 from coordinator.rounds import RoundEvent
@@ -75,25 +72,6 @@ SEEDS = (100, 101, 102)
 ACCURACY_BUDGET_S = 1200  # the accuracy jobs start seed by seed while a further seed fits in this
 RAY_CPUS = 2
 LOWRANK = "hybrid.noise=lowrank"
-
-
-@contextlib.contextmanager
-def noise_wired() -> Iterator[None]:
-    """Hyper carrying `hybrid.noise` from the config. coordinator/job.py's build_parts does not pass the two keys
-    yet (not this change's file); this passes them as its line will, and changes nothing once it does."""
-    real = job_module.build_parts
-
-    def wired(cfg: JobConfig) -> tuple:  # type: ignore[type-arg]
-        data, model, hyper, schedule = real(cfg)
-        return data, model, replace(hyper, noise=noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank)), schedule
-
-    with mock.patch.object(job_module, "build_parts", wired):
-        yield
-
-
-def run_wired(ctx: Context, spec: JobSpec, **kwargs: object) -> JobRun:
-    with noise_wired():
-        return run_job(ctx, spec, **kwargs)  # type: ignore[arg-type]
 
 
 def run(ctx: Context) -> str:
@@ -134,7 +112,7 @@ def _rounds(ctx: Context) -> dict[str, list[float]]:
     stochastic round on the same minibatch."""
     spec = JobSpec("paper-hes-r2", (f"train.epochs={TIMED_EPOCHS}",))
     out: dict[str, list[float]] = defaultdict(list)
-    lowrank = run_wired(ctx, spec.plus(LOWRANK))
+    lowrank = run_job(ctx, spec.plus(LOWRANK))
     for e in lowrank.events[WARMUP_ROUNDS:]:
         out[f"lowrank {e.kind}"].append(e.seconds)
     cfg = spec.config()
@@ -229,8 +207,8 @@ def _dense_loop(model: Model, state: HybridState, seeds: list[int], x: torch.Ten
 def _ray(ctx: Context) -> dict[str, JobRun]:
     start_local_ray(RAY_CPUS)
     spec = JobSpec("paper-hes-r2", ("cluster.workers=2",))
-    backprop = run_wired(ctx, paper_length(ctx, spec.plus("hybrid.mode=backprop")), pool_factory=ray_pool)
-    lowrank = run_wired(ctx, paper_length(ctx, spec.plus(LOWRANK)), pool_factory=ray_pool)
+    backprop = run_job(ctx, paper_length(ctx, spec.plus("hybrid.mode=backprop")), pool_factory=ray_pool)
+    lowrank = run_job(ctx, paper_length(ctx, spec.plus(LOWRANK)), pool_factory=ray_pool)
     return {"backprop": backprop, "lowrank": lowrank}
 
 
@@ -243,7 +221,7 @@ PAYLOAD_MODELS = (
 
 def _payload(ctx: Context) -> list[tuple[str, JobRun]]:
     start_local_ray(RAY_CPUS)
-    return [(label, run_wired(ctx, spec.plus(LOWRANK, "train.epochs=1", "cluster.workers=2"), pool_factory=ray_pool))
+    return [(label, run_job(ctx, spec.plus(LOWRANK, "train.epochs=1", "cluster.workers=2"), pool_factory=ray_pool))
             for label, spec in PAYLOAD_MODELS]
 
 
@@ -274,7 +252,7 @@ def _accuracy(ctx: Context) -> dict[tuple[str, int], list[JobRun]]:
                 break
             specs = _accuracy_specs(ctx, seed)
             t0 = time.perf_counter()
-            for (family, r, _), done in zip(specs, pool.map(run_wired, [ctx] * len(specs), [s for *_, s in specs]),
+            for (family, r, _), done in zip(specs, pool.map(run_job, [ctx] * len(specs), [s for *_, s in specs]),
                                             strict=True):
                 runs[(family, r)].append(done)
             last = time.perf_counter() - t0

@@ -42,7 +42,15 @@ from coordinator.outputs import (
 )
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
 from workers.data import Dataset, load_dataset
-from workers.hybrid import Diverged, HybridState, Hyper, evaluate, require_finite, require_finite_parameters
+from workers.hybrid import (
+    Diverged,
+    HybridState,
+    Hyper,
+    evaluate,
+    noise_spec,
+    require_finite,
+    require_finite_parameters,
+)
 from workers.models import Model, build_model
 from workers.replica import Replica, Schedule
 
@@ -91,7 +99,8 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     if cfg.cluster.workers > cfg.train.batch_size:
         raise ValueError(f"cluster.workers: {cfg.cluster.workers} workers cannot share batches of "
                          f"{cfg.train.batch_size} examples (train.batch_size)")
-    hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights)
+    hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights,
+                  noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank))
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
                         cfg.train.shuffle)
     return data, model, hyper, schedule

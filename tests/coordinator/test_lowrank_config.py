@@ -29,3 +29,15 @@ def test_overrides_set_lowrank() -> None:
 def test_bad_values_name_the_field(hybrid: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validate_config({"hybrid": hybrid})
+
+
+def test_a_job_config_reaches_the_trials() -> None:
+    """`hybrid.noise` and `hybrid.noise_rank` of a job config are what its replicas' trials draw."""
+    from coordinator.job import build_parts
+
+    cfg = validate_config({"data": {"dataset": "digits"}, "model": {"hidden": [16]},
+                           "hybrid": {"noise": "lowrank", "noise_rank": 3}})
+    _, model, hyper, _ = build_parts(cfg)
+    assert (hyper.noise.family, hyper.noise.rank) == ("lowrank", 3) and hyper.noise.matrices == model.matrices
+    _, _, plain, _ = build_parts(validate_config({"data": {"dataset": "digits"}, "model": {"hidden": [16]}}))
+    assert plain.noise.family == "gaussian"

@@ -2,33 +2,17 @@
 stochastic round's payload is what it is for Gaussian trials, whatever the model."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import coordinator.job as job_module
-from coordinator.config import JobConfig, validate_config
+from coordinator.config import validate_config
 from coordinator.job import Job
 from coordinator.ray_pool import ray_pool
-from workers.hybrid import noise_spec
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def noise_in_hyper(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hyper carries `hybrid.noise` as `build_parts` gives it; while coordinator/job.py does not pass the two keys
-    yet, this passes them the way its line would (and changes nothing once it does)."""
-    real = job_module.build_parts
-
-    def build_parts(cfg: JobConfig):  # type: ignore[no-untyped-def]
-        data, model, hyper, schedule = real(cfg)
-        return data, model, replace(hyper, noise=noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank)), schedule
-
-    monkeypatch.setattr(job_module, "build_parts", build_parts)
 
 
 def cfg(workers: int, model: dict, dataset: str = "digits", epochs: int = 2) -> dict:
