@@ -327,11 +327,6 @@ def _render(ctx: Context, rounds: dict[str, list[float]], batched: dict[str, dic
         "bitwise as before. Rank 1 throughout. Every figure below comes from this run; timings are medians of "
         "rounds measured side by side on this shared 2-core machine (see the load average above).",
         "",
-        "coordinator/job.py does not yet pass `hybrid.noise` into the engine's `Hyper` (one line in `build_parts`, "
-        "not this change's file); the benchmark's jobs get it the way that line will (`bench/fast_trials.py: "
-        "noise_wired`), so a `hes train --set hybrid.noise=lowrank` outside the benchmark still runs Gaussian "
-        "trials until that line lands.",
-        "",
         *_render_rounds(rounds),
         "",
         *_render_batched(batched),
