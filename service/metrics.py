@@ -19,7 +19,7 @@ BYTE_KINDS = ("full", "stochastic", "sync")
 DIRECTIONS = ("up", "down")
 WORKER_STATES = ("alive", "restarting")
 # A stochastic round moves ~36 B per worker, a full round 4 B per parameter per worker and direction:
-# MLP 784-300-10 on 2 workers = 238,510 * 4 B * 2 * 2 = 3.8 MB. Powers of 4 from 16 B to 4 GiB cover both.
+# MLP 784-300-10 on 2 workers = 238,510 * 4 B * 2 * 2 = 3,816,160 B. Powers of 4 from 16 B to 4 GiB cover both.
 BYTE_BUCKETS = tuple(float(4**i) for i in range(2, 17))
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

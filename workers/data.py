@@ -24,8 +24,8 @@ IDX_FILES = {
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 NUM_CLASSES = 10
-# The most an IDX file may declare (decompressed): MNIST's largest is 47 MB. A header promising more is refused
-# before any of the file is read, so a gzip bomb is never inflated.
+# The most an IDX file may declare (decompressed; MNIST's largest declares 47,040,016 bytes). A header promising
+# more is refused before any of the file is read, so a gzip bomb is never inflated.
 MAX_IDX_BYTES = 1 << 30
 CHUNK_BYTES = 1 << 20  # files are read and inflated this much at a time
 GZIP_MIN_BYTES = 18  # a 10-byte header and an 8-byte trailer
