@@ -145,9 +145,6 @@ class JobHandle:
             return ray.get(self.run_ref)
         return ray.get(self.actor.result.remote(), timeout=60)
 
-    def stop(self) -> None:
-        ray.get(self.actor.stop.remote(), timeout=60)
-
     def request_stop(self) -> bool:
         """Ask the coordinator to stop without waiting for its answer; False when it is gone."""
         try:

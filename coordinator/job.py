@@ -28,7 +28,7 @@ from coordinator.documents import (
     SentBytes,
     Snapshot,
     WorkerCounts,
-    plain,
+    first_line,
     restarts_note,
 )
 from coordinator.outputs import (
@@ -121,8 +121,8 @@ def failure_message(err: BaseException, cfg: JobConfig, total_rounds: int) -> st
         return f"diverged at round {err.round}{of}: {err.reason} ({divergence_hint(cfg)})"
     if isinstance(err, OutputError):
         return str(err)
-    lines = [line.strip() for line in plain(str(err)).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:500]}" if lines else type(err).__name__
+    line = first_line(err, 500)
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 def failed_result(cfg: JobConfig, progress: Progress, num_parameters: int | None, out_dir: Path,
