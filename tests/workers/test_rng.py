@@ -10,60 +10,37 @@ from scipy.special import ndtri
 
 from workers import rng
 
-U32 = np.uint64(0xFFFFFFFF)
-
 
 def reference_bits(seed: int, n: int) -> np.ndarray:
-    """lowbias32 with the two key words, in NumPy uint64: products wrap modulo 2^64, masked to 32 bits."""
+    """lowbias32 with the two key words, in NumPy uint32 (products wrap modulo 2^32 by definition), read as int32."""
     k0, k1 = rng.keys(seed)
-    c0, c1 = (np.uint64(c) for c in rng.MULTIPLIERS)
-    x = np.arange(n, dtype=np.uint64) ^ np.uint64(k0)
-    x ^= x >> np.uint64(16)
-    x = ((x * c0) & U32) ^ np.uint64(k1)
-    x ^= x >> np.uint64(15)
-    x = (x * c1) & U32
-    return x ^ (x >> np.uint64(16))
-
-
-def reference_log(p: np.ndarray) -> np.ndarray:
-    m, e = np.frexp(p)
-    low = (m < rng.SQRT_HALF).astype(np.float64)
-    m = m * (low + 1.0)
-    s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    series = s2 * rng.ATANH_TERMS[-1]
-    for c in reversed(rng.ATANH_TERMS[1:-1]):
-        series = (series + c) * s2
-    series = series + rng.ATANH_TERMS[0]
-    return (s * series) * 2.0 + (e.astype(np.float64) - low) * rng.LN2
-
-
-def horner(r: np.ndarray, coeffs: tuple[float, ...]) -> np.ndarray:
-    acc = r * r.dtype.type(coeffs[-1])
-    for c in reversed(coeffs[1:-1]):
-        acc = (acc + r.dtype.type(c)) * r
-    return acc + r.dtype.type(coeffs[0])
+    c0, c1 = (np.uint32(c) for c in rng.MULTIPLIERS)
+    x = np.arange(n, dtype=np.uint32) ^ np.uint32(k0)
+    x ^= x >> np.uint32(16)
+    x = (x * c0) ^ np.uint32(k1)
+    x ^= x >> np.uint32(15)
+    x = x * c1
+    return (x ^ (x >> np.uint32(16))).view(np.int32)
 
 
 def reference_normal(seed: int, n: int) -> np.ndarray:
-    x = reference_bits(seed, n).astype(np.int64)
-    t = x * 2 - (2**32 - 1)
-    q = t.astype(np.float32) * np.float32(2.0**-33)
-    r = np.float32(rng.CENTRAL_R) - q * q
-    z = (q * horner(r, rng.A)) / horner(r, rng.B)
-    tail = np.abs(q) > np.float32(rng.SPLIT)
-    tt = t[tail]
-    p = (2**32 - np.abs(tt)).astype(np.float64) * 2.0**-33
-    rt = np.sqrt(-reference_log(p)) - 1.6
-    zt = horner(rt, rng.C) / horner(rt, rng.D)
-    z[tail] = np.where(tt < 0, -zt, zt).astype(np.float32)
-    return z
+    """The table transform of workers/rng.py in NumPy float32 and int32, from the words of `reference_bits`."""
+    f = np.float32
+    t0, t1 = (t.numpy() for t in rng._table_cpu())
+    s = reference_bits(seed, n)
+    a = np.where(s < 0, -1 - s, s)
+    p = (np.int32(rng.INT32_MAX) - a).astype(f) * f(2.0**-32) + f(2.0**-33)
+    raw = p.view(np.int32)
+    segment = (raw >> rng.LOW_BITS) - (rng.FIRST_EXPONENT << rng.SEGMENT_BITS)
+    frac = (raw & ((1 << rng.LOW_BITS) - 1)).astype(f) * f(2.0**-rng.LOW_BITS)
+    z = t1[segment] * frac + t0[segment]
+    return (z.view(np.int32) | (s & np.int32(-2**31))).view(f)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 12345, 2**62 + 7, 2**63 - 1, 987654321987])
 @pytest.mark.parametrize("n", [0, 1, 7, 1000, 65537, 238510])
 def test_torch_matches_the_reference_bit_for_bit(seed: int, n: int) -> None:
-    assert np.array_equal(rng.bits(seed, n).numpy(), reference_bits(seed, n).astype(np.int64))
+    assert np.array_equal(rng.bits(seed, n).numpy(), reference_bits(seed, n))
     z = rng.normal(seed, n)
     assert z.dtype == torch.float32 and z.shape == (n,)
     assert np.array_equal(z.numpy().view(np.uint32), reference_normal(seed, n).view(np.uint32))
@@ -75,15 +52,25 @@ def test_prefix_property_and_distinct_seeds() -> None:
     assert not torch.equal(rng.normal(10, 100), short)
 
 
-def test_the_log_is_accurate_and_the_transform_is_the_inverse_cdf() -> None:
-    p = np.concatenate([np.arange(1, 2**16, dtype=np.float64) * 2.0**-33, np.linspace(1e-6, 0.5, 10001)])
-    got = rng._log(torch.from_numpy(p)).numpy()
-    assert np.max(np.abs(got - np.log(p)) / np.abs(np.log(p))) < 1e-12
-    # every 2^16-th word, and the ends: the normal quantile at u = (x + 1/2) / 2^32 to float32's resolution
-    x = torch.cat([torch.arange(0, 2**32, 2**16), torch.arange(64), 2**32 - 1 - torch.arange(64)])
-    z = rng._normal_from_bits(x.clone()).double().numpy()
-    exact = ndtri((x.double().numpy() + 0.5) * 2.0**-32)
-    assert np.max(np.abs(z - exact) / np.maximum(1.0, np.abs(exact))) < 1e-6
+def test_the_log_and_the_table_are_accurate() -> None:
+    p = np.concatenate([np.geomspace(2.0**-40, 1.0, 100001), np.linspace(1e-6, 0.5, 10001)])
+    assert np.max(np.abs(rng.log64(p) - np.log(p)) / np.maximum(1e-300, np.abs(np.log(p)))) < 1e-14
+    q = np.concatenate([np.geomspace(2.0**-34, 0.5, 100001), np.linspace(0.01, 0.5, 10001)])
+    assert np.max(np.abs(rng.ppnd16_lower(q) + ndtri(q))) < 1e-13
+    t0, t1 = (t.numpy() for t in rng._table_cpu())
+    assert t0.dtype == np.float32 and len(t0) == rng.BINADES * 2**rng.SEGMENT_BITS + 1 and t0[-1] == 0
+    assert np.all(t1[:-1] <= 0) and np.array_equal(t1[:-1], t0[1:] - t0[:-1])
+
+
+def test_the_transform_is_the_inverse_cdf() -> None:
+    # every 2^12-th word, and both ends: the normal quantile at u = (s + 2^31 + 1/2) / 2^32 to float32's resolution
+    s = torch.cat([torch.arange(-2**31, 2**31, 2**12), -2**31 + torch.arange(64), 2**31 - 1 - torch.arange(64)])
+    z = rng._normal_from_bits(s.to(torch.int32)).double().numpy()
+    exact = ndtri((s.double().numpy() + 2.0**31 + 0.5) * 2.0**-32)
+    assert np.max(np.abs(z - exact) / np.maximum(1.0, np.abs(exact))) < 3e-7
+    # s and -1 - s give z and -z, to the bit
+    words = torch.randint(-2**31, 2**31, (10000,), dtype=torch.int64).to(torch.int32)
+    assert torch.equal(rng._normal_from_bits(words.clone()), -rng._normal_from_bits(-1 - words))
 
 
 def moments(z: np.ndarray) -> tuple[float, float, float, float]:
@@ -111,22 +98,22 @@ def test_ten_million_draws_are_standard_normal() -> None:
     assert abs(beyond - n * rate) <= 4 * math.sqrt(n * rate) + 1
     # the words whose normal is beyond 5 sigma: the two ends of [0, 2^32), found by bisection on the transform
     def first_word_above(level: float) -> int:
-        lo, hi = 0, 2**32 - 1
+        lo, hi = -2**31, 2**31 - 1  # the transform is monotone in the int32 word s
         while lo < hi:
             mid = (lo + hi) // 2
-            if float(rng._normal_from_bits(torch.tensor([mid]))[0]) > level:
+            if float(rng._normal_from_bits(torch.tensor([mid], dtype=torch.int32))[0]) > level:
                 hi = mid
             else:
                 lo = mid + 1
         return lo
-    upper = 2**32 - first_word_above(5.0)
+    upper = 2**31 - first_word_above(5.0)
     assert abs(2 * upper / 2**32 - rate) < 0.01 * rate
 
 
 def test_stratified_moments_of_the_transform() -> None:
     """The transform over an evenly spaced grid of 2^22 words has the normal's moments to 1e-4 (no sampling
     error: this checks the transform, the random test above the bits)."""
-    x = torch.arange(0, 2**32, 2**10, dtype=torch.int64) + 2**9
+    x = (torch.arange(-2**31, 2**31, 2**10, dtype=torch.int64) + 2**9).to(torch.int32)
     mean, var, skew, kurt = moments(rng._normal_from_bits(x).numpy())
     assert abs(mean) < 1e-6 and abs(var - 1) < 1e-4 and abs(skew) < 1e-4 and abs(kurt) < 2e-3
 
