@@ -476,12 +476,11 @@ def _render_memory(memory: dict[str, dict[str, float]]) -> list[str]:
         "",
         table(["model", "work", "peak above the start", "extra over forward, parameter vectors", "target"], rows),
         "",
-        "- gaussian: while a trial's forward runs, the engine holds that trial's weights and the best trial's so "
-        "far (kept so that the worker whose trial wins takes those parameters instead of drawing the seed's noise "
-        "again, README \"How a round travels\"): two parameter vectors, against one if it did not keep the best; "
-        "the step descend(theta, grad) is never held whole (recomputed in slices beside each trial). On top of "
-        "that comes what the noise generator (`workers/noise.py: perturbation`) allocates while it draws, which is "
-        "the larger part when it computes in int64 or float64 temporaries.",
+        "- gaussian: while a trial's forward runs, the engine holds that trial's weights (one parameter vector, "
+        "the seed's noise drawn into it and turned into the weights in place; the step descend(theta, grad) is "
+        "never held whole, it is recomputed in slices beside each trial) and no other trial's: the winner is "
+        "rebuilt from its seed by every replica. On top of that come the noise generator's temporaries, a few "
+        "slices of workers/rng.py's CPU_SLICE words, which do not grow with P.",
         "- lowrank (MLP): the K trials' and the step's activations, (K + 1) x batch x hidden, are alive at once; "
         "that is the price of the batched forward, and it grows with the batch and the hidden width, not with P.",
     ]

@@ -11,9 +11,10 @@ hold bitwise-identical parameters without ever sending them on a stochastic roun
 
 How a round's K trials are evaluated depends on the noise family (`Hyper.noise`, config `hybrid.noise`):
 - gaussian: one trial at a time, in a buffer of its own: the seed's noise is drawn into it and turned in place
-  into the trial's weights (the step descend(theta, grad) recomputed in chunks beside it), so a round holds
-  the best trial's weights and the current one's, not the step, a copy and the noise besides; the arithmetic
-  is the one `shift(descend(...))` does, so costs and parameters are bitwise those of a dense trial.
+  into the trial's weights (the step descend(theta, grad) recomputed in chunks beside it), so a round holds one
+  trial's weights besides theta and grad; the arithmetic is the one `shift(descend(...))` does, so costs and
+  parameters are bitwise those of a dense trial. The winner's parameters are not kept: every replica, the
+  winner's too, rebuilds them from the seed (`apply_decision`), so the round needs no second buffer.
 - lowrank: all K trials (and the unperturbed step) at once, `Model.forward_trials`: the first layer's product
   with the batch once, every trial's low-rank correction batched (the ConvNet: one dense trial at a time,
   see `Model.batches_trials`).
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -163,9 +164,6 @@ class TrialOutcome:
     improvements: int  # trials whose cost beat the unperturbed step's (the paper's Fig. 14)
     reference_cost: float  # the unperturbed step's cost: descend(theta, grad)
     beats_current: bool = False  # the best trial beat theta's own cost (asked for by notebook and elitist)
-    # The best trial's parameters: bitwise what apply_decision rebuilds from its seed, so the replica that ran
-    # it can take them instead of drawing the same noise again (not sent anywhere).
-    theta: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @torch.no_grad()
@@ -179,18 +177,16 @@ def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tens
     """
     if state.grad is None:
         raise ValueError("a stochastic round needs a gradient: the first round of a job must be full")
-    best_theta = None
-    if hyper.noise.family == "lowrank":  # the replica that ran the winner rebuilds it: a few numbers to draw
+    if hyper.noise.family == "lowrank":
         reference_cost, costs = _lowrank_costs(model, state.theta, state.grad, seeds, x, y, hyper)
     else:
-        reference_cost, costs, best_weights = _gaussian_costs(model, state.theta, state.grad, seeds, x, y, hyper)
-        best_theta = torch.cat([best_weights, _step_biases(state.theta, state.grad, hyper)])
+        reference_cost, costs = _gaussian_costs(model, state.theta, state.grad, seeds, x, y, hyper)
     # The first of the lowest costs. A nan or inf cost loses to every finite one but is reported as it is: when
     # no trial of the round is finite, the coordinator ends the job as diverged (coordinator/rounds.py).
     best = min(range(len(seeds)), key=lambda i: cost_rank(costs[i]))
     improvements = sum(cost < reference_cost for cost in costs)
     beats_current = compare_current and costs[best] < batch_cost(model, state.theta, x, y)
-    return TrialOutcome(seeds[best], costs[best], improvements, reference_cost, beats_current, best_theta)
+    return TrialOutcome(seeds[best], costs[best], improvements, reference_cost, beats_current)
 
 
 def _step_biases(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
@@ -220,25 +216,16 @@ def _cost(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _gaussian_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds: list[int], x: torch.Tensor,
-                    y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float], torch.Tensor]:
-    """(the unperturbed step's cost, each trial's cost, the best trial's weights), one trial at a time.
-
-    At most two trials' weights are alive (the best so far and the current one) besides theta and grad."""
+                    y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float]]:
+    """(the unperturbed step's cost, each trial's cost), one trial at a time in one buffer besides theta and grad."""
     biases = _step_biases(theta, grad, hyper)
-    reference = _trial_weights(torch.zeros_like(theta[:hyper.num_weights]), theta, grad, hyper)  # step - 0 = step
-    reference_cost = _cost(model.forward_parts(reference, biases, x), y)
-    del reference
+    weights = _trial_weights(torch.zeros_like(theta[:hyper.num_weights]), theta, grad, hyper)  # step - 0 = step
+    reference_cost = _cost(model.forward_parts(weights, biases, x), y)
     costs: list[float] = []
-    best, best_cost = None, math.nan
     for seed in seeds:
-        weights = _trial_weights(noise(seed, hyper, theta.device), theta, grad, hyper)
-        cost = _cost(model.forward_parts(weights, biases, x), y)
-        costs.append(cost)
-        if best is None or cost_rank(cost) < cost_rank(best_cost):
-            best, best_cost = weights, cost
-        del weights  # a losing trial's buffer goes now, before the next is drawn
-    assert best is not None, "a stochastic round needs at least one trial"
-    return reference_cost, costs, best
+        perturbation_on(seed, hyper.num_weights, theta.device, out=weights)  # the last trial's buffer, reused
+        costs.append(_cost(model.forward_parts(_trial_weights(weights, theta, grad, hyper), biases, x), y))
+    return reference_cost, costs
 
 
 def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds: list[int], x: torch.Tensor,

@@ -28,9 +28,9 @@ def perturbation(seed: int, n: int) -> np.ndarray:
     return rng.normal(seed, n).numpy()
 
 
-def perturbation_on(seed: int, n: int, device: torch.device | str) -> torch.Tensor:
-    """z ~ N(0, 1)^n as a float32 tensor drawn on `device`, bitwise the same on every device."""
-    return rng.normal(seed, n, device)
+def perturbation_on(seed: int, n: int, device: torch.device | str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """z ~ N(0, 1)^n as a float32 tensor drawn on `device` (into `out` when given), bitwise the same everywhere."""
+    return rng.normal(seed, n, device, out)
 
 
 def trial_seed(job_seed: int, round_index: int, worker: int, trial: int) -> int:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from workers.hybrid import (
-    Decision,
     DecisionKind,
     HybridState,
     Hyper,
@@ -104,28 +103,16 @@ class Replica:
         self.x = torch.as_tensor(x_train).to(self.device)
         self.y = torch.as_tensor(y_train).to(self.device)
         self.state: HybridState | None = None
-        # (round, seed, parameters) of this replica's best trial in its last stochastic round: when the
-        # coordinator picks that seed, the replica takes the parameters it already has instead of drawing the
-        # seed's noise again (bitwise the same; see TrialOutcome.theta).
-        self._best: tuple[int, int, torch.Tensor] | None = None
 
     def start(self, theta0: np.ndarray) -> None:
         """Version 0 from the initial parameters (which every node can derive from the job seed)."""
         self.state = HybridState(0, torch.from_numpy(np.array(theta0, copy=True)).to(self.device), None)
 
     def sync(self, s: Sync) -> None:
-        self._best = None
         if s.members is not None:
             self.members = s.members
         grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
         self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad)
-
-    def _apply(self, st: HybridState, decision: Decision) -> HybridState:
-        best, self._best = self._best, None
-        if (decision.kind == DecisionKind.SEED and best is not None and best[:2] == (decision.round, decision.seed)
-                and st.version == decision.round):
-            return HybridState(decision.round + 1, best[2], st.grad)  # our own best trial won
-        return apply_decision(st, decision, self.hyper)
 
     def shard(self, t: int) -> np.ndarray:
         """This worker's examples of round t's minibatch."""
@@ -138,7 +125,7 @@ class Replica:
         needed = task.round - 1 if task.decision.kind != DecisionKind.NONE else task.round
         if st is None or st.version != needed:
             return Result(task.round, self.worker, Status.NEED_SYNC)
-        st = self.state = self._apply(st, task.decision)
+        st = self.state = apply_decision(st, task.decision, self.hyper)
         dig = digest(st.theta) if task.want_digest else b""
         t = task.round
         if task.kind == RoundKind.APPLY and task.want_params:  # localsgd's last gather, weighted by shard
@@ -151,7 +138,6 @@ class Replica:
             seeds = [trial_seed(self.job_seed, t, self.worker, i) for i in range(self.k)]
             out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper,
                              compare_current=self.combine != "argmin")
-            self._best = None if out.theta is None else (t, out.seed, out.theta)
             return Result(t, self.worker, seed=out.seed, cost=out.cost, improvements=out.improvements,
                           beats_current=out.beats_current, digest=dig)
         idx = torch.tensor(self.shard(t), device=self.device)

@@ -200,15 +200,18 @@ def _normal_from_bits(s: torch.Tensor, out: torch.Tensor | None = None) -> torch
     return z
 
 
-def normal(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """z ~ N(0, 1)^n, float32 on `device`: a pure function of (seed, n), bitwise the same on every device; the
-    first m numbers of a longer draw are the draw of length m. On a CPU in slices of CPU_SLICE (elementwise, so
-    the slices change no bit): a slice's words and temporaries stay in the cache."""
+def normal(seed: int, n: int, device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
+    """z ~ N(0, 1)^n, float32 on `device` (into `out`, a contiguous (n,) float32 tensor there, when given): a pure
+    function of (seed, n), bitwise the same on every device; the first m numbers of a longer draw are the draw of
+    length m. On a CPU in slices of CPU_SLICE (elementwise, so the slices change no bit): a slice's words and
+    temporaries stay in the cache."""
     device = torch.device(device)
-    if device.type != "cpu" or n <= CPU_SLICE:
-        return _normal_from_bits(bits(seed, n, device))
-    out = torch.empty(n, dtype=torch.float32)
-    for lo in range(0, n, CPU_SLICE):
-        hi = min(n, lo + CPU_SLICE)
+    if out is None:
+        out = torch.empty(n, dtype=torch.float32, device=device)
+    elif out.shape != (n,) or out.dtype != torch.float32 or out.device != device or not out.is_contiguous():
+        raise ValueError(f"out: expected a contiguous ({n},) float32 tensor on {device}")
+    step = CPU_SLICE if device.type == "cpu" else max(n, 1)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
         _normal_from_bits(bits(seed, hi - lo, device, lo), out[lo:hi])
     return out

@@ -59,7 +59,6 @@ def test_seed_decision_rebuilds_the_evaluated_trial() -> None:
     after = apply_decision(state, Decision(5, DecisionKind.SEED, seed=out.seed), hyper)
     assert after.version == 6
     assert batch_cost(model, after.theta, x, y) == out.cost
-    assert out.theta is not None and torch.equal(after.theta, out.theta)  # the trial's parameters, to the bit
     # Algorithm 2: the gradient later stochastic rounds shift stays the last backprop gradient, so at r >= 3
     # the shifts do not accumulate; biases are never shifted
     assert torch.equal(after.grad, state.grad)

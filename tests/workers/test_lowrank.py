@@ -150,7 +150,8 @@ def test_gaussian_trials_unchanged_across_slices() -> None:
     best = int(np.argmin(dense))
     assert out.seed == seeds[best] and out.cost == dense[best]
     assert out.reference_cost == batch_cost(model, base, x, y)
-    assert out.theta is not None and torch.equal(out.theta, trials[best])
+    rebuilt = apply_decision(state, Decision(state.version, DecisionKind.SEED, seed=out.seed), hyper)
+    assert torch.equal(rebuilt.theta, trials[best])  # the winner's parameters, rebuilt from its seed
 
 
 @pytest.mark.parametrize("model", [mlp(64, [32, 16], "relu"), convnet(28)], ids=["mlp", "convnet"])

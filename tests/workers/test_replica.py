@@ -26,7 +26,7 @@ def two_replicas() -> tuple[Replica, Replica, Schedule]:
     return a, b, schedule
 
 
-def test_the_winner_takes_its_own_trial_others_rebuild_it_bitwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_replica_rebuilds_the_winner_bitwise_from_its_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, _ = two_replicas()
     full = [rep.handle(Task(0, RoundKind.FULL, Decision(-1, DecisionKind.NONE))) for rep in (a, b)]
     grad = (sum(r.array for r in full) / sum(r.examples for r in full)).astype("float32")  # type: ignore[misc]
@@ -39,7 +39,7 @@ def test_the_winner_takes_its_own_trial_others_rebuild_it_bitwise(monkeypatch: p
     chosen = Decision(1, DecisionKind.SEED, seed=winner.seed)
     for rep in (a, b):
         rep.handle(Task(2, RoundKind.APPLY, chosen))
-    assert drawn == [winner.seed]  # only the other replica drew the winner's noise
+    assert drawn == [winner.seed, winner.seed]  # the winner too: no replica keeps a trial's parameters
     assert a.state is not None and b.state is not None
     assert a.state.version == b.state.version == 2
     assert torch.equal(a.state.theta, b.state.theta) and torch.equal(a.state.grad, b.state.grad)
@@ -55,7 +55,7 @@ def after_trials() -> tuple[Replica, HybridState, int]:
     return a, a.state, out.seed
 
 
-def test_a_cached_trial_is_not_taken_for_another_seed() -> None:
+def test_another_workers_seed_is_rebuilt() -> None:
     a, before, best = after_trials()
     other = Decision(1, DecisionKind.SEED, seed=best + 1)  # another worker's trial won
     a.handle(Task(2, RoundKind.APPLY, other))
@@ -63,7 +63,7 @@ def test_a_cached_trial_is_not_taken_for_another_seed() -> None:
     assert torch.equal(a.state.theta, hybrid.apply_decision(before, other, a.hyper).theta)
 
 
-def test_a_cached_trial_is_not_used_after_a_sync() -> None:
+def test_a_seed_after_a_sync_is_applied_to_the_synced_state() -> None:
     a, before, best = after_trials()
     assert before.grad is not None
     a.sync(Sync(before.version, before.theta.numpy() + 1, before.grad.numpy()))
@@ -71,4 +71,4 @@ def test_a_cached_trial_is_not_used_after_a_sync() -> None:
     a.handle(Task(2, RoundKind.APPLY, mine))
     expected = hybrid.apply_decision(HybridState(1, before.theta + 1, before.grad), mine, a.hyper)
     assert a.state is not None
-    assert torch.equal(a.state.theta, expected.theta)  # rebuilt from the synced state, not the stale cache
+    assert torch.equal(a.state.theta, expected.theta)
