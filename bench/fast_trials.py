@@ -69,7 +69,7 @@ TIMED_EPOCHS = 2  # at r=2: 100 rounds, 50 of each kind
 WARMUP_ROUNDS = 10
 REPEATS = 15  # alternating repetitions of the batched and the looped trials
 SEEDS = (100, 101, 102)
-ACCURACY_BUDGET_S = 1200  # the accuracy jobs start seed by seed while a further seed fits in this
+ACCURACY_BUDGET_S = 5400  # the accuracy jobs start seed by seed while a further seed fits in this
 RAY_CPUS = 2
 LOWRANK = "hybrid.noise=lowrank"
 
