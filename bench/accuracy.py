@@ -63,7 +63,7 @@ def render(ctx: Context, runs: dict[str, JobRun]) -> str:
             f"{r.result.rounds.full} / {r.result.rounds.stochastic}", f"{r.wall_seconds:.0f}",
         ])
     parts = [
-        f"In process (`cluster.workers: 0`, one torch thread), seed 100, $HES_MNIST_DIR = `{ctx.mnist}`, "
+        f"In process (`cluster.workers: 0`, one torch thread), seed 100, MNIST from $HES_MNIST_DIR, "
         f"epochs: {ctx.epochs} of 50 minibatches of 1000. \"Fixed order\" is `train.shuffle=false`: the same "
         "batch order every epoch, as the paper's runs had it; the other rows reshuffle every epoch (the "
         "project's default). The paper reports no test accuracy.",

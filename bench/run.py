@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HES_MNIST_DIR"] = mnist  # the presets read MNIST from $HES_MNIST_DIR (data.path: null)
     torch.set_num_threads(1)  # the in-process engine and the coordinator compute as one 1-CPU worker does
     out = Path(args.out)
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = shlex.join([Path(sys.executable).name, *sys.argv]).replace(shlex.quote(args.mnist), "$HES_MNIST_DIR")
     failed = []
     with tempfile.TemporaryDirectory(prefix="hes-bench-") as work:
         ctx = Context(mnist, Path(work), command, args.epochs)
