@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from coordinator import runtime_env
 from coordinator.config import JobConfig, validate_config
 from coordinator.documents import JobResult, JobStatus, Poll, RoundReport, Snapshot, WorkerCounts, first_line
 from coordinator.job import Job, Progress, failed_result, failure_message
@@ -177,10 +178,16 @@ def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | 
     from coordinator.ray_pool import NOT_NICED
 
     here = ray.get_runtime_context().get_node_id()
+    try:  # the job's own code (cluster.runtime_env) goes up once, from here; its actors get the URIs
+        env = runtime_env.resolve(cfg.cluster.runtime_env)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise JobStartError(f"cluster.runtime_env: {first_line(err)}") from None
+    if env:
+        cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"runtime_env": env})})
     # hard affinity: out_dir (checkpoints, result.json) is on this node's disk; the actor needs no CPU, so it fits
     options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
                                # the parameter server is on every round's path: not niced (see ray_pool.worker_env)
-                               "runtime_env": {"env_vars": dict(NOT_NICED)}}
+                               "runtime_env": runtime_env.with_env_vars(env, dict(NOT_NICED))}
     if job_id is not None:
         options.update(name=actor_name(job_id), namespace=NAMESPACE)
     if detached:
