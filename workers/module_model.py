@@ -76,8 +76,9 @@ def _build(factory: str, kwargs_json: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         try:
             module = fn(**json.loads(kwargs_json))
-        except TypeError as err:
-            raise FactoryError(f"{FIELD}: {factory} does not take model.kwargs {kwargs_json}: {err}") from None
+        except Exception as err:  # the factory's own error (a kwarg it does not take, ...), named as the job's
+            raise FactoryError(f"{FIELD}: {factory}(**{kwargs_json}) failed: {type(err).__name__}: "
+                               f"{str(err)[:500]}") from None
     if not isinstance(module, nn.Module):
         raise FactoryError(f"{FIELD}: {factory} returned a {type(module).__name__}, not a torch.nn.Module")
     check_module(module, factory)

@@ -47,7 +47,11 @@ def load_factory_data(factory: str, kwargs: dict[str, Any], dev_size: int | None
                       loss: str = "cross_entropy") -> Dataset:
     """The data set a data.factory returns: a mapping of the arrays an .npz would hold."""
     where = f"data.factory: {factory}"
-    got = load_factory(factory, "data.factory")(**kwargs)
+    fn = load_factory(factory, "data.factory")
+    try:
+        got = fn(**kwargs)
+    except Exception as err:  # the factory's own error (a missing file, a bad kwarg), named as the job's
+        raise DataError(f"{where}: {type(err).__name__}: {str(err)[:500]}") from None
     if not isinstance(got, Mapping):
         raise DataError(f"{where}: returned a {type(got).__name__}, not a mapping of arrays "
                         f"({', '.join(REQUIRED)})")
@@ -60,7 +64,8 @@ def load_factory_data(factory: str, kwargs: dict[str, Any], dev_size: int | None
 
 def _input(a: np.ndarray, key: str, where: str) -> np.ndarray:
     if a.dtype.kind == "f":
-        a = a.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, counted below
+            a = a.astype(np.float32, copy=False)
         bad = int(np.count_nonzero(~np.isfinite(a)))
         if bad:
             raise DataError(f"{where}: {key} has {bad} non-finite values (nan or inf, as float32)")
@@ -79,7 +84,8 @@ def _target(a: np.ndarray, key: str, where: str, loss: str) -> np.ndarray:
         return np.ascontiguousarray(a.astype(np.int64, copy=False))
     if a.dtype.kind not in "iuf":
         raise DataError(f"{where}: {key} has dtype {a.dtype}; mse needs numeric targets")
-    a = a.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):
+        a = a.astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(a)))
     if bad:
         raise DataError(f"{where}: {key} has {bad} non-finite values (nan or inf, as float32)")
