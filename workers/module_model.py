@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from workers.losses import Loss
 from workers.models import Model, Tensor
 
 FIELD = "model.factory"
+_CALLING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class ModuleModel(Model):
 
     def forward_parts(self, weights: torch.Tensor, biases: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         params = self.unflatten_parts(weights, biases)
-        out: torch.Tensor = torch.func.functional_call(self.module(weights.device), params, (x,))
+        with _CALLING:  # functional_call swaps the module's tensors while it runs: one thread at a time
+            out: torch.Tensor = torch.func.functional_call(self.module(weights.device), params, (x,))
         return out
 
     def forward_trials(self, theta: torch.Tensor, x: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]],
