@@ -450,12 +450,13 @@ class RayPool:
 
 
 def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-             counters: Counters, gpu_workers: int | None = None) -> RayPool:
+             counters: Counters, gpu_workers: int | None = None, runtime_env: dict | None = None) -> RayPool:
     """The Job pool factory for cluster.workers >= 1. `gpu_workers`: only the first so many workers get
-    cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default."""
+    cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default. `runtime_env`: the job's
+    cluster.runtime_env uploaded already (the coordinator actor's); None uploads it from here."""
     n = cfg.cluster.workers
     specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker))) for i in range(n)]
     return RayPool(specs, (data.x_train, data.y_train), cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
-                   resolve(cfg.cluster.runtime_env))
+                   runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))
