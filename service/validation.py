@@ -16,10 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from coordinator.config import JobConfig
 from coordinator.own_model import OWN_DATA, make_model
 from service.settings import Settings
-from workers.data import DataError, DataFacts, default_mnist_dir, describe_dataset, idx_candidates, load_dataset
+from workers.data import (
+    NUM_CLASSES,
+    DataError,
+    DataFacts,
+    Dataset,
+    default_mnist_dir,
+    describe_dataset,
+    idx_candidates,
+    load_dataset,
+)
 from workers.factories import factory_allowed
 from workers.models import build_model
 from workers.replica import Schedule
@@ -142,14 +153,17 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
     images) and the model's layout; the job's total number of rounds."""
     d, t = cfg.data, cfg.train
     try:
-        if cfg.model.arch == "module" or d.dataset in OWN_DATA:  # an allowed factory's code runs here
+        if d.dataset in OWN_DATA:  # an allowed factory's code runs here
             data = load_dataset(d.dataset, d.path, d.dev_size, cfg.seed, d.factory, d.kwargs, t.loss)
             model = make_model(cfg, data)
             facts = DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)
         else:
             facts = describe_dataset(d.dataset, d.path, d.dev_size, cfg.seed)
-            model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init,
-                                facts.image_side)
+            if cfg.model.arch == "module":  # checked on two blank images of the data set's size, not its files
+                model = make_model(cfg, _blank(facts))
+            else:
+                model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init,
+                                    facts.image_side)
     except DataError as err:
         msg = str(err)
         raise Refused(msg if _FIELD_PREFIX.match(msg) else f"data.path: {msg}") from None
@@ -171,6 +185,13 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
         raise Refused(f"train.epochs: {t.epochs} epochs of {schedule.rounds_per_epoch:,} rounds are {total:,} "
                       f"rounds, above this service's limit of {settings.max_total_rounds:,} (HES_MAX_TOTAL_ROUNDS)")
     return total
+
+
+def _blank(facts: DataFacts) -> Dataset:
+    """Two blank images shaped as the built-in data set's, labelled 0 and 9: what a module must take and tell apart."""
+    x = np.zeros((2, 1, facts.image_side, facts.image_side), dtype=np.float32)
+    y = np.array([0, NUM_CLASSES - 1], dtype=np.int64)
+    return Dataset(facts.name, x, y, x, y, x, y)
 
 
 def needs(cfg: JobConfig) -> dict[str, float]:

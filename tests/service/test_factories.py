@@ -108,3 +108,16 @@ def test_submit_answers_422_naming_the_field(ray_cluster: object, settings: Sett
         assert sum(store.counts().values()) == 0  # nothing queued
     finally:
         store.close()
+
+
+def test_a_module_on_mnist_is_checked_on_blank_images(settings: Settings, tmp_path: Path) -> None:
+    from test_admission import write_mnist  # a small MNIST-like folder (IDX files, 8x8 images)
+
+    write_mnist(tmp_path / "data" / "mnist")
+    raw = {"data": {"dataset": "mnist", "path": "mnist", "dev_size": 10},
+           "model": {"arch": "module", "factory": "examples.resnet_mnist:resnet"},
+           "train": {"epochs": 1, "batch_size": 10}, "cluster": {"workers": 2}}
+    cfg, total = admit(validate_config(raw), settings, CLUSTER)
+    assert total == 4  # 50 images, 10 of them dev
+    five = {**raw, "model": {**raw["model"], "kwargs": {"classes": 5}}}
+    assert refused(five, settings) == "model.factory: y_train has label 9, outside 0..4 (the model has 5 outputs)"
