@@ -1,7 +1,8 @@
 """Data sets for the numerical core: MNIST from IDX files, scikit-learn's digits, a synthetic set.
 
 All loaders return a `Dataset` of float32 images shaped (n, 1, side, side), standardised with the
-training mean and std (one scalar each, as the paper's code did), and int64 labels.
+training mean and std (one scalar each, as the paper's code did), and int64 labels. A job's own arrays
+(data.dataset npz or factory, workers/user_data.py) come as they are: any input shape, labels or float targets.
 """
 from __future__ import annotations
 
