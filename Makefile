@@ -24,7 +24,7 @@ test-fast: $(VENV)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: $(VENV)
-	$(BIN)/ruff check workers coordinator service tests bench
+	$(BIN)/ruff check workers coordinator service tests bench examples
 	$(BIN)/mypy
 
 bench: $(VENV)

@@ -6,6 +6,7 @@ event and stop calls concurrently. `start_job` / `find_job` return a `JobHandle`
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import traceback
@@ -15,6 +16,7 @@ from typing import Any
 
 import ray
 
+from coordinator import runtime_env
 from coordinator.config import JobConfig, validate_config
 from coordinator.documents import JobResult, JobStatus, Poll, RoundReport, Snapshot, WorkerCounts, first_line
 from coordinator.job import Job, Progress, failed_result, failure_message
@@ -47,8 +49,10 @@ def actor_name(job_id: str) -> str:
 
 @ray.remote(num_cpus=0, max_concurrency=8, max_restarts=0)
 class CoordinatorActor:
-    def __init__(self, config: dict[str, Any], out_dir: str, resume: bool, restarts: int = 0) -> None:
+    def __init__(self, config: dict[str, Any], out_dir: str, resume: bool, restarts: int = 0,
+                 runtime_env: dict[str, Any] | None = None) -> None:
         self.cfg: JobConfig = validate_config(config)
+        self.runtime_env = runtime_env  # cluster.runtime_env as uploaded by the driver (its workers get the same)
         self.out_dir, self.resume, self.restarts = out_dir, resume, restarts
         self.job: Job | None = None
         self.progress = Progress(epochs=self.cfg.train.epochs)
@@ -61,7 +65,8 @@ class CoordinatorActor:
         from coordinator.ray_pool import ray_pool
 
         try:
-            self.job = Job(self.cfg, self.out_dir, resume=self.resume, pool_factory=ray_pool, restarts=self.restarts)
+            pool = functools.partial(ray_pool, runtime_env=self.runtime_env) if self.runtime_env else ray_pool
+            self.job = Job(self.cfg, self.out_dir, resume=self.resume, pool_factory=pool, restarts=self.restarts)
             self.progress = self.job.progress
             if self.stop_requested:
                 self.job.stop()
@@ -177,17 +182,21 @@ def start_job(cfg: JobConfig, out_dir: str, resume: bool = False, job_id: str | 
     from coordinator.ray_pool import NOT_NICED
 
     here = ray.get_runtime_context().get_node_id()
+    try:  # the job's own code (cluster.runtime_env) goes up once, from here; its actors get the URIs
+        env = runtime_env.resolve(cfg.cluster.runtime_env)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise JobStartError(f"cluster.runtime_env: {first_line(err)}") from None
     # hard affinity: out_dir (checkpoints, result.json) is on this node's disk; the actor needs no CPU, so it fits
     options: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
                                # the parameter server is on every round's path: not niced (see ray_pool.worker_env)
-                               "runtime_env": {"env_vars": dict(NOT_NICED)}}
+                               "runtime_env": runtime_env.with_env_vars(env, dict(NOT_NICED))}
     if job_id is not None:
         options.update(name=actor_name(job_id), namespace=NAMESPACE)
     if detached:
         options["lifetime"] = "detached"
     try:
         actor = CoordinatorActor.options(**options).remote(cfg.model_dump(), out_dir, resume,  # type: ignore[attr-defined]
-                                                             restarts)
+                                                             restarts, env)
         return JobHandle(actor, actor.run.remote())
     except (ray.exceptions.RayError, ValueError) as err:  # ValueError: the name is taken
         raise JobStartError(f"{type(err).__name__}: {first_line(err)}") from None

@@ -22,28 +22,56 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
+# "package.module:function", the form of model.factory and data.factory (checked before anything is imported)
+FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+Factory = Annotated[str, Field(max_length=256, pattern=FACTORY_PATTERN)]
+
+
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "digits", "synthetic"] = "digits"
-    # Folder with the four MNIST IDX files (.gz or raw); mnist only. None: $HES_MNIST_DIR.
+    dataset: Literal["mnist", "digits", "synthetic", "npz", "factory"] = "digits"
+    # mnist: folder with the four MNIST IDX files (.gz or raw), None: $HES_MNIST_DIR. npz: the .npz file.
     path: str | None = None
-    # Held out from the training images as dev. None: 10,000 for mnist (the paper), 20% otherwise.
+    # Held out from the training images as dev. None: 10,000 for mnist (the paper), 20% otherwise
+    # (npz and factory: only when they bring no x_dev, y_dev of their own).
     dev_size: Annotated[int, Field(ge=1)] | None = None
+    # factory: "package.module:function" called with `kwargs`; it returns the arrays an .npz would hold.
+    factory: Factory | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _path_only_for_mnist(self) -> DataConfig:
-        if self.path is not None and self.dataset != "mnist":
-            raise ValueError(f"data.path is only read for dataset 'mnist', not {self.dataset!r}")
+    def _path_and_factory(self) -> DataConfig:
+        if self.path is not None and self.dataset not in ("mnist", "npz"):
+            raise ValueError(f"data.path is only read for datasets 'mnist' and 'npz', not {self.dataset!r}")
+        if self.dataset == "npz" and self.path is None:
+            raise ValueError("data.path: dataset 'npz' needs the path of a .npz file")
+        if (self.factory is None) == (self.dataset == "factory"):
+            raise ValueError("data.factory: set it for dataset 'factory' (\"package.module:function\"), and only then")
+        if self.kwargs and self.dataset != "factory":
+            raise ValueError("data.kwargs: only passed to a data.factory")
         return self
 
 
 class ModelConfig(_Strict):
-    arch: Literal["mlp", "convnet"] = "mlp"
+    arch: Literal["mlp", "convnet", "module"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [300], min_length=1,
                                                                 max_length=16)
     activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
     # Initial weights: "normal" draws N(0, 1) as the paper's MLP did; "fan_in" scales by 1/sqrt(fan_in).
     # None: normal for mlp, fan_in for convnet.
     init: Literal["normal", "fan_in"] | None = None
+    # arch module: "package.module:function" returning a torch.nn.Module, called with `kwargs` (workers/module_model.py)
+    factory: Factory | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # What the trials perturb (and L2 decays): weights, every parameter of 2 or more dimensions; all, every one.
+    perturb: Literal["weights", "all"] = "weights"
+
+    @model_validator(mode="after")
+    def _factory_only_for_module(self) -> ModelConfig:
+        if (self.factory is None) == (self.arch == "module"):
+            raise ValueError("model.factory: set it for arch 'module' (\"package.module:function\"), and only then")
+        if self.arch != "module" and (self.kwargs or self.perturb != "weights"):
+            raise ValueError("model.kwargs, model.perturb: only for arch 'module'")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -59,6 +87,9 @@ class TrainConfig(_Strict):
     # Write checkpoint.npz every this-many rounds as well as at every epoch end; None: at epoch ends only.
     # A job restarted from a checkpoint recomputes the rounds after it, bitwise as they were (seeded rounds).
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
+    # cross_entropy: class labels (N) against logits (N, C), or (N, T) against (N, T, C), mean over T per example;
+    # mse: float targets of the output's shape, mean over an example's entries. Accuracy only for cross_entropy.
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
 
 
 class HybridConfig(_Strict):
@@ -83,6 +114,9 @@ class ClusterConfig(_Strict):
     cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1
     gpus_per_worker: Annotated[float, Field(ge=0, le=64)] = 0
     address: str | None = None  # Ray address; None starts or joins a local Ray
+    # Passed to Ray for the job's actors (coordinator and workers), e.g. {py_modules: [./mypkg]} or {working_dir: .}
+    # so that model.factory and data.factory import on every node; local paths are uploaded by the driver.
+    runtime_env: dict[str, Any] | None = None
 
 
 class JobConfig(_Strict):

@@ -40,6 +40,7 @@ from coordinator.outputs import (
     write_model,
     write_text,
 )
+from coordinator.own_model import make_model
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
 from workers.data import Dataset, load_dataset
 from workers.hybrid import (
@@ -51,7 +52,7 @@ from workers.hybrid import (
     require_finite,
     require_finite_parameters,
 )
-from workers.models import Model, build_model
+from workers.models import Model
 from workers.replica import Replica, Schedule
 
 log = logging.getLogger("hes.job")
@@ -91,8 +92,9 @@ def replica_checks(c: Counters) -> ReplicaChecks:
 
 
 def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
-    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed)
-    model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init, data.image_side)
+    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed, cfg.data.factory,
+                        cfg.data.kwargs, cfg.train.loss)
+    model = make_model(cfg, data)  # the paper's networks, or model.arch module (coordinator/own_model.py)
     if cfg.train.batch_size > len(data.x_train):
         raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(data.x_train)} training "
                          f"examples of {data.name}")
@@ -261,8 +263,8 @@ class Job:
                "bytes_total": b["total"], "improvements": c.improvements,
                "seconds": round(c.seconds["total"], 4)}
         self.history.append(row)
-        self.progress.latest.update(train_loss=train_loss, train_accuracy=train_acc, dev_loss=dev_loss,
-                                    dev_accuracy=dev_acc)
+        latest = {"train_loss": train_loss, "train_accuracy": train_acc, "dev_loss": dev_loss, "dev_accuracy": dev_acc}
+        self.progress.latest.update({k: v for k, v in latest.items() if v is not None})  # mse: no accuracy
         self._checkpoint()
         write_history(self.out / "history.csv", self.history)
         return row

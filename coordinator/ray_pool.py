@@ -40,6 +40,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.job import worker_k
+from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
 from workers.actor import SHARED, WorkerActor, WorkerSpec
 from workers.data import Dataset
@@ -158,10 +159,13 @@ class WorkerLost(RuntimeError):
 
 class RayPool:
     def __init__(self, specs: list[WorkerSpec], data: tuple, cpus: float, gpus: float,
-                 counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None) -> None:
+                 counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None,
+                 runtime_env: dict | None = None) -> None:
         """`gpus` GPUs for each of the first `gpu_workers` workers (all of them by default), none for the others:
-        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py)."""
+        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `runtime_env`: the job's
+        cluster.runtime_env, uploaded (coordinator/runtime_env.py)."""
         self.n_workers = len(specs)
+        self.runtime_env = runtime_env or {}
         self.specs, self.cpus, self.counters = specs, cpus, counters
         self.gpus = [gpus if gpu_workers is None or i < gpu_workers else 0.0 for i in range(len(specs))]
         self.settings = settings or PoolSettings.from_env()
@@ -226,7 +230,7 @@ class RayPool:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus[i], "scheduling_strategy": strategy,
                    "max_restarts": -1, "max_task_retries": 0,
-                   "runtime_env": {"env_vars": worker_env(self.specs[i].model.num_parameters)}}
+                   "runtime_env": with_env_vars(self.runtime_env, worker_env(self.specs[i].model.num_parameters))}
         return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
 
     overlaps = True  # the workers compute while the coordinator applies its own copy of the last decision
@@ -446,11 +450,13 @@ class RayPool:
 
 
 def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-             counters: Counters, gpu_workers: int | None = None) -> RayPool:
+             counters: Counters, gpu_workers: int | None = None, runtime_env: dict | None = None) -> RayPool:
     """The Job pool factory for cluster.workers >= 1. `gpu_workers`: only the first so many workers get
-    cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default."""
+    cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default. `runtime_env`: the job's
+    cluster.runtime_env uploaded already (the coordinator actor's); None uploads it from here."""
     n = cfg.cluster.workers
     specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker))) for i in range(n)]
     return RayPool(specs, (data.x_train, data.y_train), cfg.cluster.cpus_per_worker,
-                   cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers)
+                   cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
+                   runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))

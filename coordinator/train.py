@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -25,12 +26,29 @@ def _bar(total: int, initial: int, enabled: bool) -> tqdm:
                 dynamic_ncols=True)
 
 
+def add_local_paths(env: dict[str, Any] | None) -> None:
+    """In process (cluster.workers 0): make the local py_modules and working_dir importable here, as Ray makes
+    them on its nodes (a py_modules entry is the package's own folder, so its parent goes on the path)."""
+    env = env or {}
+    entries = [(str(m), True) for m in env.get("py_modules", [])]
+    if env.get("working_dir"):
+        entries.append((str(env["working_dir"]), False))
+    for path, is_package in entries:
+        p = Path(path)
+        if "://" in path or not p.exists():
+            continue
+        entry = str(p.resolve().parent if is_package else p.resolve())
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
 def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> JobResult:
     """Run the job to its end; Ctrl-C stops it cleanly (status STOPPED, checkpoint kept)."""
     if cfg.cluster.workers >= 1:
         return train_on_ray(cfg, out, resume, progress)
     # The in-process engine is one worker: it computes on as many threads as a worker would.
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_worker)))
+    add_local_paths(cfg.cluster.runtime_env)  # the job's own code, importable here as on Ray's nodes
     job = Job(cfg, out, resume=resume)
     bar = _bar(job.progress.total_rounds, job.state.version, progress)
 

@@ -3,7 +3,7 @@
     hes report runs/r2                          # a job folder; writes runs/r2/report/*.png
     hes report 3f9c0e2a --server http://10.0.0.5:8000 --out plots   # a job of `hes serve` ($HES_API_TOKEN)
 
-Four figures:
+Four figures (three for a job without an accuracy, train.loss mse):
     loss.png              train and dev loss per epoch (the paper's Fig. 9)
     accuracy.png          train and dev accuracy per epoch (the paper's Fig. 10)
     bytes_per_round.png   payload bytes per round of each kind, per epoch (log scale)
@@ -92,23 +92,30 @@ def _figure(title: str, ylabel: str, xlabel: str = "epoch") -> tuple[Figure, Any
     return fig, ax
 
 
-def plot_history(rows: Sequence[Row], title: str) -> dict[str, Figure]:
-    """The four report figures, by file stem; each curve is one Line2D labelled as in its legend."""
+def loss_label(config: Mapping[str, Any]) -> str:
+    """The y label of the loss plot: the job's train.loss."""
+    return {"mse": "mean squared error"}.get(config.get("train", {}).get("loss", ""), "cross-entropy loss")
+
+
+def plot_history(rows: Sequence[Row], title: str, loss: str = "cross-entropy loss") -> dict[str, Figure]:
+    """The report figures, by file stem; each curve is one Line2D labelled as in its legend. A job without an
+    accuracy (train.loss mse) gets no accuracy figure."""
     epochs = [r["epoch"] for r in rows]
     figs: dict[str, Figure] = {}
 
-    fig, ax = _figure(f"Loss - {title}", "cross-entropy loss")
+    fig, ax = _figure(f"Loss - {title}", loss)
     ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
     ax.plot(epochs, [r["dev_loss"] for r in rows], marker="o", ms=3, label="dev")
     ax.legend()
     figs["loss"] = fig
 
-    fig, ax = _figure(f"Accuracy - {title}", "accuracy")
-    ax.plot(epochs, [r["train_accuracy"] for r in rows], marker="o", ms=3, label="train")
-    ax.plot(epochs, [r["dev_accuracy"] for r in rows], marker="o", ms=3, label="dev")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.legend()
-    figs["accuracy"] = fig
+    if not all(math.isnan(r["train_accuracy"]) and math.isnan(r["dev_accuracy"]) for r in rows):
+        fig, ax = _figure(f"Accuracy - {title}", "accuracy")
+        ax.plot(epochs, [r["train_accuracy"] for r in rows], marker="o", ms=3, label="train")
+        ax.plot(epochs, [r["dev_accuracy"] for r in rows], marker="o", ms=3, label="dev")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.legend()
+        figs["accuracy"] = fig
 
     # Nothing moved: an in-process job (cluster.workers: 0) sends no messages.
     moved = rows[-1]["bytes_total"] > 0
@@ -153,14 +160,16 @@ def write_report(figs: Mapping[str, Figure], out: Path) -> list[Path]:
     return paths
 
 
-def load(target: str, server: str | None) -> tuple[list[Row], str, Path]:
-    """Rows, title and default output folder of a job folder (or history.csv), else of a job id on a server."""
+def load(target: str, server: str | None) -> tuple[list[Row], str, Path, str]:
+    """Rows, title, default output folder and loss label of a job folder (or history.csv), else of a job id on
+    a server."""
     path = Path(target)
     if path.exists() or "/" in target:  # job ids have no slash; a path that does not exist fails here
         folder = path if path.is_dir() else path.parent
         config_file = folder / "config.json"
-        title = describe(json.loads(config_file.read_text())) if config_file.is_file() else folder.name
-        return read_history(path), title, folder / "report"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        title = describe(config) if config else folder.name
+        return read_history(path), title, folder / "report", loss_label(config)
     from service.client import Client
 
     client = Client(server)
@@ -169,7 +178,7 @@ def load(target: str, server: str | None) -> tuple[list[Row], str, Path]:
         rows = rows_from(client.request("GET", f"/v1/jobs/{target}/history").json()["rows"], f"job {target}")
     finally:
         client.close()
-    return rows, describe(job.get("config") or {}), Path(f"report-{target}")
+    return rows, describe(job.get("config") or {}), Path(f"report-{target}"), loss_label(job.get("config") or {})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,10 +186,10 @@ def run(args: argparse.Namespace) -> int:
     from service.client import ServiceError
 
     try:
-        rows, title, default_out = load(args.target, args.server)
+        rows, title, default_out, loss = load(args.target, args.server)
     except (OSError, ValueError, KeyError, ServiceError) as err:
         print(f"hes report: {err}", file=sys.stderr)
         return 2
-    for path in write_report(plot_history(rows, title), Path(args.out) if args.out else default_out):
+    for path in write_report(plot_history(rows, title, loss), Path(args.out) if args.out else default_out):
         print(path)
     return 0

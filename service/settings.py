@@ -2,6 +2,7 @@
 
     HES_HOST=127.0.0.1 HES_PORT=8000 HES_STATE_DIR=~/.hes HES_API_TOKEN=... hes serve
     HES_ALLOWED_DATA_ROOTS=/data/mnist:/srv/data    (os.pathsep-separated, or a JSON list)
+    HES_ALLOWED_FACTORIES=examples,mylab.models     (module prefixes a job's model.factory / data.factory may name)
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     # A job whose coordinator dies (actor killed, node lost, service restarted) is restarted from its latest
     # checkpoint up to this many times, then FAILED.
     job_max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3
+    # model.factory and data.factory must name a module inside one of these packages (comma-separated module
+    # prefixes); the name is checked before anything is imported. Default: the examples shipped with the project.
+    allowed_factories: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples"])
 
     @field_validator("allowed_data_roots", mode="before")
     @classmethod
@@ -61,6 +65,13 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("allowed_factories", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("api_token")

@@ -16,9 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from coordinator.config import JobConfig
+from coordinator.own_model import OWN_DATA, make_model
 from service.settings import Settings
-from workers.data import DataError, default_mnist_dir, describe_dataset, idx_candidates
+from workers.data import (
+    NUM_CLASSES,
+    DataError,
+    DataFacts,
+    Dataset,
+    default_mnist_dir,
+    describe_dataset,
+    idx_candidates,
+    load_dataset,
+)
+from workers.factories import factory_allowed
 from workers.models import build_model
 from workers.replica import Schedule
 
@@ -74,8 +87,23 @@ def check_limits(cfg: JobConfig, settings: Settings) -> None:
                       "(HES_RAY_ADDRESS); leave it null")
 
 
+def check_factories(cfg: JobConfig, settings: Settings) -> None:
+    """A REST job runs only code the operator allowed: model.factory and data.factory inside
+    HES_ALLOWED_FACTORIES, judged by the name alone (nothing is imported here), and no code of its own
+    (cluster.runtime_env would ship and run it)."""
+    allowed = settings.allowed_factories
+    for field, name in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory)):
+        if name is not None and not factory_allowed(name, allowed):
+            raise Refused(f"{field}: {name[:200]!r} is outside the factories this service runs "
+                          f"({', '.join(allowed) or 'none'}; HES_ALLOWED_FACTORIES)")
+    if cfg.cluster.runtime_env is not None:
+        raise Refused("cluster.runtime_env: the service runs no code sent with a job; install the package on "
+                      "every Ray node and list it in HES_ALLOWED_FACTORIES")
+
+
 def resolve_data_path(cfg: JobConfig, settings: Settings) -> JobConfig:
-    """The config with data.path made absolute, if it lies inside an allowed root and is a folder.
+    """The config with data.path made absolute, if it lies inside an allowed root and is a folder (a file for
+    dataset npz).
 
     MNIST without a path reads the service's $HES_MNIST_DIR; it is written into the config so the job
     does not depend on the environment of the Ray node its coordinator lands on."""
@@ -89,15 +117,17 @@ def resolve_data_path(cfg: JobConfig, settings: Settings) -> JobConfig:
     try:
         resolved = (given if given.is_absolute() else roots[0] / given).resolve()
         inside = any(resolved.is_relative_to(root) for root in roots)
-        is_dir = inside and resolved.is_dir()
+        npz = cfg.data.dataset == "npz"
+        is_dir = inside and (resolved.is_file() if npz else resolved.is_dir())
     except (OSError, ValueError) as err:  # a NUL byte, a name too long for the file system
         raise Refused(f"data.path: {cfg.data.path[:200]!r} is not a usable path ({err})") from None
     if not inside:
         raise Refused(f"data.path: {cfg.data.path[:200]!r} lies outside the allowed data roots "
                       f"({', '.join(str(r) for r in roots)}; HES_ALLOWED_DATA_ROOTS)")
     if not is_dir:
-        raise Refused(f"data.path: {cfg.data.path[:200]!r} does not exist or is not a folder")
-    check_data_files(resolved, cfg.data.path, roots)
+        raise Refused(f"data.path: {cfg.data.path[:200]!r} does not exist or is not a {'file' if npz else 'folder'}")
+    if not npz:
+        check_data_files(resolved, cfg.data.path, roots)
     data = cfg.data.model_copy(update={"path": str(resolved)})
     return cfg.model_copy(update={"data": data})
 
@@ -123,9 +153,17 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
     images) and the model's layout; the job's total number of rounds."""
     d, t = cfg.data, cfg.train
     try:
-        facts = describe_dataset(d.dataset, d.path, d.dev_size, cfg.seed)
-        model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init,
-                            facts.image_side)
+        if d.dataset in OWN_DATA:  # an allowed factory's code runs here
+            data = load_dataset(d.dataset, d.path, d.dev_size, cfg.seed, d.factory, d.kwargs, t.loss)
+            model = make_model(cfg, data)
+            facts = DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)
+        else:
+            facts = describe_dataset(d.dataset, d.path, d.dev_size, cfg.seed)
+            if cfg.model.arch == "module":  # checked on two blank images of the data set's size, not its files
+                model = make_model(cfg, _blank(facts))
+            else:
+                model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init,
+                                    facts.image_side)
     except DataError as err:
         msg = str(err)
         raise Refused(msg if _FIELD_PREFIX.match(msg) else f"data.path: {msg}") from None
@@ -136,7 +174,8 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
         raise Refused(f"train.batch_size: {t.batch_size} exceeds the {facts.n_train} training examples of "
                       f"{facts.name}")
     if model.num_parameters > settings.max_parameters:
-        raise Refused(f"model.hidden: the model would have {model.num_parameters:,} parameters, above this "
+        field = "model.factory" if cfg.model.arch == "module" else "model.hidden"
+        raise Refused(f"{field}: the model would have {model.num_parameters:,} parameters, above this "
                       f"service's limit of {settings.max_parameters:,} (HES_MAX_PARAMETERS)")
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, t.batch_size, facts.n_train, cfg.seed, t.shuffle)
     if schedule.rounds_per_epoch < 1:
@@ -146,6 +185,13 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
         raise Refused(f"train.epochs: {t.epochs} epochs of {schedule.rounds_per_epoch:,} rounds are {total:,} "
                       f"rounds, above this service's limit of {settings.max_total_rounds:,} (HES_MAX_TOTAL_ROUNDS)")
     return total
+
+
+def _blank(facts: DataFacts) -> Dataset:
+    """Two blank images shaped as the built-in data set's, labelled 0 and 9: what a module must take and tell apart."""
+    x = np.zeros((2, 1, facts.image_side, facts.image_side), dtype=np.float32)
+    y = np.array([0, NUM_CLASSES - 1], dtype=np.int64)
+    return Dataset(facts.name, x, y, x, y, x, y)
 
 
 def needs(cfg: JobConfig) -> dict[str, float]:
@@ -171,6 +217,7 @@ def admit(cfg: JobConfig, settings: Settings, cluster: dict[str, Any],
 
     The checks that read no data come first; the data's headers are read holding one of the gate's slots
     (Busy when none comes free in time)."""
+    check_factories(cfg, settings)  # first: before anything could import a factory
     check_limits(cfg, settings)
     check_capacity(cfg, cluster)
     cfg = resolve_data_path(cfg, settings)

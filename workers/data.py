@@ -1,7 +1,8 @@
 """Data sets for the numerical core: MNIST from IDX files, scikit-learn's digits, a synthetic set.
 
 All loaders return a `Dataset` of float32 images shaped (n, 1, side, side), standardised with the
-training mean and std (one scalar each, as the paper's code did), and int64 labels.
+training mean and std (one scalar each, as the paper's code did), and int64 labels. A job's own arrays
+(data.dataset npz or factory, workers/user_data.py) come as they are: any input shape, labels or float targets.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -303,8 +305,16 @@ def _mnist_folder(path: str | None) -> str:
     return folder
 
 
-def load_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int) -> Dataset:
-    """The data set a job config names (see coordinator/config.py DataConfig)."""
+def load_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int, factory: str | None = None,
+                 kwargs: dict[str, Any] | None = None, loss: str = "cross_entropy") -> Dataset:
+    """The data set a job config names (see coordinator/config.py DataConfig); npz and factory: a job's own
+    arrays (workers/user_data.py), their targets checked for `loss` (train.loss)."""
+    if dataset in ("npz", "factory"):
+        from workers.user_data import load_factory_data, load_npz
+
+        if dataset == "npz":
+            return load_npz(str(path), dev_size, seed, loss)
+        return load_factory_data(str(factory), kwargs or {}, dev_size, seed, loss)
     if dataset == "mnist":
         return load_mnist(_mnist_folder(path), dev_size if dev_size is not None else MNIST_DEV_SIZE, seed)
     if dataset == "digits":
@@ -324,7 +334,8 @@ class DataFacts:
     image_side: int
 
 
-def describe_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int) -> DataFacts:
+def describe_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int, factory: str | None = None,
+                     kwargs: dict[str, Any] | None = None, loss: str = "cross_entropy") -> DataFacts:
     """What load_dataset would give, without loading MNIST: its sizes come from inspect_mnist_folder.
     digits and synthetic are small and built in memory, so they are built and measured."""
     if dataset == "mnist":
@@ -332,5 +343,5 @@ def describe_dataset(dataset: str, path: str | None, dev_size: int | None, seed:
         dev = dev_size if dev_size is not None else MNIST_DEV_SIZE
         _check_dev_size("mnist", dev, info.n_train)
         return DataFacts("mnist", info.n_train - dev, dev, info.n_test, info.rows)
-    data = load_dataset(dataset, path, dev_size, seed)
+    data = load_dataset(dataset, path, dev_size, seed, factory, kwargs, loss)
     return DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)

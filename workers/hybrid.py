@@ -1,6 +1,6 @@
 """The Hybrid-ES update as pure functions over a frozen state (no Ray, no FastAPI).
 
-Units (see seed/NOTES.md): `grad` is the batch-MEAN gradient of the cross-entropy. The paper's code adds
+Units (see seed/NOTES.md): `grad` is the batch-MEAN gradient of the loss (`Model.loss`). The paper's code adds
 sigma * z to the batch-SUMMED weight gradient and multiplies by lr / B, so a trial is
     theta_k = descend(theta, grad) - lr * (sigma / B) * z_k        on the weights, biases untouched,
     descend(theta, g) = theta - lr * g - 2 * lr * l2 * theta       (the L2 term on the weights only).
@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from workers.models import Model
 from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
@@ -113,17 +112,18 @@ class Decision:
 
 def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor,
                             y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(summed cross-entropy, gradient of the summed cross-entropy) over a batch; grad (P,) float32."""
+    """(summed loss, gradient of the summed loss) over a batch (`model.loss`, cross-entropy unless
+    train.loss says otherwise); grad (P,) float32."""
     leaf = theta.detach().requires_grad_(True)
-    loss = F.cross_entropy(model.forward(leaf, x), y, reduction="sum")
+    loss = model.loss.total(model.forward(leaf, x), y)
     (grad,) = torch.autograd.grad(loss, leaf)
     return float(loss.detach()), grad
 
 
 @torch.no_grad()
 def batch_cost(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy of theta on a batch, rounded to float32 as it travels (4 bytes)."""
-    return _cost(model.forward(theta, x), y)
+    """Mean loss of theta on a batch, rounded to float32 as it travels (4 bytes)."""
+    return _cost(model, model.forward(theta, x), y)
 
 
 @torch.no_grad()
@@ -138,7 +138,7 @@ def descend(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tens
 
 def noise_spec(model: Model, family: str = "gaussian", rank: int = 1) -> NoiseSpec:
     """The NoiseSpec of config keys `hybrid.noise` and `hybrid.noise_rank` for `model`'s weight matrices."""
-    return NoiseSpec(family, rank, model.matrices)
+    return NoiseSpec(family, rank, model.matrices, model.gaussian_tensors if family == "lowrank" else ())
 
 
 def noise(seed: int, hyper: Hyper, device: torch.device) -> torch.Tensor:
@@ -211,8 +211,8 @@ def _trial_weights(z: torch.Tensor, theta: torch.Tensor, grad: torch.Tensor, hyp
     return z
 
 
-def _cost(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float(np.float32(F.cross_entropy(logits, y).item()))
+def _cost(model: Model, logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float(np.float32(model.loss.mean(logits, y).item()))
 
 
 def _gaussian_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds: list[int], x: torch.Tensor,
@@ -220,11 +220,11 @@ def _gaussian_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds
     """(the unperturbed step's cost, each trial's cost), one trial at a time in one buffer besides theta and grad."""
     biases = _step_biases(theta, grad, hyper)
     weights = _trial_weights(torch.zeros_like(theta[:hyper.num_weights]), theta, grad, hyper)  # step - 0 = step
-    reference_cost = _cost(model.forward_parts(weights, biases, x), y)
+    reference_cost = _cost(model, model.forward_parts(weights, biases, x), y)
     costs: list[float] = []
     for seed in seeds:
         perturbation_on(seed, hyper.num_weights, theta.device, out=weights)  # the last trial's buffer, reused
-        costs.append(_cost(model.forward_parts(_trial_weights(weights, theta, grad, hyper), biases, x), y))
+        costs.append(_cost(model, model.forward_parts(_trial_weights(weights, theta, grad, hyper), biases, x), y))
     return reference_cost, costs
 
 
@@ -247,8 +247,7 @@ def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds:
         b = torch.stack([torch.zeros(cols, spec.rank), *(f[i][1] for f in drawn)]).to(theta.device)
         factors.append((a, b))
     logits = model.forward_trials(descend(theta, grad, hyper), x, factors, hyper.shift_scale / math.sqrt(spec.rank))
-    t, n, classes = logits.shape
-    losses = F.cross_entropy(logits.reshape(t * n, classes), y.repeat(t), reduction="none").view(t, n).mean(1)
+    losses = model.loss.trial_means(logits, y)
     costs = [float(c) for c in losses.cpu().numpy().astype(np.float32)]
     return costs[0], costs[1:]
 
@@ -297,15 +296,17 @@ def local_step(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tens
 
 @torch.no_grad()
 def evaluate(model: Model, theta: torch.Tensor, x: np.ndarray, y: np.ndarray,
-             chunk: int = 5000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy as a fraction) over a whole split, in chunks."""
+             chunk: int = 5000) -> tuple[float, float | None]:
+    """(mean loss, accuracy as a fraction) over a whole split, in chunks; accuracy None for a regression
+    (train.loss mse), over every position for sequences."""
     if len(x) == 0:
-        return float("nan"), float("nan")
-    total_loss, correct = 0.0, 0
+        return float("nan"), float("nan") if model.loss.classification else None
+    total_loss, correct, labels = 0.0, 0, 0
     for at in range(0, len(x), chunk):
         xb = torch.from_numpy(x[at:at + chunk]).to(theta.device)
         yb = torch.from_numpy(y[at:at + chunk]).to(theta.device)
         logits = model.forward(theta, xb)
-        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    return total_loss / len(x), correct / len(x)
+        total_loss += float(model.loss.total(logits, yb))
+        right, count = model.loss.correct(logits, yb)
+        correct, labels = correct + right, labels + count
+    return total_loss / len(x), correct / labels if model.loss.classification else None

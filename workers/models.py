@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.losses import CROSS_ENTROPY, Loss
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
 }
@@ -45,6 +47,7 @@ class Model:
     biases: tuple[Tensor, ...]
     activation: str
     init: str  # "normal" (N(0,1), the paper's MLP) or "fan_in" (N(0, 1/fan_in))
+    loss: Loss = CROSS_ENTROPY  # config train.loss (workers/losses.py)
 
     @property
     def num_weights(self) -> int:
@@ -66,6 +69,12 @@ class Model:
     def matrices(self) -> tuple[tuple[int, int], ...]:
         """Every weight tensor as a matrix (rows, cols): a conv kernel (out, in, kh, kw) is out x in*kh*kw."""
         return tuple((t.shape[0], math.prod(t.shape[1:])) for t in self.weights)
+
+    @property
+    def gaussian_tensors(self) -> tuple[int, ...]:
+        """Indices of the weight tensors that lowrank trials perturb with Gaussian noise (not a Linear or conv
+        weight: an embedding, a norm's gain); none in the paper's networks."""
+        return ()
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of theta, one per named tensor (no copies)."""

@@ -47,11 +47,14 @@ class NoiseSpec:
     lowrank: per weight tensor, seen as a matrix (rows = its first dimension, a conv kernel's out channels;
     cols = the rest, in * kh * kw), E = A B^T / sqrt(rank) with A (rows x rank) and B (cols x rank) N(0, 1), so
     every entry of E has unit variance, as in the Gaussian case. `matrices` lists (rows, cols) in the flat
-    vector's order.
+    vector's order. `gaussian` lists the matrices that a lowrank trial perturbs with plain N(0, 1) noise instead
+    (a module's tensors that are no Linear or conv weight: workers/module_model.py); their rows * cols numbers
+    take their place in the stream.
     """
     family: str = "gaussian"  # gaussian | lowrank
     rank: int = 1
     matrices: tuple[tuple[int, int], ...] = ()
+    gaussian: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in ("gaussian", "lowrank"):
@@ -64,7 +67,8 @@ class NoiseSpec:
     @property
     def draws(self) -> int:
         """Normal numbers one lowrank trial draws: (rows + cols) * rank per weight matrix."""
-        return sum((rows + cols) * self.rank for rows, cols in self.matrices)
+        return sum(rows * cols if i in self.gaussian else (rows + cols) * self.rank
+                   for i, (rows, cols) in enumerate(self.matrices))
 
 
 Factors = list[tuple[torch.Tensor, torch.Tensor]]  # per weight matrix: A (rows, rank), B (cols, rank)
@@ -76,9 +80,21 @@ def lowrank_factors(seed: int, spec: NoiseSpec) -> Factors:
     Order of the stream: matrix by matrix in the flat vector's order; within a matrix A (rows x rank,
     row-major), then B (cols x rank, row-major). Whatever generator `perturbation` uses, lowrank follows it.
     """
+    if spec.gaussian:
+        raise ValueError("lowrank_factors: the spec has Gaussian tensors; lowrank_dense draws those")
+    return [(a, b) for a, b in _stream(seed, spec)]  # type: ignore[misc]
+
+
+def _stream(seed: int, spec: NoiseSpec) -> list[tuple[torch.Tensor, torch.Tensor] | torch.Tensor]:
+    """Per matrix in order: its factors (A, B), or for a Gaussian one its rows * cols numbers, from ONE stream."""
     z = torch.as_tensor(perturbation(seed, spec.draws)).cpu()
-    out, at = [], 0
-    for rows, cols in spec.matrices:
+    out: list[tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = []
+    at = 0
+    for i, (rows, cols) in enumerate(spec.matrices):
+        if i in spec.gaussian:
+            out.append(z[at:at + rows * cols])
+            at += rows * cols
+            continue
         a = z[at:at + rows * spec.rank].view(rows, spec.rank)
         at += rows * spec.rank
         b = z[at:at + cols * spec.rank].view(cols, spec.rank)
@@ -94,7 +110,11 @@ def lowrank_dense(seed: int, spec: NoiseSpec) -> torch.Tensor:
     product, so every replica on every machine gets the same bits (a BLAS may sum in any order)."""
     parts = []
     scale = 1.0 / math.sqrt(spec.rank)
-    for a, b in lowrank_factors(seed, spec):
+    for part in _stream(seed, spec):
+        if isinstance(part, torch.Tensor):
+            parts.append(part)
+            continue
+        a, b = part
         e = a[:, 0:1] * b[:, 0]
         for j in range(1, spec.rank):
             e += a[:, j:j + 1] * b[:, j]

@@ -1,6 +1,7 @@
 """Job config: every error names its field; overrides parse as YAML; every preset validates."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,24 @@ def test_yaml_scientific_notation_is_a_float(tmp_path: Path) -> None:
     assert load_config(str(f), ["train.l2=3e-5"]).train.l2 == 3e-5
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         load_config(str(f), ["train.epochs=1e1"])  # a float is no integer
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"model": {"arch": "module"}}, "model.factory: set it for arch 'module'"),
+    ({"model": {"factory": "examples.tabular:mlp"}}, "model.factory: set it for arch 'module'"),
+    ({"model": {"arch": "module", "factory": "examples.tabular"}}, "model.factory: String should match pattern"),
+    ({"model": {"arch": "module", "factory": "a:b", "perturb": "some"}}, "model.perturb"),
+    ({"model": {"kwargs": {"hidden": 3}}}, "model.kwargs, model.perturb: only for arch 'module'"),
+    ({"data": {"dataset": "npz"}}, "data.path: dataset 'npz' needs the path"),
+    ({"data": {"dataset": "factory"}}, "data.factory: set it for dataset 'factory'"),
+    ({"data": {"dataset": "digits", "kwargs": {"n": 1}}}, "data.kwargs: only passed to a data.factory"),
+    ({"train": {"loss": "hinge"}}, "train.loss"),
+    ({"cluster": {"runtime_env": ["x"]}}, "cluster.runtime_env"),
+])
+def test_own_model_keys_name_the_field(raw: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        validate_config(raw)
+    own = validate_config({"data": {"dataset": "npz", "path": "x.npz"}, "train": {"loss": "mse"},
+                           "model": {"arch": "module", "factory": "pkg.mod:net", "kwargs": {"d": 8}, "perturb": "all"},
+                           "cluster": {"runtime_env": {"py_modules": ["./pkg"]}}})
+    assert own.model.kwargs == {"d": 8} and own.cluster.runtime_env == {"py_modules": ["./pkg"]}
