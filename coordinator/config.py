@@ -28,11 +28,21 @@ class DataConfig(_Strict):
     path: str | None = None
     # Held out from the training images as dev. None: 10,000 for mnist (the paper), 20% otherwise.
     dev_size: Annotated[int, Field(ge=1)] | None = None
+    # How the training set is placed on the workers. iid: every round's minibatch is split among the workers.
+    # dirichlet: each worker slot owns a fixed partition whose label proportions come from Dirichlet(alpha)
+    # (seeded by the job seed) and takes its share of every round's examples from it (workers/partition.py).
+    split: Literal["iid", "dirichlet"] = "iid"
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0  # dirichlet only: lower is more skewed
+    # Keep only these labels in train, dev and test (their values unchanged; the model keeps its 10 outputs).
+    # None: every class.
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(default=None, min_length=1, max_length=10)
 
     @model_validator(mode="after")
     def _path_only_for_mnist(self) -> DataConfig:
         if self.path is not None and self.dataset != "mnist":
             raise ValueError(f"data.path is only read for dataset 'mnist', not {self.dataset!r}")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.classes: {self.classes} names a label twice")
         return self
 
 
@@ -44,6 +54,12 @@ class ModelConfig(_Strict):
     # Initial weights: "normal" draws N(0, 1) as the paper's MLP did; "fan_in" scales by 1/sqrt(fan_in).
     # None: normal for mlp, fan_in for convnet.
     init: Literal["normal", "fan_in"] | None = None
+    # A finished job's output folder: start from its model.safetensors instead of the seed's parameters (the
+    # architecture must match, tensor by tensor). None: the seed's initial parameters.
+    init_from: Annotated[str, Field(min_length=1)] | None = None
+    # all: every parameter trains. last: only the last layer's weights and biases change; every update of every
+    # mode (full, stochastic, localsgd) and every trial's perturbation leaves the others bitwise as they were.
+    trainable: Literal["all", "last"] = "all"
 
 
 class TrainConfig(_Strict):
@@ -76,6 +92,10 @@ class HybridConfig(_Strict):
     # matrix E = A B^T / sqrt(noise_rank), A and B N(0, 1), so every entry has unit variance; workers/noise.py).
     noise: Literal["gaussian", "lowrank"] = "gaussian"
     noise_rank: Annotated[int, Field(ge=1, le=4096)] = 1  # rank of lowrank perturbations
+    # One more backprop per stochastic round, in the coordinator: the cosine between the applied step and the
+    # minibatch's true descent direction, and the share of trials that beat the unperturbed step, as per-epoch
+    # history columns diag_cosine and diag_beat_share. Off: nothing is computed.
+    diagnostics: bool = False
 
 
 class ClusterConfig(_Strict):
@@ -83,6 +103,18 @@ class ClusterConfig(_Strict):
     cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1
     gpus_per_worker: Annotated[float, Field(ge=0, le=64)] = 0
     address: str | None = None  # Ray address; None starts or joins a local Ray
+    # ray: each worker is a Ray actor. local: the `workers` replicas run in this process one after another, each
+    # applying every decision itself as an actor does, so the job ends bitwise equal to the Ray job of the same
+    # config, with the same payload bytes counted (coordinator/pool.py ReplicaPool).
+    backend: Literal["ray", "local"] = "ray"
+
+    @model_validator(mode="after")
+    def _local_backend(self) -> ClusterConfig:
+        if self.backend == "local" and self.gpus_per_worker:
+            raise ValueError("cluster.gpus_per_worker: the local backend computes on this process's CPU")
+        if self.backend == "local" and self.address is not None:
+            raise ValueError("cluster.address: the local backend runs no Ray; leave the address unset")
+        return self
 
 
 class JobConfig(_Strict):

@@ -9,10 +9,11 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from coordinator.accounting import Counters
@@ -41,7 +42,7 @@ from coordinator.outputs import (
     write_text,
 )
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
-from workers.data import Dataset, load_dataset
+from workers.data import Dataset, keep_classes, load_dataset
 from workers.hybrid import (
     Diverged,
     HybridState,
@@ -52,6 +53,7 @@ from workers.hybrid import (
     require_finite_parameters,
 )
 from workers.models import Model, build_model
+from workers.partition import dirichlet_partition
 from workers.replica import Replica, Schedule
 
 log = logging.getLogger("hes.job")
@@ -92,6 +94,8 @@ def replica_checks(c: Counters) -> ReplicaChecks:
 
 def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed)
+    if cfg.data.classes is not None:
+        data = keep_classes(data, cfg.data.classes)
     model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init, data.image_side)
     if cfg.train.batch_size > len(data.x_train):
         raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(data.x_train)} training "
@@ -101,9 +105,69 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
                          f"{cfg.train.batch_size} examples (train.batch_size)")
     hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights,
                   noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank))
+    hyper = replace(hyper, frozen=frozen_prefix(model, cfg.model.trainable))
+    part_sizes = tuple(len(p) for p in partitions(cfg, data)) if cfg.data.split == "dirichlet" else ()
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
-                        cfg.train.shuffle)
+                        cfg.train.shuffle, cfg.data.split, part_sizes)
     return data, model, hyper, schedule
+
+
+def partitions(cfg: JobConfig, data: Dataset) -> tuple[np.ndarray, ...]:
+    """data.split dirichlet: the training-set indices each worker slot owns (one slot in process, workers: 0)."""
+    return dirichlet_partition(data.y_train, max(1, cfg.cluster.workers), cfg.data.alpha, cfg.seed)
+
+
+def worker_data(cfg: JobConfig, data: Dataset, parts: tuple[np.ndarray, ...] | None,
+                worker: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training arrays worker slot `worker` holds: the whole set (iid), or its partition's (dirichlet)."""
+    if parts is None:
+        return data.x_train, data.y_train
+    return data.x_train[parts[worker]], data.y_train[parts[worker]]
+
+
+def frozen_prefix(model: Model, trainable: str) -> tuple[int, int]:
+    """(leading weights, leading biases) that no update may change: all but the last layer's for `last`."""
+    if trainable == "all":
+        return 0, 0
+    last_w, last_b = math.prod(model.weights[-1].shape), math.prod(model.biases[-1].shape)
+    return model.num_weights - last_w, model.num_parameters - model.num_weights - last_b
+
+
+def initial_theta(cfg: JobConfig, model: Model) -> np.ndarray:
+    """The job's parameters at round 0: the seed's, or those of the finished job in model.init_from."""
+    if cfg.model.init_from is None:
+        return model.initial_parameters(cfg.seed)
+    return load_model_parameters(Path(cfg.model.init_from), model)
+
+
+def load_model_parameters(folder: Path, model: Model) -> np.ndarray:
+    """The flat parameters of folder/model.safetensors, checked tensor by tensor against `model`."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not folder.is_dir():
+        raise ValueError(f"model.init_from: {str(folder)[:200]!r} is not a folder (a finished job's output folder)")
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"model.init_from: {str(folder)[:200]!r} holds no model.safetensors (did the job finish?)")
+    try:
+        named = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"model.init_from: {path} cannot be read: {err}") from None
+    expected = (*model.weights, *model.biases)
+    missing = [t.name for t in expected if t.name not in named]
+    extra = sorted(set(named) - {t.name for t in expected})
+    if missing or extra:
+        raise ValueError(f"model.init_from: {path} does not fit this model: tensors missing {missing}, "
+                         f"unexpected {extra}")
+    parts = []
+    for t in expected:
+        a = named[t.name]
+        if tuple(a.shape) != t.shape:
+            raise ValueError(f"model.init_from: {path}: tensor {t.name} has shape {tuple(a.shape)}, this model's "
+                             f"is {t.shape} ({math.prod(a.shape)} vs {math.prod(t.shape)} parameters)")
+        parts.append(np.asarray(a, dtype=np.float32).reshape(-1))
+    return np.concatenate(parts)
 
 
 def divergence_hint(cfg: JobConfig) -> str:
@@ -164,7 +228,7 @@ class Job:
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
-        theta0, grad0, version = self.model.initial_parameters(cfg.seed), None, 0
+        theta0, grad0, version = initial_theta(cfg, self.model), None, 0
         if resume:
             theta0, grad0, meta = load_checkpoint(self.out)
             version = int(meta["version"])
@@ -300,9 +364,28 @@ class Job:
 
 def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
                counters: Counters) -> Pool:
-    from coordinator.pool import LocalPool
+    """The in-process pool: one replica sharing the coordinator's state (workers: 0), or, with cluster.backend
+    local, the N replicas of a Ray job run here one after another (coordinator/pool.py ReplicaPool)."""
+    from coordinator.pool import LocalPool, ReplicaPool
 
-    replica = Replica(model, data.x_train, data.y_train, hyper, schedule, cfg.seed, worker_k(cfg),
-                      cfg.hybrid.combine, 0, 1)
-    replica.start(model.initial_parameters(cfg.seed))
-    return LocalPool(replica, shares_state=cfg.hybrid.mode != "localsgd")
+    parts = partitions(cfg, data) if cfg.data.split == "dirichlet" else None
+    if cfg.cluster.backend == "local" and cfg.cluster.workers >= 1:
+        n = cfg.cluster.workers
+        # what a Ray job puts in the object store for its workers (coordinator/ray_pool.py), counted the same
+        counters.dataset_bytes = sum(a.nbytes for i in range(n) for a in worker_data(cfg, data, parts, i))
+        return ReplicaPool([make_replica(cfg, data, model, hyper, schedule, parts, i) for i in range(n)],
+                           threads=max(1, int(cfg.cluster.cpus_per_worker)))
+    return LocalPool(make_replica(cfg, data, model, hyper, schedule, parts, 0),
+                     shares_state=cfg.hybrid.mode != "localsgd")
+
+
+def make_replica(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
+                 parts: tuple[np.ndarray, ...] | None, worker: int) -> Replica:
+    """Worker `worker`'s replica as a worker actor makes it: its data, at version 0 from the seed's parameters
+    (with model.init_from it has none yet: its first round asks for a sync, counted as sync bytes)."""
+    x, y = worker_data(cfg, data, parts, worker)
+    replica = Replica(model, x, y, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, worker,
+                      max(1, cfg.cluster.workers))
+    if cfg.model.init_from is None:
+        replica.start(model.initial_parameters(cfg.seed))
+    return replica
