@@ -1,7 +1,7 @@
 """`hes train`: run one job to the end with a progress bar; in this process or on Ray.
 
-cluster.workers == 0 (or cluster.backend: local) runs the Job here; >= 1 starts (or joins) Ray, creates the coordinator actor and
-its worker actors, and follows the actor's progress.
+cluster.workers == 0 (or cluster.backend: local) runs the Job here; >= 1 starts (or joins) Ray, creates the
+coordinator actor and its worker actors, and follows the actor's progress.
 """
 from __future__ import annotations
 
