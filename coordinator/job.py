@@ -33,6 +33,7 @@ from coordinator.documents import (
     restarts_note,
 )
 from coordinator.outputs import (
+    DIAGNOSTIC_COLUMNS,
     OutputError,
     load_checkpoint,
     save_checkpoint,
@@ -47,11 +48,14 @@ from workers.hybrid import (
     Diverged,
     HybridState,
     Hyper,
+    batch_loss_and_grad_sum,
     evaluate,
+    keep_frozen,
     noise_spec,
     require_finite,
     require_finite_parameters,
 )
+from workers.messages import RoundKind
 from workers.models import Model, build_model
 from workers.partition import dirichlet_partition
 from workers.replica import Replica, Schedule
@@ -241,6 +245,8 @@ class Job:
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
         self.stop_requested = False
+        self._diag: dict[str, list[float]] = {c: [] for c in DIAGNOSTIC_COLUMNS}  # this epoch's stochastic rounds
+        self._parts = partitions(cfg, self.data) if cfg.data.split == "dirichlet" else None
 
     @property
     def state(self) -> HybridState:
@@ -279,8 +285,12 @@ class Job:
             for t in range(self.state.version, p.total_rounds):
                 if self.stop_requested:
                     break
+                diagnose = self.cfg.hybrid.diagnostics and self.schedule.kind(t) == RoundKind.STOCHASTIC
+                before = self.state.theta.clone() if diagnose else None
                 event = loop.run_round(t)  # self.state is read only where needed: reading it applies the
                 p.round, p.epoch = t + 1, (t + 1) // rpe  # round's decision, which Ray rounds overlap
+                if before is not None:
+                    self._diagnose(t, before, event.improvements, pool.n_workers)
                 c.seconds["total"] = seconds_before + time.perf_counter() - started
                 if math.isfinite(event.loss):
                     p.latest["batch_loss"] = event.loss
@@ -324,12 +334,40 @@ class Job:
                "bytes_stochastic_down": b["stochastic"]["down"], "bytes_sync": b["sync"],
                "bytes_total": b["total"], "improvements": c.improvements,
                "seconds": round(c.seconds["total"], 4)}
+        if self.cfg.hybrid.diagnostics:  # means over the epoch's stochastic rounds; NaN when it had none
+            for c, values in self._diag.items():
+                row[c] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+                values.clear()
         self.history.append(row)
         self.progress.latest.update(train_loss=train_loss, train_accuracy=train_acc, dev_loss=dev_loss,
                                     dev_accuracy=dev_acc)
         self._checkpoint()
-        write_history(self.out / "history.csv", self.history)
+        write_history(self.out / "history.csv", self.history, self._history_extra)
         return row
+
+    @property
+    def _history_extra(self) -> list[str]:
+        return DIAGNOSTIC_COLUMNS if self.cfg.hybrid.diagnostics else []
+
+    def round_examples(self, t: int) -> np.ndarray:
+        """The training-set indices of round t's minibatch, every worker's share (dirichlet: from each partition)."""
+        if self._parts is None:
+            return self.schedule.batch(t)
+        return np.concatenate([part[self.schedule.own(t, w)] for w, part in enumerate(self._parts)])
+
+    def _diagnose(self, t: int, before: torch.Tensor, improvements: int, workers: int) -> None:
+        """hybrid.diagnostics, one stochastic round: one backprop on its minibatch at the parameters it started from.
+        cosine: between the step applied and the descent direction -g (the trainable part of g); beat share: the
+        round's trials that beat the unperturbed step (NaN when it ran none: stale)."""
+        idx = torch.tensor(self.round_examples(t))
+        x, y = torch.from_numpy(self.data.x_train)[idx], torch.from_numpy(self.data.y_train)[idx]
+        grad = batch_loss_and_grad_sum(self.model, before, x, y)[1] / len(idx)
+        grad = keep_frozen(grad, torch.zeros_like(grad), self.hyper)  # a frozen parameter cannot move
+        step = self.state.theta - before
+        norms = float(step.norm()) * float(grad.norm())
+        self._diag["diag_cosine"].append(float(-(step @ grad)) / norms if norms > 0 else math.nan)
+        trials = workers * worker_k(self.cfg)
+        self._diag["diag_beat_share"].append(improvements / trials if trials else math.nan)
 
     def _checkpoint(self) -> None:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
@@ -354,7 +392,7 @@ class Job:
             replica_checks=replica_checks(c), improvements=c.improvements,
             stale_results_dropped=c.stale_results_dropped, worker_failures=c.worker_failures, restarts=p.restarts)
         self._checkpoint()
-        write_history(self.out / "history.csv", self.history)
+        write_history(self.out / "history.csv", self.history, self._history_extra)
         named = {k: v.detach().cpu().numpy() for k, v in self.model.unflatten(theta).items()}
         write_model(self.out / "model.safetensors", named,
                     {"arch": self.model.arch, "activation": self.model.activation, "job": self.cfg.name})

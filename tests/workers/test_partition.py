@@ -98,3 +98,17 @@ def test_a_round_of_all_workers_takes_the_batch_size_from_their_partitions() -> 
     seen = np.concatenate([schedule.own(t, small) for t in range(schedule.rounds_per_epoch)])
     if len(seen) >= schedule.part_sizes[small]:
         assert set(seen.tolist()) == set(range(schedule.part_sizes[small]))
+
+
+def test_the_coordinator_knows_each_round_s_examples(tmp_path: object) -> None:
+    """hybrid.diagnostics scores a round on the examples its workers used: each slot's share of its partition."""
+    from coordinator.job import Job
+
+    c = validate_config(cfg("hybrid"))
+    job = Job(c, str(tmp_path))
+    parts = partitions(c, job.data)
+    for t in (0, 5):
+        idx = job.round_examples(t)
+        assert len(idx) == 90
+        for w in range(3):
+            assert set(parts[w][job.schedule.own(t, w)].tolist()) <= set(idx.tolist()) & set(parts[w].tolist())
