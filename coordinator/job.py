@@ -335,8 +335,8 @@ class Job:
                "bytes_total": b["total"], "improvements": c.improvements,
                "seconds": round(c.seconds["total"], 4)}
         if self.cfg.hybrid.diagnostics:  # means over the epoch's stochastic rounds; NaN when it had none
-            for c, values in self._diag.items():
-                row[c] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+            for column, values in self._diag.items():
+                row[column] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
                 values.clear()
         self.history.append(row)
         self.progress.latest.update(train_loss=train_loss, train_accuracy=train_acc, dev_loss=dev_loss,
