@@ -113,12 +113,27 @@ class Decision:
     array: np.ndarray | None = None
 
 
-def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor,
-                            y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(summed cross-entropy, gradient of the summed cross-entropy) over a batch; grad (P,) float32."""
-    leaf = theta.detach().requires_grad_(True)
-    loss = F.cross_entropy(model.forward(leaf, x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, leaf)
+def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                            frozen: tuple[int, int] = (0, 0)) -> tuple[float, torch.Tensor]:
+    """(summed cross-entropy, gradient of the summed cross-entropy) over a batch; grad (P,) float32.
+
+    With frozen parts (Hyper.frozen) only the trainable slices are leaves: the layers before them run without a
+    graph, so the backward keeps the last layer's input, not every layer's activations (a forward pass's memory
+    plus the last layer's), and the frozen entries of the gradient are zero."""
+    if frozen == (0, 0):
+        leaf = theta.detach().requires_grad_(True)
+        loss = F.cross_entropy(model.forward(leaf, x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return float(loss.detach()), grad
+    fw, fb = frozen
+    nw = model.num_weights
+    weights = theta[fw:nw].detach().requires_grad_(True)
+    biases = theta[nw + fb:].detach().requires_grad_(True)
+    whole = torch.cat([theta[:fw].detach(), weights, theta[nw:nw + fb].detach(), biases])
+    loss = F.cross_entropy(model.forward(whole, x), y, reduction="sum")
+    g_weights, g_biases = torch.autograd.grad(loss, [weights, biases])
+    grad = torch.zeros_like(theta)
+    grad[fw:nw], grad[nw + fb:] = g_weights, g_biases
     return float(loss.detach()), grad
 
 
@@ -328,7 +343,7 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
 def local_step(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                hyper: Hyper) -> tuple[float, torch.Tensor]:
     """One plain SGD step on a worker's own shard (localsgd); returns (summed loss, new theta)."""
-    loss_sum, grad_sum = batch_loss_and_grad_sum(model, theta, x, y)
+    loss_sum, grad_sum = batch_loss_and_grad_sum(model, theta, x, y, hyper.frozen)
     return loss_sum, descend(theta, grad_sum / len(x), hyper)
 
 

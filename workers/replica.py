@@ -183,7 +183,8 @@ class Replica:
                           beats_current=out.beats_current, digest=dig)
         idx = torch.tensor(self.shard(t), device=self.device)
         if task.kind == RoundKind.FULL:
-            loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx])
+            loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx],
+                                                         self.hyper.frozen)
             return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),
                           array=grad_sum.cpu().numpy(), digest=dig)
         loss_sum, theta = local_step(self.model, st.theta, self.x[idx], self.y[idx], self.hyper)

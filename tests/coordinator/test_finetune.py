@@ -91,3 +91,18 @@ def test_trainable_last_leaves_every_other_parameter_bitwise(tmp_path: Path, hyb
     assert not torch.equal(after[fw:nw], before[fw:nw])  # the last layer trained
     if hybrid["mode"] != "stale":
         assert not torch.equal(after[nw + fb:], before[nw + fb:])
+
+
+def test_a_frozen_backprop_computes_the_last_layer_s_gradient_only() -> None:
+    from workers.hybrid import batch_loss_and_grad_sum
+
+    data, model, hyper, _ = build_parts(validate_config(cfg(model={"trainable": "last"})))
+    theta = torch.from_numpy(model.initial_parameters(1))
+    x, y = torch.from_numpy(data.x_train[:50]), torch.from_numpy(data.y_train[:50])
+    loss_all, full = batch_loss_and_grad_sum(model, theta, x, y)
+    loss_last, last = batch_loss_and_grad_sum(model, theta, x, y, hyper.frozen)
+    fw, fb = hyper.frozen
+    nw = model.num_weights
+    assert loss_all == loss_last
+    assert not last[:fw].any() and not last[nw:nw + fb].any()
+    assert torch.allclose(last[fw:nw], full[fw:nw]) and torch.allclose(last[nw + fb:], full[nw + fb:])
