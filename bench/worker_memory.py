@@ -136,10 +136,10 @@ def run(ctx: Context) -> str:
         "- A stochastic round holds the forward passes of the whole minibatch (iid; its own share under dirichlet) "
         "and two parameter vectors (the trial's and the best so far); a full round the backward graph of its "
         "shard and the gradient. `trainable last` makes only the last layer's slices leaves of the backward, so "
-        "its rounds keep a forward pass's activations plus the last layer's; on this small MLP the activations of a "
-        "250-example shard are smaller than a parameter vector (0.29 MiB for the hidden layer against 0.91 MiB), and the "
-        "frozen backprop holds one vector more (the parameters with the trainable slices as leaves), so it does not "
-        "come out smaller here; it does where the activations dominate (large batches, deep or wide models).",
+        "its rounds keep a forward pass's activations plus the last layer's; on this small MLP the activations of "
+        "a 250-example shard are smaller than a parameter vector (0.29 MiB for the hidden layer against 0.91 MiB), "
+        "and the frozen backprop holds one vector more (the parameters with the trainable slices as leaves), so it "
+        "does not come out smaller here; it does where the activations dominate (large batches, deep or wide models).",
     ])
 
 

@@ -232,8 +232,10 @@ class Job:
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
-        theta0, grad0, version = initial_theta(cfg, self.model), None, 0
-        if resume:
+        grad0, version = None, 0
+        if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
+            theta0 = initial_theta(cfg, self.model)
+        else:
             theta0, grad0, meta = load_checkpoint(self.out)
             version = int(meta["version"])
             self.history = meta["history"]

@@ -62,3 +62,19 @@ def test_local_backend_from_a_finished_model_syncs_first(ray_cluster: object, tm
     assert r_local.bytes == r_ray.bytes
     p = r_local.num_parameters
     assert p is not None and r_local.bytes.sync >= 2 * 4 * p  # each worker got the starting parameters
+
+
+def test_hes_train_runs_the_local_backend_without_ray(tmp_path: Path) -> None:
+    import json
+
+    import ray
+
+    from service.cli import main
+
+    connected = ray.is_initialized()
+    assert main(["train", "--config", "digits-demo", "--set", "cluster.backend=local", "--set", "cluster.workers=3",
+                 "--set", "train.epochs=1", "--set", "model.hidden=[8]", "--out", str(tmp_path), "--quiet"]) == 0
+    assert ray.is_initialized() == connected  # no Ray started (nor left) for it
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["status"] == "SUCCEEDED" and doc["num_workers"] == 3
+    assert doc["bytes"]["stochastic"]["up"] == 3 * 21 * doc["rounds"]["stochastic"]  # 3 workers' seeds and costs
