@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, PercentFormatter
+from matplotlib.ticker import EngFormatter, NullFormatter, PercentFormatter
 
 from service.report import _figure, describe
 
@@ -116,6 +116,7 @@ def plot_overlay(jobs: Sequence[Series]) -> dict[str, Figure]:
                 ax.legend(fontsize=7)
                 if xname == "bytes":
                     ax.set_xscale("log")  # seed-only rounds send bytes, full rounds megabytes
+                    ax.xaxis.set_minor_formatter(NullFormatter())
             if xname == "bytes":
                 ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
             if metric == "accuracy":

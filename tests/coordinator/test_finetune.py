@@ -106,3 +106,19 @@ def test_a_frozen_backprop_computes_the_last_layer_s_gradient_only() -> None:
     assert loss_all == loss_last
     assert not last[:fw].any() and not last[nw:nw + fb].any()
     assert torch.allclose(last[fw:nw], full[fw:nw]) and torch.allclose(last[nw + fb:], full[nw + fb:])
+
+
+def test_the_new_keys_refuse_bad_values_naming_the_field() -> None:
+    bad = [({"data": {"split": "noniid"}}, "data.split"),
+           ({"data": {"split": "dirichlet", "alpha": 0.0}}, "data.alpha"),
+           ({"model": {"trainable": "first"}}, "model.trainable"), ({"model": {"init_from": ""}}, "model.init_from"),
+           ({"cluster": {"backend": "dask"}}, "cluster.backend"),
+           ({"cluster": {"backend": "local", "gpus_per_worker": 1}}, "cluster.gpus_per_worker"),
+           ({"cluster": {"backend": "local", "address": "ray://x:1"}}, "cluster.address"),
+           ({"hybrid": {"diagnostics": 1}}, "hybrid.diagnostics")]
+    for sections, field in bad:
+        with pytest.raises(ConfigError, match=field):
+            validate_config(cfg(**sections))
+    c = validate_config(cfg())
+    assert (c.data.split, c.data.classes, c.model.init_from, c.model.trainable, c.cluster.backend,
+            c.hybrid.diagnostics) == ("iid", None, None, "all", "ray", False)  # today's behaviour
