@@ -78,3 +78,41 @@ def test_hes_train_runs_the_local_backend_without_ray(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["status"] == "SUCCEEDED" and doc["num_workers"] == 3
     assert doc["bytes"]["stochastic"]["up"] == 3 * 21 * doc["rounds"]["stochastic"]  # 3 workers' seeds and costs
+
+
+def test_a_local_replica_that_differs_is_repaired_as_on_ray(tmp_path: Path) -> None:
+    """The replica check of the local backend: a replica whose parameters were damaged is found by its digest,
+    resynced (counted as sync) and its round rerun, and the job ends where an undamaged one does."""
+    from dataclasses import replace
+
+    raw = cfg("local", "hybrid")
+    clean = Job(validate_config(raw), tmp_path / "clean")
+    r_clean = clean.run()
+    damaged = Job(validate_config(raw), tmp_path / "damaged")
+
+    def damage(event, progress) -> None:  # type: ignore[no-untyped-def]
+        if event.round == 7:  # round 8 checks the replicas before any result depends on the damage
+            rep = damaged.pool.replicas[1]  # type: ignore[union-attr]
+            rep.state = replace(rep.state, theta=rep.state.theta + 1.0)
+            rep._best = None  # its own winning trial would replace the damaged parameters
+
+    r_damaged = damaged.run(on_round=damage)
+    assert r_damaged.replica_checks.mismatches == 1
+    assert np.array_equal(clean.state.theta.numpy(), damaged.state.theta.numpy())
+    assert r_damaged.bytes.sync > r_clean.bytes.sync + 4 * (r_clean.num_parameters or 0)
+
+
+def test_a_dirichlet_worker_keeps_its_own_share_when_others_leave() -> None:
+    """Slots are fixed: when the live workers change, a worker still takes its own partition's share; the missing
+    worker's share is skipped."""
+    from coordinator.job import build_parts, make_replica, partitions
+    from workers.hybrid import Decision, DecisionKind
+    from workers.messages import RoundKind, Sync, Task
+
+    c = validate_config(cfg("local", "backprop", "dirichlet"))
+    data, model, hyper, schedule = build_parts(c)
+    rep = make_replica(c, data, model, hyper, schedule, partitions(c, data), 1)
+    theta = model.initial_parameters(c.seed)
+    rep.sync(Sync(3, theta, None))
+    alone = rep.handle(Task(3, RoundKind.FULL, Decision(2, DecisionKind.NONE), members=(1,)))
+    assert alone.examples == 50 and np.array_equal(rep.shard(3), schedule.own(3, 1))
