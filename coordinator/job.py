@@ -415,17 +415,18 @@ def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedu
         counters.dataset_bytes = sum(a.nbytes for i in range(n) for a in worker_data(cfg, data, parts, i))
         return ReplicaPool([make_replica(cfg, data, model, hyper, schedule, parts, i) for i in range(n)],
                            threads=max(1, int(cfg.cluster.cpus_per_worker)))
-    return LocalPool(make_replica(cfg, data, model, hyper, schedule, parts, 0),
+    # one worker, the only one (whatever cluster.workers says when a caller runs a Ray config in process)
+    return LocalPool(make_replica(cfg, data, model, hyper, schedule, parts, 0, 1),
                      shares_state=cfg.hybrid.mode != "localsgd")
 
 
 def make_replica(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-                 parts: tuple[np.ndarray, ...] | None, worker: int) -> Replica:
+                 parts: tuple[np.ndarray, ...] | None, worker: int, n_workers: int | None = None) -> Replica:
     """Worker `worker`'s replica as a worker actor makes it: its data, at version 0 from the seed's parameters
     (with model.init_from it has none yet: its first round asks for a sync, counted as sync bytes)."""
     x, y = worker_data(cfg, data, parts, worker)
     replica = Replica(model, x, y, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, worker,
-                      max(1, cfg.cluster.workers))
+                      n_workers or max(1, cfg.cluster.workers))
     if cfg.model.init_from is None:
         replica.start(model.initial_parameters(cfg.seed))
     return replica
