@@ -7,7 +7,8 @@ three models), overhead (1 Ray worker vs in process), wire (Ray's framing captur
 (five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (1 to 32 tiny workers, about
 5 minutes), noise (the generator against NumPy's, a minute), gpu (`make gpu-check`; says so without a GPU),
 fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory; about 45
-minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes).
+minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes),
+worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute).
 With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ import speed
 import stability
 import torch
 import wire
+import worker_memory
 from common import PAPER_EPOCHS, Context, code_version, machine
 
 SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
@@ -52,6 +54,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "gpu": ("GPU check (`make gpu-check`)", gpu_check.run),
     "own-model": ("Your own model: the three examples/ jobs, backprop against H-ES and its controls (issue 14)",
                   own_model.run),
+    "worker-memory": ("Worker memory: the peak of one worker's round, per mode (issue 15)", worker_memory.run),
 }
 HEADER = """# BENCHMARKS
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.hybrid import Decision
+    from workers.messages import Task
 
 KINDS = ("full", "stochastic", "sync")
 
@@ -77,3 +81,25 @@ class Counters:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Counters:
         return cls(**d)
+
+
+def decision_label(d: Decision, fallback: str) -> str:
+    """The kind a task's decision is accounted to: an array (a gradient, parameters) to full, a seed to stochastic."""
+    from workers.hybrid import DecisionKind
+    from workers.messages import ARRAY_DECISIONS
+
+    if d.kind in ARRAY_DECISIONS:
+        return "full"
+    if d.kind == DecisionKind.NONE:
+        return fallback
+    return "stochastic"
+
+
+def count_task(rb: RoundBytes, task: Task, header: bytes, decision: bytes, label: str, workers: int = 1) -> None:
+    """`workers` workers' shares of a task, each the same: the header to the round's kind (its live-workers part
+    to sync), the decision to `label`. Every pool counts a task this way (Ray's and the local backend's)."""
+    from workers.messages import TASK_HEADER_BYTES
+
+    rb.add(task.kind.label, "down", workers * TASK_HEADER_BYTES)
+    rb.add("sync", "down", workers * (len(header) - TASK_HEADER_BYTES))
+    rb.add(label, "down", workers * len(decision))

@@ -37,6 +37,14 @@ class DataConfig(_Strict):
     # factory: "package.module:function" called with `kwargs`; it returns the arrays an .npz would hold.
     factory: Factory | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # How the training set is placed on the workers. iid: every round's minibatch is split among the workers.
+    # dirichlet: each worker slot owns a fixed partition whose label proportions come from Dirichlet(alpha)
+    # (seeded by the job seed) and takes its share of every round's examples from it (workers/partition.py).
+    split: Literal["iid", "dirichlet"] = "iid"
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0  # dirichlet only: lower is more skewed
+    # Keep only these labels in train, dev and test (their values unchanged; the model keeps its 10 outputs).
+    # None: every class.
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(default=None, min_length=1, max_length=10)
 
     @model_validator(mode="after")
     def _path_and_factory(self) -> DataConfig:
@@ -48,6 +56,8 @@ class DataConfig(_Strict):
             raise ValueError("data.factory: set it for dataset 'factory' (\"package.module:function\"), and only then")
         if self.kwargs and self.dataset != "factory":
             raise ValueError("data.kwargs: only passed to a data.factory")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.classes: {self.classes} names a label twice")
         return self
 
 
@@ -65,12 +75,21 @@ class ModelConfig(_Strict):
     # What the trials perturb (and L2 decays): weights, every parameter of 2 or more dimensions; all, every one.
     perturb: Literal["weights", "all"] = "weights"
 
+    # A finished job's output folder: start from its model.safetensors instead of the seed's parameters (the
+    # architecture must match, tensor by tensor). None: the seed's initial parameters.
+    init_from: Annotated[str, Field(min_length=1)] | None = None
+    # all: every parameter trains. last: only the last layer's weights and biases change; every update of every
+    # mode (full, stochastic, localsgd) and every trial's perturbation leaves the others bitwise as they were.
+    trainable: Literal["all", "last"] = "all"
+
     @model_validator(mode="after")
     def _factory_only_for_module(self) -> ModelConfig:
         if (self.factory is None) == (self.arch == "module"):
             raise ValueError("model.factory: set it for arch 'module' (\"package.module:function\"), and only then")
         if self.arch != "module" and (self.kwargs or self.perturb != "weights"):
             raise ValueError("model.kwargs, model.perturb: only for arch 'module'")
+        if self.arch == "module" and self.trainable == "last":  # its parameter order says not which layer is last
+            raise ValueError("model.trainable: 'last' is for the built-in mlp and convnet, not arch 'module'")
         return self
 
 
@@ -107,6 +126,10 @@ class HybridConfig(_Strict):
     # matrix E = A B^T / sqrt(noise_rank), A and B N(0, 1), so every entry has unit variance; workers/noise.py).
     noise: Literal["gaussian", "lowrank"] = "gaussian"
     noise_rank: Annotated[int, Field(ge=1, le=4096)] = 1  # rank of lowrank perturbations
+    # One more backprop per stochastic round, in the coordinator: the cosine between the applied step and the
+    # minibatch's true descent direction, and the share of trials that beat the unperturbed step, as per-epoch
+    # history columns diag_cosine and diag_beat_share. Off: nothing is computed.
+    diagnostics: bool = False
 
 
 class ClusterConfig(_Strict):
@@ -117,6 +140,20 @@ class ClusterConfig(_Strict):
     # Passed to Ray for the job's actors (coordinator and workers), e.g. {py_modules: [./mypkg]} or {working_dir: .}
     # so that model.factory and data.factory import on every node; local paths are uploaded by the driver.
     runtime_env: dict[str, Any] | None = None
+    # ray: each worker is a Ray actor. local: the `workers` replicas run in this process one after another, each
+    # applying every decision itself as an actor does, so the job ends bitwise equal to the Ray job of the same
+    # config, with the same payload bytes counted (coordinator/pool.py ReplicaPool).
+    backend: Literal["ray", "local"] = "ray"
+
+    @model_validator(mode="after")
+    def _local_backend(self) -> ClusterConfig:
+        if self.backend == "local" and self.gpus_per_worker:
+            raise ValueError("cluster.gpus_per_worker: the local backend computes on this process's CPU")
+        if self.backend == "local" and self.address is not None:
+            raise ValueError("cluster.address: the local backend runs no Ray; leave the address unset")
+        if self.backend == "local" and self.runtime_env is not None:
+            raise ValueError("cluster.runtime_env: the local backend runs no Ray; the factories import in this process")
+        return self
 
 
 class JobConfig(_Strict):

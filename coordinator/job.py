@@ -9,10 +9,11 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from coordinator.accounting import Counters
@@ -32,6 +33,7 @@ from coordinator.documents import (
     restarts_note,
 )
 from coordinator.outputs import (
+    DIAGNOSTIC_COLUMNS,
     OutputError,
     load_checkpoint,
     save_checkpoint,
@@ -42,17 +44,21 @@ from coordinator.outputs import (
 )
 from coordinator.own_model import make_model
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
-from workers.data import Dataset, load_dataset
+from workers.data import Dataset, keep_classes, load_dataset
 from workers.hybrid import (
     Diverged,
     HybridState,
     Hyper,
+    batch_loss_and_grad_sum,
     evaluate,
+    keep_frozen,
     noise_spec,
     require_finite,
     require_finite_parameters,
 )
+from workers.messages import RoundKind
 from workers.models import Model
+from workers.partition import dirichlet_partition
 from workers.replica import Replica, Schedule
 
 log = logging.getLogger("hes.job")
@@ -94,6 +100,8 @@ def replica_checks(c: Counters) -> ReplicaChecks:
 def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed, cfg.data.factory,
                         cfg.data.kwargs, cfg.train.loss)
+    if cfg.data.classes is not None:
+        data = keep_classes(data, cfg.data.classes)
     model = make_model(cfg, data)  # the paper's networks, or model.arch module (coordinator/own_model.py)
     if cfg.train.batch_size > len(data.x_train):
         raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(data.x_train)} training "
@@ -103,9 +111,69 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
                          f"{cfg.train.batch_size} examples (train.batch_size)")
     hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights,
                   noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank))
+    hyper = replace(hyper, frozen=frozen_prefix(model, cfg.model.trainable))
+    part_sizes = tuple(len(p) for p in partitions(cfg, data)) if cfg.data.split == "dirichlet" else ()
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
-                        cfg.train.shuffle)
+                        cfg.train.shuffle, cfg.data.split, part_sizes)
     return data, model, hyper, schedule
+
+
+def partitions(cfg: JobConfig, data: Dataset) -> tuple[np.ndarray, ...]:
+    """data.split dirichlet: the training-set indices each worker slot owns (one slot in process, workers: 0)."""
+    return dirichlet_partition(data.y_train, max(1, cfg.cluster.workers), cfg.data.alpha, cfg.seed)
+
+
+def worker_data(cfg: JobConfig, data: Dataset, parts: tuple[np.ndarray, ...] | None,
+                worker: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training arrays worker slot `worker` holds: the whole set (iid), or its partition's (dirichlet)."""
+    if parts is None:
+        return data.x_train, data.y_train
+    return data.x_train[parts[worker]], data.y_train[parts[worker]]
+
+
+def frozen_prefix(model: Model, trainable: str) -> tuple[int, int]:
+    """(leading weights, leading biases) that no update may change: all but the last layer's for `last`."""
+    if trainable == "all":
+        return 0, 0
+    last_w, last_b = math.prod(model.weights[-1].shape), math.prod(model.biases[-1].shape)
+    return model.num_weights - last_w, model.num_parameters - model.num_weights - last_b
+
+
+def initial_theta(cfg: JobConfig, model: Model) -> np.ndarray:
+    """The job's parameters at round 0: the seed's, or those of the finished job in model.init_from."""
+    if cfg.model.init_from is None:
+        return model.initial_parameters(cfg.seed)
+    return load_model_parameters(Path(cfg.model.init_from), model)
+
+
+def load_model_parameters(folder: Path, model: Model) -> np.ndarray:
+    """The flat parameters of folder/model.safetensors, checked tensor by tensor against `model`."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not folder.is_dir():
+        raise ValueError(f"model.init_from: {str(folder)[:200]!r} is not a folder (a finished job's output folder)")
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"model.init_from: {str(folder)[:200]!r} holds no model.safetensors (did the job finish?)")
+    try:
+        named = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"model.init_from: {path} cannot be read: {err}") from None
+    expected = (*model.weights, *model.biases)
+    missing = [t.name for t in expected if t.name not in named]
+    extra = sorted(set(named) - {t.name for t in expected})
+    if missing or extra:
+        raise ValueError(f"model.init_from: {path} does not fit this model: tensors missing {missing}, "
+                         f"unexpected {extra}")
+    parts = []
+    for t in expected:
+        a = named[t.name]
+        if tuple(a.shape) != t.shape:
+            raise ValueError(f"model.init_from: {path}: tensor {t.name} has shape {tuple(a.shape)}, this model's "
+                             f"is {t.shape} ({math.prod(a.shape)} vs {math.prod(t.shape)} parameters)")
+        parts.append(np.asarray(a, dtype=np.float32).reshape(-1))
+    return np.concatenate(parts)
 
 
 def divergence_hint(cfg: JobConfig) -> str:
@@ -166,8 +234,10 @@ class Job:
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
-        theta0, grad0, version = self.model.initial_parameters(cfg.seed), None, 0
-        if resume:
+        grad0, version = None, 0
+        if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
+            theta0 = initial_theta(cfg, self.model)
+        else:
             theta0, grad0, meta = load_checkpoint(self.out)
             version = int(meta["version"])
             self.history = meta["history"]
@@ -179,6 +249,8 @@ class Job:
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
         self.stop_requested = False
+        self._diag: dict[str, list[float]] = {c: [] for c in DIAGNOSTIC_COLUMNS}  # this epoch's stochastic rounds
+        self._parts = partitions(cfg, self.data) if cfg.data.split == "dirichlet" else None
 
     @property
     def state(self) -> HybridState:
@@ -217,8 +289,12 @@ class Job:
             for t in range(self.state.version, p.total_rounds):
                 if self.stop_requested:
                     break
+                diagnose = self.cfg.hybrid.diagnostics and self.schedule.kind(t) == RoundKind.STOCHASTIC
+                before = self.state.theta.clone() if diagnose else None
                 event = loop.run_round(t)  # self.state is read only where needed: reading it applies the
                 p.round, p.epoch = t + 1, (t + 1) // rpe  # round's decision, which Ray rounds overlap
+                if before is not None:
+                    self._diagnose(t, before, event.improvements, pool.n_workers)
                 c.seconds["total"] = seconds_before + time.perf_counter() - started
                 if math.isfinite(event.loss):
                     p.latest["batch_loss"] = event.loss
@@ -262,12 +338,40 @@ class Job:
                "bytes_stochastic_down": b["stochastic"]["down"], "bytes_sync": b["sync"],
                "bytes_total": b["total"], "improvements": c.improvements,
                "seconds": round(c.seconds["total"], 4)}
+        if self.cfg.hybrid.diagnostics:  # means over the epoch's stochastic rounds; NaN when it had none
+            for column, values in self._diag.items():
+                row[column] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+                values.clear()
         self.history.append(row)
         latest = {"train_loss": train_loss, "train_accuracy": train_acc, "dev_loss": dev_loss, "dev_accuracy": dev_acc}
         self.progress.latest.update({k: v for k, v in latest.items() if v is not None})  # mse: no accuracy
         self._checkpoint()
-        write_history(self.out / "history.csv", self.history)
+        write_history(self.out / "history.csv", self.history, self._history_extra)
         return row
+
+    @property
+    def _history_extra(self) -> list[str]:
+        return DIAGNOSTIC_COLUMNS if self.cfg.hybrid.diagnostics else []
+
+    def round_examples(self, t: int) -> np.ndarray:
+        """The training-set indices of round t's minibatch, every worker's share (dirichlet: from each partition)."""
+        if self._parts is None:
+            return self.schedule.batch(t)
+        return np.concatenate([part[self.schedule.own(t, w)] for w, part in enumerate(self._parts)])
+
+    def _diagnose(self, t: int, before: torch.Tensor, improvements: int, workers: int) -> None:
+        """hybrid.diagnostics, one stochastic round: one backprop on its minibatch at the parameters it started from.
+        cosine: between the step applied and the descent direction -g (the trainable part of g); beat share: the
+        round's trials that beat the unperturbed step (NaN when it ran none: stale)."""
+        idx = torch.tensor(self.round_examples(t))
+        x, y = torch.from_numpy(self.data.x_train)[idx], torch.from_numpy(self.data.y_train)[idx]
+        grad = batch_loss_and_grad_sum(self.model, before, x, y)[1] / len(idx)
+        grad = keep_frozen(grad, torch.zeros_like(grad), self.hyper)  # a frozen parameter cannot move
+        step = self.state.theta - before
+        norms = float(step.norm()) * float(grad.norm())
+        self._diag["diag_cosine"].append(float(-(step @ grad)) / norms if norms > 0 else math.nan)
+        trials = workers * worker_k(self.cfg)
+        self._diag["diag_beat_share"].append(improvements / trials if trials else math.nan)
 
     def _checkpoint(self) -> None:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
@@ -292,7 +396,7 @@ class Job:
             replica_checks=replica_checks(c), improvements=c.improvements,
             stale_results_dropped=c.stale_results_dropped, worker_failures=c.worker_failures, restarts=p.restarts)
         self._checkpoint()
-        write_history(self.out / "history.csv", self.history)
+        write_history(self.out / "history.csv", self.history, self._history_extra)
         named = {k: v.detach().cpu().numpy() for k, v in self.model.unflatten(theta).items()}
         write_model(self.out / "model.safetensors", named,
                     {"arch": self.model.arch, "activation": self.model.activation, "job": self.cfg.name})
@@ -302,9 +406,29 @@ class Job:
 
 def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
                counters: Counters) -> Pool:
-    from coordinator.pool import LocalPool
+    """The in-process pool: one replica sharing the coordinator's state (workers: 0), or, with cluster.backend
+    local, the N replicas of a Ray job run here one after another (coordinator/pool.py ReplicaPool)."""
+    from coordinator.pool import LocalPool, ReplicaPool
 
-    replica = Replica(model, data.x_train, data.y_train, hyper, schedule, cfg.seed, worker_k(cfg),
-                      cfg.hybrid.combine, 0, 1)
-    replica.start(model.initial_parameters(cfg.seed))
-    return LocalPool(replica, shares_state=cfg.hybrid.mode != "localsgd")
+    parts = partitions(cfg, data) if cfg.data.split == "dirichlet" else None
+    if cfg.cluster.backend == "local" and cfg.cluster.workers >= 1:
+        n = cfg.cluster.workers
+        # what a Ray job puts in the object store for its workers (coordinator/ray_pool.py), counted the same
+        counters.dataset_bytes = sum(a.nbytes for i in range(n) for a in worker_data(cfg, data, parts, i))
+        return ReplicaPool([make_replica(cfg, data, model, hyper, schedule, parts, i) for i in range(n)],
+                           threads=max(1, int(cfg.cluster.cpus_per_worker)))
+    # one worker, the only one (whatever cluster.workers says when a caller runs a Ray config in process)
+    return LocalPool(make_replica(cfg, data, model, hyper, schedule, parts, 0, 1),
+                     shares_state=cfg.hybrid.mode != "localsgd")
+
+
+def make_replica(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
+                 parts: tuple[np.ndarray, ...] | None, worker: int, n_workers: int | None = None) -> Replica:
+    """Worker `worker`'s replica as a worker actor makes it: its data, at version 0 from the seed's parameters
+    (with model.init_from it has none yet: its first round asks for a sync, counted as sync bytes)."""
+    x, y = worker_data(cfg, data, parts, worker)
+    replica = Replica(model, x, y, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, worker,
+                      n_workers or max(1, cfg.cluster.workers))
+    if cfg.model.init_from is None:
+        replica.start(model.initial_parameters(cfg.seed))
+    return replica

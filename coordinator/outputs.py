@@ -55,10 +55,15 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, text.encode(), path.name)
 
 
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+# hybrid.diagnostics: per-epoch means over its stochastic rounds, after the columns above (coordinator/job.py)
+DIAGNOSTIC_COLUMNS = ["diag_cosine", "diag_beat_share"]
+
+
+def write_history(path: Path, rows: list[dict[str, Any]], extra: list[str] | None = None) -> None:
+    """history.csv: HISTORY_COLUMNS, then the `extra` columns (e.g. DIAGNOSTIC_COLUMNS) when a job has them."""
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS + (extra or []), extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
 

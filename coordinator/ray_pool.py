@@ -37,17 +37,15 @@ from ray.exceptions import GetTimeoutError, RayActorError  # RayActorError: Acto
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from coordinator.accounting import Counters, RoundBytes
+from coordinator.accounting import Counters, RoundBytes, count_task, decision_label
 from coordinator.config import JobConfig
-from coordinator.job import worker_k
+from coordinator.job import partitions, worker_data, worker_k
 from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
 from workers.actor import SHARED, WorkerActor, WorkerSpec
 from workers.data import Dataset
 from workers.hybrid import Decision, DecisionKind, Hyper
 from workers.messages import (
-    ARRAY_DECISIONS,
-    TASK_HEADER_BYTES,
     Result,
     RoundKind,
     Status,
@@ -113,12 +111,6 @@ class ClusterTooSmall(RuntimeError):
     """The job asks for more CPUs/GPUs than the Ray cluster has."""
 
 
-def decision_label(d: Decision, fallback: str) -> str:
-    if d.kind in ARRAY_DECISIONS:
-        return "full"
-    if d.kind == DecisionKind.NONE:
-        return fallback
-    return "stochastic"
 
 
 @dataclass(frozen=True)
@@ -134,12 +126,7 @@ def actor_record(actor: ray.actor.ActorHandle) -> ActorRecord:
     return ActorRecord(rec.get("State", ""), int(rec.get("NumRestarts", 0)))
 
 
-def _count_task(rb: RoundBytes, task: Task, header: bytes, decision: bytes, label: str, workers: int = 1) -> None:
-    """`workers` workers' shares of a task, each the same: the header to the round's kind (its live-workers part
-    to sync), the decision to `label`."""
-    rb.add(task.kind.label, "down", workers * TASK_HEADER_BYTES)
-    rb.add("sync", "down", workers * (len(header) - TASK_HEADER_BYTES))
-    rb.add(label, "down", workers * len(decision))
+_count_task = count_task  # coordinator/accounting.py: the local backend counts the same
 
 
 Reply = tuple[bytes, np.ndarray | str | None, bytes]  # what WorkerActor.step returns
@@ -158,12 +145,13 @@ class WorkerLost(RuntimeError):
 
 
 class RayPool:
-    def __init__(self, specs: list[WorkerSpec], data: tuple, cpus: float, gpus: float,
+    def __init__(self, specs: list[WorkerSpec], data: tuple | list[tuple], cpus: float, gpus: float,
                  counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None,
                  runtime_env: dict | None = None) -> None:
         """`gpus` GPUs for each of the first `gpu_workers` workers (all of them by default), none for the others:
-        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `runtime_env`: the job's
-        cluster.runtime_env, uploaded (coordinator/runtime_env.py)."""
+        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `data`: the training arrays every
+        worker holds, or a list of each worker's own (data.split: dirichlet, each slot its partition).
+        `runtime_env`: the job's cluster.runtime_env, uploaded (coordinator/runtime_env.py)."""
         self.n_workers = len(specs)
         self.runtime_env = runtime_env or {}
         self.specs, self.cpus, self.counters = specs, cpus, counters
@@ -182,8 +170,12 @@ class RayPool:
             remove_placement_group(self.pg)
             raise ClusterTooSmall(f"cluster.workers: {len(specs)} workers could not be placed within "
                                   f"{PLACEMENT_TIMEOUT_S:.0f} s (CPUs busy with other jobs?)")
-        self.data_ref = ray.put(data)  # the training set enters the object store once per job
-        self.counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
+        if isinstance(data, list):  # each worker's own partition, in the object store once each
+            self.data_refs = [ray.put(d) for d in data]
+            self.counters.dataset_bytes = sum(a.nbytes for d in data for a in d)
+        else:
+            self.data_refs = [ray.put(data)] * len(specs)  # the training set enters the object store once per job
+            self.counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
         self.shared: dict[int, SharedBuffer] = {}
         if self.settings.shared_memory:
             here = ray.get_runtime_context().get_node_id()
@@ -231,7 +223,7 @@ class RayPool:
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus[i], "scheduling_strategy": strategy,
                    "max_restarts": -1, "max_task_retries": 0,
                    "runtime_env": with_env_vars(self.runtime_env, worker_env(self.specs[i].model.num_parameters))}
-        return WorkerActor.options(**options).remote(self.specs[i], self.data_ref)  # type: ignore[attr-defined]
+        return WorkerActor.options(**options).remote(self.specs[i], self.data_refs[i])  # type: ignore[attr-defined]
 
     overlaps = True  # the workers compute while the coordinator applies its own copy of the last decision
 
@@ -456,7 +448,12 @@ def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule
     cluster.runtime_env uploaded already (the coordinator actor's); None uploads it from here."""
     n = cfg.cluster.workers
     specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
-                        max(1, int(cfg.cluster.cpus_per_worker))) for i in range(n)]
-    return RayPool(specs, (data.x_train, data.y_train), cfg.cluster.cpus_per_worker,
+                        max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None)
+             for i in range(n)]
+    arrays: tuple | list[tuple] = (data.x_train, data.y_train)
+    if cfg.data.split == "dirichlet":  # a worker receives and keeps only its partition
+        parts = partitions(cfg, data)
+        arrays = [worker_data(cfg, data, parts, i) for i in range(n)]
+    return RayPool(specs, arrays, cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
                    runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))

@@ -32,6 +32,7 @@ from workers.hybrid import (
     Hyper,
     apply_decision,
     cost_rank,
+    keep_frozen,
     require_finite,
 )
 from workers.messages import Result, RoundKind, Sync, Task
@@ -163,7 +164,7 @@ class RoundLoop:
             if fresh:  # a worker that restarted meanwhile was resynced: it brings the last average
                 st = self.state
                 theta = torch.from_numpy(_weighted_mean(fresh, by_examples=True)).to(st.theta.device)
-                self._state = HybridState(st.version, theta, st.grad)
+                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad)
         self.counters.add_bytes(rb)
         self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
 

@@ -1,7 +1,7 @@
 """`hes train`: run one job to the end with a progress bar; in this process or on Ray.
 
-cluster.workers == 0 runs the Job here; >= 1 starts (or joins) Ray, creates the coordinator actor and
-its worker actors, and follows the actor's progress.
+cluster.workers == 0 (or cluster.backend: local) runs the Job here; >= 1 starts (or joins) Ray, creates the
+coordinator actor and its worker actors, and follows the actor's progress.
 """
 from __future__ import annotations
 
@@ -44,9 +44,10 @@ def add_local_paths(env: dict[str, Any] | None) -> None:
 
 def train(cfg: JobConfig, out: Path, resume: bool = False, progress: bool = True) -> JobResult:
     """Run the job to its end; Ctrl-C stops it cleanly (status STOPPED, checkpoint kept)."""
-    if cfg.cluster.workers >= 1:
+    if cfg.cluster.workers >= 1 and cfg.cluster.backend == "ray":
         return train_on_ray(cfg, out, resume, progress)
-    # The in-process engine is one worker: it computes on as many threads as a worker would.
+    # The in-process engine is one worker, or the local backend's N in turn: each computes on as many threads
+    # as a worker would.
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_worker)))
     add_local_paths(cfg.cluster.runtime_env)  # the job's own code, importable here as on Ray's nodes
     job = Job(cfg, out, resume=resume)

@@ -239,9 +239,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the job whose outputs are in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("presets", help="list the shipped presets (paper Figs. 7 and 8)")
-    p = sub.add_parser("report", help="PNG plots of a job's history: loss, accuracy, bytes per round and in all")
-    p.add_argument("target", metavar="JOB_OR_DIR", help="a job's output folder (or its history.csv), or a job id")
-    p.add_argument("--out", help="folder for the PNGs; default JOB_OR_DIR/report, or report-ID for a job id")
+    p = sub.add_parser("report", help="PNG plots of a job's history: loss, accuracy, bytes per round and in all; "
+                       "of several jobs: their accuracy and loss overlaid against epoch and bytes sent")
+    p.add_argument("target", metavar="JOB_OR_DIR", nargs="+",
+                   help="a job's output folder (or its history.csv), or a job id; several: overlaid")
+    p.add_argument("--out", help="folder for the PNGs; default JOB_OR_DIR/report, or report-ID for a job id, "
+                   "report-overlay for several")
     p.add_argument("--server", help="service URL for a job id; default $HES_SERVER or http://127.0.0.1:8000")
     add_service_parsers(sub)
     return ap

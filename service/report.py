@@ -1,6 +1,7 @@
 """`hes report JOB_OR_DIR`: PNG plots of a job's per-epoch history (history.csv, or the service's copy).
 
     hes report runs/r2                          # a job folder; writes runs/r2/report/*.png
+    hes report runs/a runs/b runs/c --out cmp   # several jobs overlaid (service/overlay.py)
     hes report 3f9c0e2a --server http://10.0.0.5:8000 --out plots   # a job of `hes serve` ($HES_API_TOKEN)
 
 Four figures (three for a job without an accuracy, train.loss mse):
@@ -185,11 +186,29 @@ def run(args: argparse.Namespace) -> int:
     """`hes report`: write the PNGs and list them; 2 with a message when the history cannot be had."""
     from service.client import ServiceError
 
+    targets = args.target if isinstance(args.target, list) else [args.target]
+    if len(targets) > 1:
+        return run_overlay(targets, args)
     try:
-        rows, title, default_out, loss = load(args.target, args.server)
+        rows, title, default_out, loss = load(targets[0], args.server)
     except (OSError, ValueError, KeyError, ServiceError) as err:
         print(f"hes report: {err}", file=sys.stderr)
         return 2
     for path in write_report(plot_history(rows, title, loss), Path(args.out) if args.out else default_out):
+        print(path)
+    return 0
+
+
+def run_overlay(targets: list[str], args: argparse.Namespace) -> int:
+    """`hes report DIR1 DIR2 ...`: the overlay figures of service/overlay.py, in --out (default report-overlay)."""
+    from service.client import ServiceError
+    from service.overlay import plot_overlay, read_series
+
+    try:
+        jobs = [read_series(t, args.server) for t in targets]
+    except (OSError, ValueError, KeyError, ServiceError) as err:
+        print(f"hes report: {err}", file=sys.stderr)
+        return 2
+    for path in write_report(plot_overlay(jobs), Path(args.out) if args.out else Path("report-overlay")):
         print(path)
     return 0

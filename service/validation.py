@@ -85,6 +85,11 @@ def check_limits(cfg: JobConfig, settings: Settings) -> None:
     if c.address is not None:
         raise Refused("cluster.address: the service runs every job on its own Ray cluster "
                       "(HES_RAY_ADDRESS); leave it null")
+    if c.backend == "local":
+        # The coordinator actor holds no CPU (validation.needs): N replicas computing inside it would load the
+        # service's node unaccounted. The local backend is for `hes train` on one machine.
+        raise Refused("cluster.backend: the service runs every job's workers as Ray actors (backend ray); "
+                      "backend local runs them in the calling process and is for `hes train`")
 
 
 def check_factories(cfg: JobConfig, settings: Settings) -> None:
@@ -130,6 +135,30 @@ def resolve_data_path(cfg: JobConfig, settings: Settings) -> JobConfig:
         check_data_files(resolved, cfg.data.path, roots)
     data = cfg.data.model_copy(update={"path": str(resolved)})
     return cfg.model_copy(update={"data": data})
+
+
+def resolve_init_from(cfg: JobConfig, settings: Settings) -> JobConfig:
+    """The config with model.init_from made absolute, if it is a finished job's folder inside the service's job
+    outputs (a relative value names a job id: <state_dir>/jobs/<id>) or the allowed data roots, and its
+    model.safetensors resolves inside them too."""
+    if cfg.model.init_from is None:
+        return cfg
+    roots = [settings.jobs_dir.resolve(), *settings.allowed_data_roots]
+    given = Path(cfg.model.init_from)
+    try:
+        resolved = (given if given.is_absolute() else roots[0] / given).resolve()
+        inside = any(resolved.is_relative_to(root) for root in roots)
+        model_file = (resolved / "model.safetensors").resolve() if inside else resolved
+        usable = inside and model_file.is_file() and any(model_file.is_relative_to(root) for root in roots)
+    except (OSError, ValueError, RuntimeError) as err:  # a NUL byte, a name too long, a symlink loop
+        raise Refused(f"model.init_from: {cfg.model.init_from[:200]!r} is not a usable path ({err})") from None
+    if not inside:
+        raise Refused(f"model.init_from: {cfg.model.init_from[:200]!r} lies outside this service's job outputs "
+                      f"and data roots ({', '.join(str(r) for r in roots)})")
+    if not usable:
+        raise Refused(f"model.init_from: {cfg.model.init_from[:200]!r} holds no model.safetensors inside "
+                      "the allowed folders (a finished job's output folder, or its id)")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_from": str(resolved)})})
 
 
 def check_data_files(folder: Path, given: str, roots: list[Path]) -> None:
@@ -221,6 +250,7 @@ def admit(cfg: JobConfig, settings: Settings, cluster: dict[str, Any],
     check_limits(cfg, settings)
     check_capacity(cfg, cluster)
     cfg = resolve_data_path(cfg, settings)
+    cfg = resolve_init_from(cfg, settings)
     with gate.slot() if gate is not None else contextlib.nullcontext():
         total_rounds = preflight(cfg, settings)
     return cfg, total_rounds

@@ -44,6 +44,8 @@ class WorkerSpec:
     n_workers: int
     threads: int
     shared: str | None = None  # a file of 4P bytes in /dev/shm for the results' arrays (same node only)
+    # Start at version 0 from the seed's parameters; False (model.init_from): no state until the first sync
+    from_seed: bool = True
 
 
 SHARED: Literal["shared"] = "shared"  # in a step's reply: the array is in the shared buffer
@@ -76,7 +78,8 @@ class WorkerActor:
         x_train, y_train = data
         self.replica = Replica(spec.model, x_train, y_train, spec.hyper, spec.schedule, spec.job_seed, spec.k,
                                spec.combine, spec.worker, spec.n_workers, device)
-        self.replica.start(spec.model.initial_parameters(spec.job_seed))
+        if spec.from_seed:
+            self.replica.start(spec.model.initial_parameters(spec.job_seed))
         self.device = device
         self.shared = open_shared(spec.shared, spec.model.num_parameters)
 

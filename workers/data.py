@@ -294,6 +294,23 @@ def make_synthetic(n: int = 1200, side: int = 16, dev_size: int | None = None, s
     return split_and_standardise("synthetic", images[:n], labels[:n], images[n:], labels[n:], dev, seed)
 
 
+def keep_classes(data: Dataset, classes: list[int]) -> Dataset:
+    """Only the examples of these labels, in train, dev and test, their label values unchanged (the model keeps
+    its ten outputs, so a model trained on some digits can be fine-tuned on all). The pixels stay standardised
+    with the whole training set's mean and std, so the same image means the same input in both jobs."""
+    keep = np.asarray(sorted(classes), dtype=np.int64)
+    if data.y_train.ndim != 1 or not np.issubdtype(data.y_train.dtype, np.integer):
+        raise DataError(f"data.classes: {data.name} has no single integer label per example to keep by")
+    out = {}
+    for split in ("train", "dev", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        mask = np.isin(y, keep)
+        if split == "train" and not mask.any():
+            raise DataError(f"data.classes: no training example of {data.name} has a label in {sorted(classes)}")
+        out[f"x_{split}"], out[f"y_{split}"] = np.ascontiguousarray(x[mask]), y[mask]
+    return Dataset(data.name, **out)
+
+
 def default_mnist_dir() -> str | None:
     return os.environ.get("HES_MNIST_DIR")
 

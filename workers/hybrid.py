@@ -74,6 +74,9 @@ class Hyper:
     batch_size: int
     num_weights: int
     noise: NoiseSpec = NoiseSpec()  # the trials' perturbation family (gaussian unless hybrid.noise says lowrank)
+    # (leading weights, leading biases) that never change (model.trainable: last freezes all but the last layer):
+    # every step restores them from theta and every perturbation is zero on them, so they stay bitwise as they were.
+    frozen: tuple[int, int] = (0, 0)
 
     @property
     def shift_scale(self) -> float:
@@ -110,13 +113,28 @@ class Decision:
     array: np.ndarray | None = None
 
 
-def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor,
-                            y: torch.Tensor) -> tuple[float, torch.Tensor]:
+def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                            frozen: tuple[int, int] = (0, 0)) -> tuple[float, torch.Tensor]:
     """(summed loss, gradient of the summed loss) over a batch (`model.loss`, cross-entropy unless
-    train.loss says otherwise); grad (P,) float32."""
-    leaf = theta.detach().requires_grad_(True)
-    loss = model.loss.total(model.forward(leaf, x), y)
-    (grad,) = torch.autograd.grad(loss, leaf)
+    train.loss says otherwise); grad (P,) float32.
+
+    With frozen parts (Hyper.frozen) only the trainable slices are leaves: the layers before them run without a
+    graph, so the backward keeps the last layer's input, not every layer's activations (a forward pass's memory
+    plus the last layer's), and the frozen entries of the gradient are zero."""
+    if frozen == (0, 0):
+        leaf = theta.detach().requires_grad_(True)
+        loss = model.loss.total(model.forward(leaf, x), y)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return float(loss.detach()), grad
+    fw, fb = frozen
+    nw = model.num_weights
+    weights = theta[fw:nw].detach().requires_grad_(True)
+    biases = theta[nw + fb:].detach().requires_grad_(True)
+    whole = torch.cat([theta[:fw].detach(), weights, theta[nw:nw + fb].detach(), biases])
+    loss = model.loss.total(model.forward(whole, x), y)
+    g_weights, g_biases = torch.autograd.grad(loss, [weights, biases])
+    grad = torch.zeros_like(theta)
+    grad[fw:nw], grad[nw + fb:] = g_weights, g_biases
     return float(loss.detach()), grad
 
 
@@ -127,13 +145,25 @@ def batch_cost(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tens
 
 
 @torch.no_grad()
+def keep_frozen(out: torch.Tensor, theta: torch.Tensor, hyper: Hyper) -> torch.Tensor:
+    """out (a full parameter vector) with its frozen parts (Hyper.frozen) copied back from theta, in place."""
+    fw, fb = hyper.frozen
+    if fw:
+        out[:fw] = theta[:fw]
+    if fb:
+        nw = hyper.num_weights
+        out[nw:nw + fb] = theta[nw:nw + fb]
+    return out
+
+
+@torch.no_grad()
 def descend(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
-    """theta - lr * grad, minus 2 * lr * l2 * W on the weights (seed/NOTES.md)."""
+    """theta - lr * grad, minus 2 * lr * l2 * W on the weights (seed/NOTES.md); frozen parts stay theta's."""
     out = theta - hyper.lr * grad
     if hyper.l2:
         nw = hyper.num_weights
         out[:nw] -= (2.0 * hyper.lr * hyper.l2) * theta[:nw]
-    return out
+    return keep_frozen(out, theta, hyper)
 
 
 def noise_spec(model: Model, family: str = "gaussian", rank: int = 1) -> NoiseSpec:
@@ -144,9 +174,11 @@ def noise_spec(model: Model, family: str = "gaussian", rank: int = 1) -> NoiseSp
 def noise(seed: int, hyper: Hyper, device: torch.device) -> torch.Tensor:
     """The seed's perturbation z of the weight prefix, (num_weights,) float32 with unit-variance entries; a
     buffer of the caller's own (the gaussian trials write into it)."""
-    if hyper.noise.family == "lowrank":
-        return lowrank_dense(seed, hyper.noise).to(device)
-    return perturbation_on(seed, hyper.num_weights, device)  # drawn on the device, the same bits everywhere
+    z = (lowrank_dense(seed, hyper.noise).to(device) if hyper.noise.family == "lowrank"
+         else perturbation_on(seed, hyper.num_weights, device))  # drawn on the device, the same bits everywhere
+    if hyper.frozen[0]:
+        z[:hyper.frozen[0]] = 0.0  # a frozen weight is never perturbed (x - 0.0 is x, to the bit)
+    return z
 
 
 @torch.no_grad()
@@ -191,8 +223,11 @@ def run_trials(model: Model, state: HybridState, seeds: list[int], x: torch.Tens
 
 def _step_biases(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
     """The biases of descend(theta, grad): no L2 on them, the same arithmetic, to the bit."""
-    nw = hyper.num_weights
-    return theta[nw:] - hyper.lr * grad[nw:]
+    nw, fb = hyper.num_weights, hyper.frozen[1]
+    out = theta[nw:] - hyper.lr * grad[nw:]
+    if fb:
+        out[:fb] = theta[nw:nw + fb]
+    return out
 
 
 def _trial_weights(z: torch.Tensor, theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
@@ -208,6 +243,8 @@ def _trial_weights(z: torch.Tensor, theta: torch.Tensor, grad: torch.Tensor, hyp
         if hyper.l2:
             step -= decay * theta[lo:hi]
         torch.sub(step, z[lo:hi], out=z[lo:hi])
+    if hyper.frozen[0]:
+        z[:hyper.frozen[0]] = theta[:hyper.frozen[0]]  # descend keeps them; their noise is zero
     return z
 
 
@@ -242,8 +279,10 @@ def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds:
                                                           x, y) for seed in seeds]
     drawn = [lowrank_factors(seed, spec) for seed in seeds]
     factors = []
+    frozen_matrix = np.cumsum([rows * cols for rows, cols in spec.matrices]) <= hyper.frozen[0]  # whole matrices
     for i, (rows, cols) in enumerate(spec.matrices):
-        a = torch.stack([torch.zeros(rows, spec.rank), *(f[i][0] for f in drawn)]).to(theta.device)
+        a = torch.stack([torch.zeros(rows, spec.rank), *(torch.zeros(rows, spec.rank) if frozen_matrix[i] else f[i][0]
+                                                           for f in drawn)]).to(theta.device)
         b = torch.stack([torch.zeros(cols, spec.rank), *(f[i][1] for f in drawn)]).to(theta.device)
         factors.append((a, b))
     logits = model.forward_trials(descend(theta, grad, hyper), x, factors, hyper.shift_scale / math.sqrt(spec.rank))
@@ -271,7 +310,7 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
     if kind == DecisionKind.PARAMS:
         assert decision.array is not None
         theta = torch.from_numpy(np.array(decision.array, copy=True)).to(state.theta.device)
-        return HybridState(version, theta, state.grad)
+        return HybridState(version, keep_frozen(theta, state.theta, hyper), state.grad)  # an average's rounding
     if state.grad is None:
         raise ValueError(f"decision {kind.name} of round {decision.round} needs a gradient")
     if kind == DecisionKind.SEED:
@@ -281,8 +320,8 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
         return HybridState(version, descend(state.theta, state.grad, hyper), state.grad)
     if kind == DecisionKind.BIAS_ONLY:
         theta = state.theta.clone()
-        nw = hyper.num_weights
-        theta[nw:] -= hyper.lr * state.grad[nw:]
+        at = hyper.num_weights + hyper.frozen[1]
+        theta[at:] -= hyper.lr * state.grad[at:]
         return HybridState(version, theta, state.grad)
     raise ValueError(f"unknown decision kind {kind}")
 
@@ -290,7 +329,7 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
 def local_step(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                hyper: Hyper) -> tuple[float, torch.Tensor]:
     """One plain SGD step on a worker's own shard (localsgd); returns (summed loss, new theta)."""
-    loss_sum, grad_sum = batch_loss_and_grad_sum(model, theta, x, y)
+    loss_sum, grad_sum = batch_loss_and_grad_sum(model, theta, x, y, hyper.frozen)
     return loss_sum, descend(theta, grad_sum / len(x), hyper)
 
 

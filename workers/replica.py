@@ -5,6 +5,11 @@ shard of it; a stochastic round tries K seeded shifts on the WHOLE minibatch (so
 workers compare) and keeps the best; localsgd rounds step on the shard. The shards split the minibatch among the
 job's live workers (`members`, all of them until one leaves): this worker's shard is the one at its place among
 them, so the live workers' shards cover every example of the minibatch once.
+
+With `data.split: dirichlet` (workers/partition.py) a replica holds only its slot's partition of the training set,
+and every round's work, full, localsgd and stochastic alike, uses its own share of the round's examples drawn from
+that partition: it cannot see the others'. So its trials are scored on its share, not on the whole minibatch
+(their costs then compare across workers only as well as the workers' data do).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from workers.hybrid import (
 from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model
 from workers.noise import trial_seed
+from workers.partition import share, share_sizes
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,13 @@ class Schedule:
     n_train: int
     seed: int
     shuffle: bool
+    split: str = "iid"  # iid | dirichlet
+    part_sizes: tuple[int, ...] = ()  # dirichlet: each worker slot's partition size
+
+    @property
+    def owned(self) -> bool:
+        """Whether each worker slot takes its examples from a partition of its own (data.split: dirichlet)."""
+        return self.split == "dirichlet"
 
     @property
     def assisted(self) -> bool:
@@ -77,6 +90,16 @@ class Schedule:
     def shard(self, t: int, worker: int, n_workers: int) -> np.ndarray:
         return np.array_split(self.batch(t), n_workers)[worker]
 
+    def step(self, t: int) -> int:
+        """The minibatch round t works on, counted over the whole job (a full round and its trials share one)."""
+        epoch, j = divmod(t, self.rounds_per_epoch)
+        return epoch * self.batches_per_epoch + (j // 2 if self.assisted else j)
+
+    def own(self, t: int, worker: int) -> np.ndarray:
+        """dirichlet: positions in slot `worker`'s partition of its share of round t's examples."""
+        sizes = share_sizes(self.batch_size, len(self.part_sizes))
+        return share(self.part_sizes[worker], sizes[worker], self.step(t), worker, self.seed, self.shuffle)
+
 
 @functools.lru_cache(maxsize=2)  # the epoch running (and the next): one permutation per epoch, not per round
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -115,7 +138,9 @@ class Replica:
         self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad)
 
     def shard(self, t: int) -> np.ndarray:
-        """This worker's examples of round t's minibatch."""
+        """This worker's examples of round t's minibatch (dirichlet: positions in its own partition)."""
+        if self.schedule.owned:
+            return self.schedule.own(t, self.worker)
         return self.schedule.shard(t, self.members.index(self.worker), len(self.members))
 
     def handle(self, task: Task) -> Result:
@@ -134,7 +159,9 @@ class Replica:
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
         if task.kind == RoundKind.STOCHASTIC:
-            idx = torch.tensor(self.schedule.batch(t), device=self.device)
+            # iid: the whole minibatch, so that costs compare across workers; dirichlet: only its own share
+            examples = self.shard(t) if self.schedule.owned else self.schedule.batch(t)
+            idx = torch.tensor(examples, device=self.device)
             seeds = [trial_seed(self.job_seed, t, self.worker, i) for i in range(self.k)]
             out = run_trials(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper,
                              compare_current=self.combine != "argmin")
@@ -142,7 +169,8 @@ class Replica:
                           beats_current=out.beats_current, digest=dig)
         idx = torch.tensor(self.shard(t), device=self.device)
         if task.kind == RoundKind.FULL:
-            loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx])
+            loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx],
+                                                         self.hyper.frozen)
             return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),
                           array=grad_sum.cpu().numpy(), digest=dig)
         loss_sum, theta = local_step(self.model, st.theta, self.x[idx], self.y[idx], self.hyper)

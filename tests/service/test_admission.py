@@ -157,3 +157,28 @@ def test_submit_answers_503_while_the_slots_are_taken(ray_cluster: object, tmp_p
         assert store.counts().get("PENDING") == 2
     finally:
         store.close()
+
+
+def test_the_local_backend_is_refused_for_the_service(settings: Settings) -> None:
+    assert refused({**DIGITS, "cluster": {"workers": 2, "backend": "local"}}, settings).startswith(
+        "cluster.backend: the service runs every job's workers as Ray actors")
+
+
+def test_init_from_is_confined_to_job_outputs_and_data_roots(settings: Settings, tmp_path: Path) -> None:
+    job = settings.jobs_dir / "3f9c0e2a"
+    job.mkdir(parents=True)
+    (job / "model.safetensors").write_bytes(b"x")
+    cfg, _ = admit(validate_config({**DIGITS, "model": {"hidden": [16], "init_from": "3f9c0e2a"}}), settings,
+                   {"CPU": 2.0})
+    assert cfg.model.init_from == str(job.resolve())  # a relative value names a job of this service
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(b"x")
+    assert "lies outside this service's job outputs" in refused(
+        {**DIGITS, "model": {"init_from": str(outside)}}, settings)
+    assert "lies outside" in refused({**DIGITS, "model": {"init_from": "../../elsewhere"}}, settings)
+    (settings.jobs_dir / "linked").mkdir()
+    (settings.jobs_dir / "linked" / "model.safetensors").symlink_to(outside / "model.safetensors")
+    assert "holds no model.safetensors inside" in refused({**DIGITS, "model": {"init_from": "linked"}}, settings)
+    (settings.jobs_dir / "unfinished").mkdir()
+    assert "holds no model.safetensors" in refused({**DIGITS, "model": {"init_from": "unfinished"}}, settings)
