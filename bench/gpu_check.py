@@ -68,12 +68,23 @@ def timed_spec(hidden: int, k: int) -> JobSpec:
     return PAPER.plus(f"model.hidden=[{hidden}]", f"hybrid.k={k}", "cluster.workers=1", "cluster.gpus_per_worker=1")
 
 
+DRAWS = ((0, 238_200), (2**62 + 7, 2_382_000), (123_456_789, 1 << 20))  # (seed, n): the paper's and MLP 3000's weights
+
+
+def draw_check() -> list[tuple[int, int, bool]]:
+    """workers/rng.py's draw on the GPU against the CPU's, for a few seeds: (seed, n, bitwise equal)."""
+    from workers import rng
+
+    return [(seed, n, torch.equal(rng.normal(seed, n, "cuda").cpu(), rng.normal(seed, n, "cpu"))) for seed, n in DRAWS]
+
+
 def run(ctx: Context) -> str:
     if not torch.cuda.is_available():
         return (f"No CUDA GPU here (`torch.cuda.is_available()` is False on {platform.node()}, torch "
                 f"{torch.__version__}), so nothing was measured; `make gpu-check` exits 0. On a machine with a CUDA "
                 "GPU it runs the paper's MLP with a GPU worker beside a CPU worker, compares their replicas' digests "
                 "after every round, and times the rounds of the paper's MLP and of an MLP [3000] at K = 10 and 100.")
+    draws = draw_check()
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), num_gpus=torch.cuda.device_count(),
@@ -83,15 +94,20 @@ def run(ctx: Context) -> str:
         timed = [run_job(ctx, timed_spec(hidden, k), pool_factory=ray_pool) for hidden, k in TIMED]
     finally:
         ray.shutdown()
-    return render(mixed, timed)
+    return render(mixed, timed, draws)
 
 
-def render(mixed: Mixed, timed: list[JobRun]) -> str:
+def render(mixed: Mixed, timed: list[JobRun], draws: list[tuple[int, int, bool]] | None = None) -> str:
     checks = mixed.run.result.replica_checks
+    draws = draws or []
+    drawn = "; ".join(f"seed {seed}, {n:,} numbers: {'bitwise equal' if same else 'they differ: ' + FAILED}"
+                      for seed, n, same in draws)
     rows = [[f"MLP [{hidden}]", k, ms(run.median_round("full", SKIP_ROUNDS)),
              ms(run.median_round("stochastic", SKIP_ROUNDS))] for (hidden, k), run in zip(TIMED, timed, strict=True)]
     return "\n".join([
         f"GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}.",
+        "",
+        f"The noise generator (workers/rng.py) on the GPU against the CPU: {drawn or 'not compared'}.",
         "",
         f"Mixed job `{MIXED.hes_command()}`, worker 0 on the GPU and worker 1 on a CPU (the workers reported "
         f"{', '.join(mixed.devices)}): {checks.checked} replica checks, {checks.mismatches} mismatches: "

@@ -13,8 +13,8 @@ output of the seed, in Python integers. A word lives in an int32 tensor as its t
 x < 2^31, x - 2^32 above): xor, and, and a product's low 32 bits do not depend on how the word is read, so
 int32 products that wrap modulo 2^32 are exactly lowbias32's. torch's int32 multiply wraps on CPUs (vector and
 scalar loops) and CUDA GPUs; tests/workers/test_rng.py checks the words against NumPy's uint32 arithmetic, which
-wraps by definition, and `make gpu-check` checks a GPU's draw against the CPU's. A right shift of a negative
-int32 brings in ones, so every logical shift x >> k is written (s >> k) & (2^(32-k) - 1).
+wraps by definition, and `make gpu-check` compares a GPU's draws with the CPU's, bit for bit. A right shift of a
+negative int32 brings in ones, so every logical shift x >> k is written (s >> k) & (2^(32-k) - 1).
 
 Normal. z = Phi^-1(u) at u = (s + 2^31 + 1/2) / 2^32 in (0, 1), a uniform relabelling of the word, by a table:
 - the word's distance from the middle, p = 1/2 - |u - 1/2| in [2^-33, 1/2], is the float32
