@@ -131,6 +131,17 @@ def digits() -> dict:
 '''
 
 
+def wait(handle: Any) -> Any:
+    """The job's result document once its run is over."""
+    for _ in range(2400):  # the job's own end, not a time limit on it
+        poll = handle.poll()
+        assert poll.died is None
+        if poll.result is not None:
+            return poll.result
+        time.sleep(0.5)
+    raise AssertionError("the job did not end")
+
+
 @pytest.mark.slow
 def test_the_runtime_env_brings_the_jobs_code_to_every_node(ray_cluster: object, tmp_path: Path) -> None:
     """The package exists only in a folder of this test: not importable here, nor on the nodes without
@@ -148,15 +159,13 @@ def test_the_runtime_env_brings_the_jobs_code_to_every_node(ray_cluster: object,
            "train": {"epochs": 1, "batch_size": 100, "lr": 0.5},
            "hybrid": {"mode": "hybrid", "r": 2, "k": 3, "replica_check_every": 2},
            "cluster": {"workers": 2, "cpus_per_worker": 1, "runtime_env": {"py_modules": [str(tmp_path / name)]}}}
+    without = start_job(validate_config(with_(raw, cluster={"runtime_env": None})), str(tmp_path / "without"))
+    r = wait(without)
+    assert r.status == "FAILED" and f"data.factory: cannot import {name!r}" in r.message  # not on the nodes
+    without.kill()
     handle = start_job(validate_config(raw), str(tmp_path / "out"))
-    for _ in range(1200):  # the job's own end, not a time limit on it
-        poll = handle.poll()
-        assert poll.died is None
-        if poll.result is not None:
-            break
-        time.sleep(0.5)
-    r = poll.result
-    assert r is not None and r.status == "SUCCEEDED", r and r.message
+    r = wait(handle)
+    assert r.status == "SUCCEEDED", r.message
     assert r.replica_checks.checked > 0 and r.replica_checks.mismatches == 0
     s, n = r.bytes.stochastic, 2
     assert s.up / (n * r.rounds.stochastic) <= 32 and s.down / (n * r.rounds.stochastic) <= 16
