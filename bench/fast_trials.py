@@ -324,8 +324,8 @@ def _render(ctx: Context, rounds: dict[str, list[float]], batched: dict[str, dic
         "Issue 13. `hybrid.noise: lowrank` perturbs every weight matrix by E = A B^T / sqrt(rank) (A, B N(0, 1) from "
         "the trial's seed, every entry of unit variance); a round's K trials and the unperturbed step are evaluated "
         "in one batched forward. `gaussian` (the default) evaluates one trial at a time in a buffer of its own, "
-        "bitwise as before. Rank 1 throughout. Every figure below comes from this run; timings are medians of "
-        "rounds measured side by side on this shared 2-core machine (see the load average above).",
+        "bitwise the dense trial's arithmetic. Rank 1 throughout. Every figure below comes from this run; timings "
+        "are medians of rounds measured side by side on this shared 2-core machine (see the load average above).",
         "",
         *_render_rounds(rounds),
         "",
