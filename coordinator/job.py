@@ -34,6 +34,7 @@ from coordinator.documents import (
 from coordinator.outputs import (
     OutputError,
     load_checkpoint,
+    load_history,
     save_checkpoint,
     write_history,
     write_json,
@@ -53,6 +54,7 @@ from workers.hybrid import (
 )
 from workers.models import Model, build_model
 from workers.replica import Replica, Schedule
+from workers.search import Search
 
 log = logging.getLogger("hes.job")
 
@@ -99,8 +101,11 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     if cfg.cluster.workers > cfg.train.batch_size:
         raise ValueError(f"cluster.workers: {cfg.cluster.workers} workers cannot share batches of "
                          f"{cfg.train.batch_size} examples (train.batch_size)")
+    h = cfg.hybrid
+    search = Search(h.combine, h.trials, worker_k(cfg), cfg.seed, h.mode == "zo", h.guided_m, h.guided_alpha, h.es_lr,
+                    h.es_weights)
     hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights,
-                  noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank))
+                  noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank), search)
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
                         cfg.train.shuffle)
     return data, model, hyper, schedule
@@ -108,7 +113,7 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
 
 def divergence_hint(cfg: JobConfig) -> str:
     knobs = [f"train.lr, now {cfg.train.lr:g}"]
-    if cfg.hybrid.mode == "hybrid":  # the only mode whose trials are spread by sigma
+    if cfg.hybrid.mode in ("hybrid", "zo"):  # the modes whose trials are spread by sigma
         knobs.append(f"hybrid.sigma, now {cfg.hybrid.sigma:g}")
     return "lower " + ", or ".join(knobs)
 
@@ -165,14 +170,16 @@ class Job:
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
         theta0, grad0, version = self.model.initial_parameters(cfg.seed), None, 0
+        history: tuple[torch.Tensor, ...] = ()
         if resume:
             theta0, grad0, meta = load_checkpoint(self.out)
+            history = tuple(torch.from_numpy(h) for h in load_history(self.out))
             version = int(meta["version"])
             self.history = meta["history"]
             self.progress.counters = Counters.from_dict(meta["counters"])
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._state = HybridState(version, torch.from_numpy(theta0),
-                                  None if grad0 is None else torch.from_numpy(grad0))
+                                  None if grad0 is None else torch.from_numpy(grad0), history)
         self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
@@ -271,7 +278,8 @@ class Job:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
         meta = {"version": self.state.version, "history": self.history,
                 "counters": self.progress.counters.to_dict()}
-        save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta)
+        save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
+                        tuple(h.cpu().numpy() for h in self.state.history))
 
     def _finish(self) -> JobResult:
         p, c, theta = self.progress, self.progress.counters, self.state.theta

@@ -113,6 +113,8 @@ class ClusterTooSmall(RuntimeError):
 
 
 def decision_label(d: Decision, fallback: str) -> str:
+    if d.kind == DecisionKind.ES:  # a stochastic round's seed weights (es, guided, zo)
+        return "stochastic"
     if d.kind in ARRAY_DECISIONS:
         return "full"
     if d.kind == DecisionKind.NONE:
