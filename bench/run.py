@@ -7,7 +7,8 @@ three models), overhead (1 Ray worker vs in process), wire (Ray's framing captur
 (five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (1 to 32 tiny workers, about
 5 minutes), noise (the generator against NumPy's, a minute), gpu (`make gpu-check`; says so without a GPU),
 fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory; about 45
-minutes). With --only, the other sections already in --out are kept as they were.
+minutes), science (issue 15: seedonly-r4 against stale, argmin and backprop, 3 seeds on 2 Ray workers; about
+3 hours on 2 cores). With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import gpu_check
 import noise_speed
 import ray
 import ray_jobs
+import science
 import speed
 import stability
 import torch
@@ -48,6 +50,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "fanout": ("Fan-out: the coordinator's time per stochastic round against the number of workers", fanout.run),
     "noise": ("Noise generator: workers/rng.py against NumPy's Philox (CPU)", noise_speed.run),
     "gpu": ("GPU check (`make gpu-check`)", gpu_check.run),
+    "science": ("Beyond the paper: where seed-only rounds win (issue 15)", science.run),
 }
 HEADER = """# BENCHMARKS
 
