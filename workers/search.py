@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.hybrid import Decision, HybridState, Hyper, _cost, descend, noise
-from workers.models import Model
+from workers.models import ACTIVATIONS, Model
 from workers.noise import SEED_BITS, lowrank_factors, perturbation_on, trial_seed
 
 SHARED_WORKER = 0xFFFF  # the worker slot of a shared round's seeds (worker slots are u16 below it)
@@ -143,6 +143,8 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
     guided = hyper.search is not None and hyper.search.rule == "guided" and bool(state.history)
     if hyper.noise.family == "lowrank" and not guided and model.batches_trials:
         return _lowrank_pairs(model, base, seeds, x, y, hyper)
+    if guided and hyper.search is not None and hyper.search.guided_alpha == 0 and model.arch == "mlp":
+        return _subspace_mlp_costs(model, base, state, seeds, x, y, hyper)
     reference = _cost(model.forward(base, x), y)
     costs: list[float] = []
     for seed in seeds:
@@ -155,6 +157,48 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
             else:
                 trial[:n] += ce
             costs.append(_cost(model.forward(trial, x), y))
+    return reference, costs
+
+
+def _subspace_mlp_costs(model: Model, base: torch.Tensor, state: HybridState, seeds: list[int], x: torch.Tensor,
+                        y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float]]:
+    """Guided trials with no isotropic part on the MLP: a trial is base - sum_j a_j g_j, so its first layer's
+    product with the batch is the base's minus sum_j a_j times each gradient's, computed once per round
+    (m + 1 products instead of one per trial); the later, small layers run per trial. The costs equal the
+    dense trials' up to float rounding (they are only ranked; the step is rebuilt exactly by apply_es)."""
+    assert hyper.search is not None
+    m = len(state.history)
+    scale = math.sqrt(hyper.num_weights / m)
+    norms = [gradient_norm(g) for g in state.history]
+    act = ACTIVATIONS[model.activation]
+    xf = x.reshape(len(x), -1)
+    pb = model.unflatten(base)
+    pg = [model.unflatten(g) for g in state.history]
+    h_base = F.linear(xf, pb["w0"], pb["b0"])
+    h_grad = [F.linear(xf, p["w0"], p["b0"]) for p in pg]
+    layers = len(model.weights)
+
+    def rest(h: torch.Tensor, coef: list[float]) -> torch.Tensor:
+        for i in range(1, layers):
+            w, b = pb[f"w{i}"].clone(), pb[f"b{i}"].clone()
+            for a, p in zip(coef, pg, strict=True):
+                if a:
+                    w -= a * p[f"w{i}"]
+                    b -= a * p[f"b{i}"]
+            h = F.linear(act(h), w, b)
+        return h
+
+    reference = _cost(rest(h_base, [0.0] * m), y)
+    costs: list[float] = []
+    c = hyper.shift_scale
+    for seed in seeds:
+        zeta = subspace_coefficients(seed, m).tolist()
+        for sign in (1.0, -1.0):
+            coef = [sign * c * scale * z / n if n > 0 else 0.0 for z, n in zip(zeta, norms, strict=True)]
+            h = h_base.clone()
+            for a, hg in zip(coef, h_grad, strict=True):
+                h -= a * hg
+            costs.append(_cost(rest(h, coef), y))
     return reference, costs
 
 

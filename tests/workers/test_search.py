@@ -52,9 +52,11 @@ def setup(family: str = "gaussian", rule: str = "es", zo: bool = False, alpha: f
     return model, state, hyper, x, y
 
 
-@pytest.mark.parametrize("family,rule", [("gaussian", "es"), ("lowrank", "es"), ("gaussian", "guided")])
-def test_antithetic_costs_are_the_plus_and_minus_trials_in_order(family: str, rule: str) -> None:
-    model, state, hyper, x, y = setup(family, rule)
+@pytest.mark.parametrize("family,rule,alpha", [("gaussian", "es", 0.5), ("lowrank", "es", 0.5),
+                                               ("gaussian", "guided", 0.5), ("gaussian", "guided", 0.0)])
+def test_antithetic_costs_are_the_plus_and_minus_trials_in_order(family: str, rule: str, alpha: float) -> None:
+    """alpha 0 takes the shared first-layer products (workers/search.py _subspace_mlp_costs): the same costs."""
+    model, state, hyper, x, y = setup(family, rule, alpha=alpha)
     seeds = round_seeds(hyper.search, 5, 1)
     assert len(seeds) == 3  # k = 6: three seeds, each tried as +E and -E
     reference, costs = es_costs(model, state, seeds, x, y, hyper)
