@@ -113,9 +113,9 @@ def gradient_norm(g: torch.Tensor) -> float:
     return math.sqrt(float(np.sum(a * a)))
 
 
-def direction(seed: int, state: HybridState, hyper: Hyper) -> torch.Tensor:
+def direction(seed: int, state: HybridState, hyper: Hyper, norms: list[float] | None = None) -> torch.Tensor:
     """E of `seed`: (nw,) for es (the weights only, as argmin's trials), (P,) for guided (its gradient part moves
-    the biases too). A buffer of the caller's own."""
+    the biases too). A buffer of the caller's own. `norms`: the history's gradient_norm values, if known."""
     search = hyper.search
     if search is None or search.rule != "guided" or not state.history:
         return noise(seed, hyper, state.theta.device)
@@ -127,8 +127,9 @@ def direction(seed: int, state: HybridState, hyper: Hyper) -> torch.Tensor:
     if alpha < 1:
         zeta = subspace_coefficients(seed, m).tolist()
         scale = math.sqrt((1.0 - alpha) * nw / m)
+        norms = norms or [gradient_norm(g) for g in state.history]
         for j, g in enumerate(state.history):  # oldest first, one term at a time: the same bits everywhere
-            norm = gradient_norm(g)
+            norm = norms[j]
             if norm > 0:
                 out += g * (scale * zeta[j] / norm)
     return out
@@ -147,8 +148,9 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
         return _subspace_mlp_costs(model, base, state, seeds, x, y, hyper)
     reference = _cost(model.forward(base, x), y)
     costs: list[float] = []
+    norms = [gradient_norm(g) for g in state.history]
     for seed in seeds:
-        ce = direction(seed, state, hyper).mul_(c)
+        ce = direction(seed, state, hyper, norms).mul_(c)
         n = len(ce)
         for sign in (1, -1):
             trial = base.clone()
@@ -228,10 +230,11 @@ def apply_es(state: HybridState, decision: Decision, hyper: Hyper) -> HybridStat
     assert decision.array is not None and hyper.search is not None
     out = trial_base(state, hyper).clone()
     weights = [float(w) for w in decision.array]
+    norms = [gradient_norm(g) for g in state.history]
     for seed, w in zip(decision_seeds(hyper.search, decision.round, len(weights)), weights, strict=True):
         if w == 0.0:
             continue
-        e = direction(seed, state, hyper)
+        e = direction(seed, state, hyper, norms)
         e *= hyper.shift_scale * w  # two exactly rounded float32 operations: no fused multiply-add
         out[:len(e)] -= e
     return replace(state, version=decision.round + 1, theta=out)
