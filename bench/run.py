@@ -8,8 +8,9 @@ three models), overhead (1 Ray worker vs in process), wire (Ray's framing captur
 5 minutes), noise (the generator against NumPy's, a minute), gpu (`make gpu-check`; says so without a GPU),
 fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory; about 45
 minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes),
-worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute).
-With --only, the other sections already in --out are kept as they were.
+worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute),
+science (issue 15: seedonly-r4 against stale, argmin and backprop, 3 seeds on 2 Ray workers; about 3 hours on
+2 cores). With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import noise_speed
 import own_model
 import ray
 import ray_jobs
+import science
 import speed
 import stability
 import torch
@@ -55,6 +57,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "own-model": ("Your own model: the three examples/ jobs, backprop against H-ES and its controls (issue 14)",
                   own_model.run),
     "worker-memory": ("Worker memory: the peak of one worker's round, per mode (issue 15)", worker_memory.run),
+    "science": ("Beyond the paper: where seed-only rounds win (issue 15)", science.run),
 }
 HEADER = """# BENCHMARKS
 

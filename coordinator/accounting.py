@@ -88,6 +88,8 @@ def decision_label(d: Decision, fallback: str) -> str:
     from workers.hybrid import DecisionKind
     from workers.messages import ARRAY_DECISIONS
 
+    if d.kind == DecisionKind.ES:  # a stochastic round's seed weights (es, guided, zo)
+        return "stochastic"
     if d.kind in ARRAY_DECISIONS:
         return "full"
     if d.kind == DecisionKind.NONE:

@@ -112,14 +112,32 @@ class TrainConfig(_Strict):
 
 
 class HybridConfig(_Strict):
-    mode: Literal["hybrid", "backprop", "stale", "localsgd"] = "hybrid"
+    # zo: every round stochastic, no backprop anywhere (forward-only workers); its step is the es estimate alone.
+    mode: Literal["hybrid", "backprop", "stale", "localsgd", "zo"] = "hybrid"
     r: Annotated[int, Field(ge=1, le=100000)] = 2  # full round when iteration % r == 0
     k: Annotated[int, Field(ge=1, le=100000)] = 10  # trials per worker per stochastic round
     # Std of the shift added to the batch-SUMMED gradient (the paper's "sigma^2", see seed/NOTES.md).
     sigma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.25
     # argmin: Algorithm 2 as written (apply the best trial). notebook: the paper's code (seed/NOTES.md).
     # elitist: (1 + lambda) selection, apply the best trial only if it beats the current cost, else keep.
-    combine: Literal["argmin", "notebook", "elitist"] = "argmin"
+    # es: antithetic pairs (k / 2 seeds, each tried as +E and -E), every cost weighted (es_weights), the step
+    # moved by es_lr times the weighted sum of the perturbations (coordinator/combine.py, workers/search.py).
+    # guided: es whose perturbations lie in the span of the last guided_m full-round gradients plus an
+    # isotropic part of weight guided_alpha (Guided ES, Maheswaranathan et al. 2019).
+    combine: Literal["argmin", "notebook", "elitist", "es", "guided"] = "argmin"
+    # independent: every worker tries seeds of its own on the whole minibatch. shared: the round's seeds come
+    # from the round alone, every worker scores all of them on its shard, the coordinator adds the costs up.
+    trials: Literal["independent", "shared"] = "independent"
+    # es and guided: the step is -es_lr * (lr * sigma / B) * sum_i w_i E_i / n over the n seeds of the round,
+    # w_i in [-1, 1] (rank weights); es_lr = 1 moves about as far as one trial's shift along the best direction.
+    es_lr: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    # rank: centered ranks of all the round's costs (OpenAI ES; blind to the costs' scale, robust to outliers);
+    # zscore: (cost - mean) / std, which keeps how much better a trial was. quadratic (guided only): fit a
+    # quadratic model of the cost in the gradients' span to every cost and step to its minimizer, at most es_lr
+    # times the farthest trial away (a trust region); the weights then make the step exactly that.
+    es_weights: Literal["rank", "zscore", "quadratic"] = "rank"
+    guided_m: Annotated[int, Field(ge=1, le=64)] = 2  # full-round gradients kept for guided trials
+    guided_alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5  # isotropic share of a trial
     # Every this-many rounds each worker reports a digest of its parameters; 0 turns the check off.
     replica_check_every: Annotated[int, Field(ge=0)] = 10
     # A trial's perturbation of the weights: gaussian (every weight its own N(0, 1) draw) or lowrank (per weight
@@ -130,6 +148,22 @@ class HybridConfig(_Strict):
     # minibatch's true descent direction, and the share of trials that beat the unperturbed step, as per-epoch
     # history columns diag_cosine and diag_beat_share. Off: nothing is computed.
     diagnostics: bool = False
+
+
+    @model_validator(mode="after")
+    def _rules_fit(self) -> HybridConfig:
+        if self.combine in ("es", "guided") and self.k % 2:
+            raise ValueError(f"hybrid.k: combine {self.combine!r} tries k / 2 seeds as antithetic pairs (+E, -E), "
+                             f"so k must be even, got {self.k}")
+        if self.es_weights == "quadratic" and self.combine != "guided":
+            raise ValueError(f"hybrid.es_weights: 'quadratic' fits a model in the gradients' span, so it needs "
+                             f"combine 'guided', got {self.combine!r}")
+        if self.mode == "zo" and self.combine != "es":
+            raise ValueError(f"hybrid.combine: mode 'zo' steps by the es estimate, so it needs combine 'es', "
+                             f"got {self.combine!r}")
+        if self.trials == "shared" and self.combine in ("notebook", "elitist"):
+            raise ValueError(f"hybrid.trials: 'shared' works with combine argmin, es or guided, not {self.combine!r}")
+        return self
 
 
 class ClusterConfig(_Strict):
@@ -164,6 +198,17 @@ class JobConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _trainable_fits_the_rule(self) -> JobConfig:
+        # the es and guided trials (workers/search.py) perturb every weight: they do not keep a frozen part
+        searches = self.hybrid.mode == "zo" or (self.hybrid.mode == "hybrid" and (
+            self.hybrid.combine in ("es", "guided") or self.hybrid.trials == "shared"))
+        if self.model.trainable == "last" and searches:
+            raise ValueError("model.trainable: 'last' works with the argmin, notebook and elitist trials and the "
+                             "backprop, stale and localsgd modes, not with hybrid.combine es or guided, "
+                             "hybrid.trials shared or hybrid.mode zo")
+        return self
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from coordinator.outputs import (
     DIAGNOSTIC_COLUMNS,
     OutputError,
     load_checkpoint,
+    load_history,
     save_checkpoint,
     write_history,
     write_json,
@@ -60,6 +61,7 @@ from workers.messages import RoundKind
 from workers.models import Model
 from workers.partition import dirichlet_partition
 from workers.replica import Replica, Schedule
+from workers.search import Search
 
 log = logging.getLogger("hes.job")
 
@@ -109,9 +111,12 @@ def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
     if cfg.cluster.workers > cfg.train.batch_size:
         raise ValueError(f"cluster.workers: {cfg.cluster.workers} workers cannot share batches of "
                          f"{cfg.train.batch_size} examples (train.batch_size)")
+    h = cfg.hybrid
+    search = Search(h.combine, h.trials, worker_k(cfg), cfg.seed, h.mode == "zo", h.guided_m, h.guided_alpha, h.es_lr,
+                    h.es_weights)
     hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights,
-                  noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank))
-    hyper = replace(hyper, frozen=frozen_prefix(model, cfg.model.trainable))
+                  noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank),
+                  frozen=frozen_prefix(model, cfg.model.trainable), search=search)
     part_sizes = tuple(len(p) for p in partitions(cfg, data)) if cfg.data.split == "dirichlet" else ()
     schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
                         cfg.train.shuffle, cfg.data.split, part_sizes)
@@ -178,7 +183,7 @@ def load_model_parameters(folder: Path, model: Model) -> np.ndarray:
 
 def divergence_hint(cfg: JobConfig) -> str:
     knobs = [f"train.lr, now {cfg.train.lr:g}"]
-    if cfg.hybrid.mode == "hybrid":  # the only mode whose trials are spread by sigma
+    if cfg.hybrid.mode in ("hybrid", "zo"):  # the modes whose trials are spread by sigma
         knobs.append(f"hybrid.sigma, now {cfg.hybrid.sigma:g}")
     return "lower " + ", or ".join(knobs)
 
@@ -235,16 +240,18 @@ class Job:
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
         grad0, version = None, 0
+        history: tuple[torch.Tensor, ...] = ()
         if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
             theta0 = initial_theta(cfg, self.model)
         else:
             theta0, grad0, meta = load_checkpoint(self.out)
+            history = tuple(torch.from_numpy(h) for h in load_history(self.out))
             version = int(meta["version"])
             self.history = meta["history"]
             self.progress.counters = Counters.from_dict(meta["counters"])
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._state = HybridState(version, torch.from_numpy(theta0),
-                                  None if grad0 is None else torch.from_numpy(grad0))
+                                  None if grad0 is None else torch.from_numpy(grad0), history)
         self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
@@ -377,7 +384,8 @@ class Job:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
         meta = {"version": self.state.version, "history": self.history,
                 "counters": self.progress.counters.to_dict()}
-        save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta)
+        save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
+                        tuple(h.cpu().numpy() for h in self.state.history))
 
     def _finish(self) -> JobResult:
         p, c, theta = self.progress, self.progress.counters, self.state.theta

@@ -77,11 +77,15 @@ def write_model(path: Path, named: dict[str, np.ndarray], metadata: dict[str, st
                   "the model")
 
 
-def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: dict[str, Any]) -> None:
-    """theta, grad and the loop's counters; `hes train --resume` continues from it."""
+def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: dict[str, Any],
+                    history: tuple[np.ndarray, ...] = ()) -> None:
+    """theta, grad, the gradients guided trials keep (oldest first) and the loop's counters; `hes train
+    --resume` continues from it."""
     arrays = {"theta": theta, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if grad is not None:
         arrays["grad"] = grad
+    if history:
+        arrays["history"] = np.stack(history)
     _atomic(folder / "checkpoint.npz", "the checkpoint",
             lambda tmp: np.savez(tmp, **arrays),  # type: ignore[arg-type]
             tmp=folder / "checkpoint.tmp.npz")  # np.savez would add .npz to any other name
@@ -94,3 +98,9 @@ def load_checkpoint(folder: Path) -> tuple[np.ndarray, np.ndarray | None, dict[s
     with np.load(path) as z:
         grad = z["grad"].copy() if "grad" in z.files else None
         return z["theta"].copy(), grad, json.loads(z["meta"].tobytes().decode())
+
+
+def load_history(folder: Path) -> tuple[np.ndarray, ...]:
+    """The checkpoint's gradient history (guided trials), oldest first; () when it has none."""
+    with np.load(folder / "checkpoint.npz") as z:
+        return tuple(np.array(h, copy=True) for h in z["history"]) if "history" in z.files else ()

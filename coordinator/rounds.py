@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from coordinator.accounting import Counters, RoundBytes
+from coordinator.combine import Rules, combine, round_loss, weighted_mean
 from workers.hybrid import (
     Decision,
     DecisionKind,
@@ -31,7 +32,6 @@ from workers.hybrid import (
     HybridState,
     Hyper,
     apply_decision,
-    cost_rank,
     keep_frozen,
     require_finite,
 )
@@ -78,6 +78,15 @@ class RoundLoop:
         self._state, self.hyper, self.schedule = state, hyper, schedule
         self.mode, self.combine_rule, self.pool, self.counters = mode, combine, pool, counters
         self.check_every = 0 if mode == "localsgd" else check_every
+        search = hyper.search
+        self.rules = Rules(mode, combine, search.trials if search else "independent",
+                           search.k if search else 0, pool.n_workers, schedule.assisted,
+                           search.es_lr if search else 1.0, search.es_weights if search else "rank",
+                           search.job_seed if search else 0)
+        # full rounds so far, capped at guided_m: the gradients guided trials are drawn around (a quadratic
+        # fit needs their number; counted here so that the combine does not wait for the state)
+        self.subspace = min(search.history_m if search else 0,
+                            sum(schedule.kind(i) == RoundKind.FULL for i in range(state.version)))
         self.pending = Decision(state.version - 1, DecisionKind.NONE)  # the workers have not received it yet
         self._unapplied: list[Decision] = []  # the coordinator's own state has not applied them yet, in order
 
@@ -102,7 +111,7 @@ class RoundLoop:
     def snapshot(self) -> Sync:
         st = self.state
         g = None if st.grad is None else st.grad.cpu().numpy()
-        return Sync(st.version, st.theta.cpu().numpy(), g)
+        return Sync(st.version, st.theta.cpu().numpy(), g, history=tuple(h.cpu().numpy() for h in st.history))
 
     def run_round(self, t: int) -> RoundEvent:
         started = time.perf_counter()
@@ -120,6 +129,8 @@ class RoundLoop:
             results = self._check_replicas(task, results, rb)
         loss = self._round_loss(t, kind, results)
         decision = self.combine(t, kind, results)
+        if kind == RoundKind.FULL and self.hyper.search is not None:
+            self.subspace = min(self.hyper.search.history_m, self.subspace + 1)
         if kind == RoundKind.FULL and decision.array is not None and not np.isfinite(decision.array).all():
             raise Diverged(t + 1, "the batch gradient has nan or inf entries")
         self.pending = decision
@@ -136,13 +147,11 @@ class RoundLoop:
 
         Stochastic rounds: the best trial's cost, which is non-finite only when every trial of every worker
         was (workers rank non-finite costs last), so no step of the round is finite to take."""
+        loss = round_loss(kind, results, self.rules)
         if kind == RoundKind.STOCHASTIC:
-            if self.mode == "stale" or not results:
-                return float("nan")  # the stale control runs no trials
-            loss = min((r.cost for r in results), key=cost_rank)
-            require_finite(loss, t + 1, "the cost of every trial")
+            if self.mode != "stale" and results:  # the stale control runs no trials: nan
+                require_finite(loss, t + 1, "the cost of every trial")
             return loss
-        loss = sum(r.loss_sum for r in results) / max(1, sum(r.examples for r in results))
         require_finite(loss, t + 1, "the batch loss")
         return loss
 
@@ -163,8 +172,8 @@ class RoundLoop:
             fresh = self._drop_stale(task.round, results)
             if fresh:  # a worker that restarted meanwhile was resynced: it brings the last average
                 st = self.state
-                theta = torch.from_numpy(_weighted_mean(fresh, by_examples=True)).to(st.theta.device)
-                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad)
+                theta = torch.from_numpy(weighted_mean(fresh, by_examples=True)).to(st.theta.device)
+                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad, st.history)
         self.counters.add_bytes(rb)
         self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
 
@@ -191,41 +200,5 @@ class RoundLoop:
         return out
 
     def combine(self, t: int, kind: RoundKind, results: list[Result]) -> Decision:
-        if not results:
-            raise RuntimeError(f"round {t}: no worker returned a result")
-        if kind == RoundKind.FULL:
-            step = DecisionKind.SET_GRAD if self.schedule.assisted else DecisionKind.GRAD
-            return Decision(t, step, array=_weighted_mean(results, by_examples=False))
-        if kind == RoundKind.AVERAGE:
-            return Decision(t, DecisionKind.PARAMS, array=_weighted_mean(results, by_examples=True))
-        if kind == RoundKind.LOCAL:
-            return Decision(t, DecisionKind.LOCAL)
-        if self.mode == "stale":
-            return Decision(t, DecisionKind.STALE)
-        if self.combine_rule == "notebook":
-            improved = any(r.beats_current for r in results)
-            return Decision(t, DecisionKind.STALE if improved else DecisionKind.BIAS_ONLY)
-        best = min(results, key=lambda r: (cost_rank(r.cost), r.worker))  # argmin: Algorithm 2 as written
-        if self.combine_rule == "elitist" and not best.beats_current:
-            return Decision(t, DecisionKind.KEEP)  # (1 + lambda) selection: the parent survives
-        return Decision(t, DecisionKind.SEED, seed=best.seed)
-
-
-def _weighted_mean(results: list[Result], by_examples: bool) -> np.ndarray:
-    """Full round: sum of the workers' summed gradients / examples = the batch-mean gradient.
-    Average round: the workers' parameters weighted by their shard sizes."""
-    if by_examples and len(results) == 1:  # one worker's parameters are their own average, to the bit
-        assert results[0].array is not None
-        return np.array(results[0].array, dtype=np.float32, copy=True)
-    examples = np.float32(sum(r.examples for r in results))
-    parts = []
-    for r in results:
-        assert r.array is not None
-        parts.append(r.array * np.float32(r.examples) if by_examples else r.array)
-    if len(parts) == 1:
-        return np.divide(parts[0], examples, dtype=np.float32)  # a new array: the result may be a shared view
-    total = np.add(parts[0], parts[1], dtype=np.float32)
-    for part in parts[2:]:
-        total += part
-    total /= examples  # in place: the same float32 division as total / examples, one copy less
-    return total
+        """The round's decision: coordinator/combine.py, a pure function of the kind, results and rules."""
+        return combine(t, kind, results, self.rules, self.subspace)

@@ -29,12 +29,16 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from workers.models import Model
 from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
+
+if TYPE_CHECKING:
+    from workers.search import Search
 
 CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it (256 kB of float32)
 
@@ -77,6 +81,7 @@ class Hyper:
     # (leading weights, leading biases) that never change (model.trainable: last freezes all but the last layer):
     # every step restores them from theta and every perturbation is zero on them, so they stay bitwise as they were.
     frozen: tuple[int, int] = (0, 0)
+    search: Search | None = None  # the round's trials and rule (workers/search.py); None: argmin's as before
 
     @property
     def shift_scale(self) -> float:
@@ -90,6 +95,8 @@ class HybridState:
     version: int
     theta: torch.Tensor  # (P,) float32
     grad: torch.Tensor | None  # (P,) float32, batch-mean; None before the first full round
+    # guided: the last hybrid.guided_m full-round gradients, oldest first (the last is `grad`); else empty
+    history: tuple[torch.Tensor, ...] = ()
 
 
 class DecisionKind(enum.IntEnum):
@@ -102,6 +109,7 @@ class DecisionKind(enum.IntEnum):
     LOCAL = 6  # localsgd, between averages: every replica stepped on its own shard (coordinator: nothing)
     SET_GRAD = 7  # Assisted H-ES (r = 1): `array` becomes the gradient the next round's trials shift; no step
     KEEP = 8  # elitist, when no trial beat the current cost: the parameters survive unchanged
+    ES = 9  # es, guided, zo: `array` holds one weight per seed of the round; step from the weighted perturbations
 
 
 @dataclass(frozen=True)
@@ -303,27 +311,48 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
     if kind == DecisionKind.GRAD:
         assert decision.array is not None
         grad = torch.from_numpy(decision.array).to(state.theta.device)
-        return HybridState(version, descend(state.theta, grad, hyper), grad)
+        return HybridState(version, descend(state.theta, grad, hyper), grad, _remember(state, grad, hyper))
     if kind == DecisionKind.SET_GRAD:
         assert decision.array is not None
-        return HybridState(version, state.theta, torch.from_numpy(decision.array).to(state.theta.device))
+        grad = torch.from_numpy(decision.array).to(state.theta.device)
+        return HybridState(version, state.theta, grad, _remember(state, grad, hyper))
     if kind == DecisionKind.PARAMS:
         assert decision.array is not None
         theta = torch.from_numpy(np.array(decision.array, copy=True)).to(state.theta.device)
-        return HybridState(version, keep_frozen(theta, state.theta, hyper), state.grad)  # an average's rounding
+        return replace(state, version=version, theta=keep_frozen(theta, state.theta, hyper))  # an average's rounding
+    if kind == DecisionKind.ES:
+        from workers.search import apply_es  # search builds on this module
+
+        return apply_es(state, decision, hyper)
     if state.grad is None:
         raise ValueError(f"decision {kind.name} of round {decision.round} needs a gradient")
     if kind == DecisionKind.SEED:
         z = noise(decision.seed, hyper, state.theta.device)
-        return HybridState(version, shift(descend(state.theta, state.grad, hyper), z, hyper), state.grad)
+        return replace(state, version=version, theta=shift(descend(state.theta, state.grad, hyper), z, hyper))
     if kind == DecisionKind.STALE:
-        return HybridState(version, descend(state.theta, state.grad, hyper), state.grad)
+        return replace(state, version=version, theta=descend(state.theta, state.grad, hyper))
     if kind == DecisionKind.BIAS_ONLY:
         theta = state.theta.clone()
         at = hyper.num_weights + hyper.frozen[1]
         theta[at:] -= hyper.lr * state.grad[at:]
-        return HybridState(version, theta, state.grad)
+        return replace(state, version=version, theta=theta)
     raise ValueError(f"unknown decision kind {kind}")
+
+
+def _remember(state: HybridState, grad: torch.Tensor, hyper: Hyper) -> tuple[torch.Tensor, ...]:
+    """The gradient history after a full round: guided keeps the last guided_m gradients, other rules none."""
+    m = hyper.search.history_m if hyper.search is not None else 0
+    return (*state.history, grad)[-m:] if m else ()
+
+
+def trial_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor, y: torch.Tensor,
+                hyper: Hyper) -> tuple[float, list[float]]:
+    """(the unperturbed step's cost, every trial's cost): run_trials' trials, all costs kept (shared argmin)."""
+    if state.grad is None:
+        raise ValueError("a stochastic round needs a gradient: the first round of a job must be full")
+    if hyper.noise.family == "lowrank":
+        return _lowrank_costs(model, state.theta, state.grad, seeds, x, y, hyper)
+    return _gaussian_costs(model, state.theta, state.grad, seeds, x, y, hyper)
 
 
 def local_step(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -16,6 +16,14 @@ does the round's work and answers with a `Result`. Sizes on the wire (little-end
     + digest          8 B of blake2b over the parameter bytes (replica check, counted as sync)
 So a stochastic round moves 6 + 9 = 15 B down and 7 + 14 = 21 B up per worker, whatever the model size.
 
+Rules that use every cost (hybrid.combine es or guided, hybrid.trials shared; workers/search.py) send all of
+a worker's k costs instead of the best seed (status byte's top bit set):
+    + costs           <HHI   count u16, improvements u16, examples u32, then count x f32  =  8 + 4k B
+and an es decision carries one float32 weight per seed of the round (seeds are derived, not sent):
+    decision          kind u8 + n x f32: n = workers x k/2 (independent) or k/2 (shared)  =  1 + 4n B
+so with k = 10 a worker sends 7 + 8 + 40 = 55 B up, and receives 6 + 1 + 4 * 5N B down (N workers,
+independent: 27 B at N = 1, 47 B at N = 2, growing with N) or 6 + 1 + 20 = 27 B (shared, whatever N).
+
 When the job's workers change (one left, or came back), the next task's header carries the live workers
 (flag 4, then <H count and count x <H slot = 2 + 2n B, counted as sync) and they split each minibatch among
 themselves from then on; a `Sync` carries them too (flag 2 of its header), for a worker that missed that task.
@@ -36,10 +44,12 @@ _TRIALS = struct.Struct("<qfH")
 _GRAD = struct.Struct("<fI")
 _SEED = struct.Struct("<q")
 _COUNT = struct.Struct("<H")
+_COSTS = struct.Struct("<HHI")
+_STATUS_COSTS = 0x80  # in a stochastic result's status byte: every cost follows, not the best seed
 DIGEST_BYTES = 8
 _BEATS_CURRENT = 0x8000
 _IMPROVEMENTS_MAX = 0x7FFF
-ARRAY_DECISIONS = (DecisionKind.GRAD, DecisionKind.PARAMS, DecisionKind.SET_GRAD)
+ARRAY_DECISIONS = (DecisionKind.GRAD, DecisionKind.PARAMS, DecisionKind.SET_GRAD, DecisionKind.ES)
 
 
 class RoundKind(enum.IntEnum):
@@ -91,6 +101,7 @@ class Result:
     examples: int = 0
     array: np.ndarray | None = None  # float32 (P,): a gradient sum (full) or parameters (average)
     digest: bytes = b""
+    costs: tuple[float, ...] = ()  # every trial's cost (es, guided, shared trials); float32 values
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class Sync:
     theta: np.ndarray
     grad: np.ndarray | None
     members: tuple[int, ...] | None = None  # the live workers (None: keep the replica's)
+    history: tuple[np.ndarray, ...] = ()  # guided: the last full-round gradients, oldest first
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -150,9 +162,13 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None,
     """(head, array, digest): the head's bytes, then the float32 values (P x 4 B, little-endian) of a gradient
     or parameters, kept as an array so that Ray ships its buffer as it is, without a copy into a bytes object;
     the payload is len(head) + array.nbytes. The digest is accounted as sync."""
-    out = _RESULT.pack(r.round, r.worker, int(r.status))
+    costs = r.status == Status.OK and kind == RoundKind.STOCHASTIC and bool(r.costs)
+    out = _RESULT.pack(r.round, r.worker, int(r.status) | (_STATUS_COSTS if costs else 0))
     array = None
-    if r.status == Status.OK:
+    if costs:
+        out += _COSTS.pack(len(r.costs), min(r.improvements, 0xFFFF), r.examples)
+        out += struct.pack(f"<{len(r.costs)}f", *r.costs)
+    elif r.status == Status.OK:
         if kind == RoundKind.STOCHASTIC:
             field = min(r.improvements, _IMPROVEMENTS_MAX) | (_BEATS_CURRENT if r.beats_current else 0)
             out += _TRIALS.pack(r.seed, r.cost, field)
@@ -170,6 +186,11 @@ def payload_size(head: bytes, array: np.ndarray | None) -> int:
 def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: RoundKind) -> Result:
     rnd, worker, status = _RESULT.unpack_from(head)
     at = _RESULT.size
+    if status & _STATUS_COSTS:
+        n, improvements, examples = _COSTS.unpack_from(head, at)
+        costs = struct.unpack_from(f"<{n}f", head, at + _COSTS.size)
+        return Result(rnd, worker, Status(status & ~_STATUS_COSTS), improvements=improvements, examples=examples,
+                      digest=digest, costs=tuple(costs))
     if status != Status.OK:
         return Result(rnd, worker, Status(status))
     if kind == RoundKind.STOCHASTIC:
@@ -183,24 +204,34 @@ def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: Ro
     return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest)
 
 
-_SYNC = struct.Struct("<IB")  # version, flags (1: a gradient follows theta, 2: the live workers precede theta)
-_SYNC_GRAD, _SYNC_MEMBERS = 1, 2
+_SYNC = struct.Struct("<IB")  # version, flags (1: a gradient follows theta, 2: the live workers precede theta,
+_SYNC_GRAD, _SYNC_MEMBERS, _SYNC_HISTORY = 1, 2, 4  # 4: <H count of history gradients after the members)
 
 
 def encode_sync(s: Sync) -> bytes:
     grad = b"" if s.grad is None else _f32(s.grad)
-    flags = (_SYNC_GRAD if grad else 0) | (_SYNC_MEMBERS if s.members is not None else 0)
-    return _SYNC.pack(s.version, flags) + _encode_members(s.members) + _f32(s.theta) + grad
+    flags = ((_SYNC_GRAD if grad else 0) | (_SYNC_MEMBERS if s.members is not None else 0)
+             | (_SYNC_HISTORY if s.history else 0))
+    history = _COUNT.pack(len(s.history)) if s.history else b""
+    return (_SYNC.pack(s.version, flags) + _encode_members(s.members) + history + _f32(s.theta) + grad
+            + b"".join(_f32(h) for h in s.history))
 
 
 def decode_sync(data: bytes) -> Sync:
     version, flags = _SYNC.unpack_from(data)
     members, at = _decode_members(data, _SYNC.size) if flags & _SYNC_MEMBERS else (None, _SYNC.size)
+    m = 0
+    if flags & _SYNC_HISTORY:
+        (m,) = _COUNT.unpack_from(data, at)
+        at += _COUNT.size
     arr = _owned(data, at)
-    if flags & _SYNC_GRAD:
-        half = len(arr) // 2
-        return Sync(version, arr[:half], arr[half:], members)
-    return Sync(version, arr, None, members)
+    parts = 1 + (1 if flags & _SYNC_GRAD else 0) + m
+    size = len(arr) // parts
+    theta = arr[:size]
+    grad = arr[size:2 * size] if flags & _SYNC_GRAD else None
+    first = 2 if flags & _SYNC_GRAD else 1
+    history = tuple(arr[(first + j) * size:(first + j + 1) * size] for j in range(m))
+    return Sync(version, theta, grad, members, history)
 
 
 def _owned(buffer: bytes | memoryview, offset: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,17 +28,19 @@ from workers.hybrid import (
     batch_loss_and_grad_sum,
     local_step,
     run_trials,
+    trial_costs,
 )
 from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model
 from workers.noise import trial_seed
 from workers.partition import share, share_sizes
+from workers.search import es_costs, round_seeds
 
 
 @dataclass(frozen=True)
 class Schedule:
     """Which examples and which kind of work each round has; a pure function of the round index."""
-    mode: str  # hybrid | backprop | stale | localsgd
+    mode: str  # hybrid | backprop | stale | localsgd | zo
     r: int
     batch_size: int
     n_train: int
@@ -69,6 +71,8 @@ class Schedule:
         j = t % self.rounds_per_epoch
         if self.mode == "backprop":
             return RoundKind.FULL
+        if self.mode == "zo":  # forward passes only: no round computes a gradient
+            return RoundKind.STOCHASTIC
         if self.assisted:
             return RoundKind.FULL if j % 2 == 0 else RoundKind.STOCHASTIC
         if self.mode == "localsgd":  # r local steps, the last of them followed by the average
@@ -135,7 +139,9 @@ class Replica:
         if s.members is not None:
             self.members = s.members
         grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
-        self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad)
+        history = tuple(torch.from_numpy(np.array(h, copy=True)).to(self.device) for h in s.history)
+        self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad,
+                                 history)
 
     def shard(self, t: int) -> np.ndarray:
         """This worker's examples of round t's minibatch (dirichlet: positions in its own partition)."""
@@ -158,6 +164,16 @@ class Replica:
                           array=st.theta.cpu().numpy(), digest=dig)
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
+        search = self.hyper.search
+        if task.kind == RoundKind.STOCHASTIC and search is not None and search.reports_costs:
+            # shared trials: the same seeds on every worker, each scored on this worker's shard only
+            shard = self.shard(t) if search.trials == "shared" else self.schedule.batch(t)
+            idx = torch.tensor(shard, device=self.device)
+            seeds = round_seeds(search, t, self.worker)
+            score = es_costs if search.antithetic else trial_costs
+            reference, costs = score(self.model, st, seeds, self.x[idx], self.y[idx], self.hyper)
+            return Result(t, self.worker, improvements=sum(c < reference for c in costs), examples=len(idx),
+                          digest=dig, costs=tuple(costs))
         if task.kind == RoundKind.STOCHASTIC:
             # iid: the whole minibatch, so that costs compare across workers; dirichlet: only its own share
             examples = self.shard(t) if self.schedule.owned else self.schedule.batch(t)
@@ -174,6 +190,6 @@ class Replica:
             return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),
                           array=grad_sum.cpu().numpy(), digest=dig)
         loss_sum, theta = local_step(self.model, st.theta, self.x[idx], self.y[idx], self.hyper)
-        self.state = HybridState(st.version, theta, st.grad)
+        self.state = replace(st, theta=theta)
         array = theta.cpu().numpy() if task.kind == RoundKind.AVERAGE else None
         return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx), array=array, digest=dig)

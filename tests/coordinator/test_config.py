@@ -119,3 +119,22 @@ def test_own_model_keys_name_the_field(raw: dict, field: str) -> None:
                            "model": {"arch": "module", "factory": "pkg.mod:net", "kwargs": {"d": 8}, "perturb": "all"},
                            "cluster": {"runtime_env": {"py_modules": ["./pkg"]}}})
     assert own.model.kwargs == {"d": 8} and own.cluster.runtime_env == {"py_modules": ["./pkg"]}
+
+
+def test_issue15_presets_validate_and_finetune_zo_fits_100_bytes() -> None:
+    import numpy as np
+
+    from workers.hybrid import Decision, DecisionKind
+    from workers.messages import Result, RoundKind, Task, encode_result, encode_task
+
+    seed_only = load_config("seedonly-r4")
+    assert (seed_only.hybrid.r, seed_only.cluster.workers, seed_only.data.dataset) == (4, 2, "mnist")
+    assert seed_only.hybrid.mode == "hybrid" and seed_only.hybrid.combine in ("es", "guided")
+    zo = load_config("finetune-zo")
+    assert (zo.hybrid.mode, zo.cluster.workers, zo.hybrid.trials) == ("zo", 4, "shared")
+    # a zo round per worker: every cost up, one weight per shared seed down (workers/messages.py)
+    k = zo.hybrid.k
+    head, array, _ = encode_result(Result(9, 3, examples=250, costs=(0.5,) * k), RoundKind.STOCHASTIC)
+    header, decision = encode_task(Task(9, RoundKind.STOCHASTIC,
+                                        Decision(8, DecisionKind.ES, array=np.zeros(k // 2, np.float32))))
+    assert array is None and len(head) + len(header) + len(decision) <= 100

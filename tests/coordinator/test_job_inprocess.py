@@ -150,16 +150,14 @@ def test_localsgd_final_parameters_hold_every_local_step(tmp_path: Path) -> None
 
 
 def test_combine_rules_decide_as_documented() -> None:
-    from coordinator.accounting import Counters
-    from coordinator.rounds import RoundLoop
-    from workers.hybrid import DecisionKind, HybridState
+    from coordinator.combine import Rules, combine  # a pure function: tests/coordinator/test_combine.py has more
+    from workers.hybrid import DecisionKind
     from workers.messages import Result, RoundKind
 
     def decide(rule: str, beats_current: tuple[bool, bool]) -> tuple[DecisionKind, int]:
-        loop = RoundLoop(HybridState(0, torch.zeros(1), None), None, None, "hybrid", rule, None, Counters())  # type: ignore[arg-type]
         results = [Result(3, 0, seed=11, cost=0.5, beats_current=beats_current[0]),
                    Result(3, 1, seed=22, cost=0.25, beats_current=beats_current[1])]
-        d = loop.combine(3, RoundKind.STOCHASTIC, results)
+        d = combine(3, RoundKind.STOCHASTIC, results, Rules(rule=rule, n_workers=2))
         return d.kind, d.seed
 
     assert decide("argmin", (False, False)) == (DecisionKind.SEED, 22)  # the best trial, whatever it costs
