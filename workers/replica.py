@@ -166,8 +166,10 @@ class Replica:
             return Result(t, self.worker, digest=dig)
         search = self.hyper.search
         if task.kind == RoundKind.STOCHASTIC and search is not None and search.reports_costs:
-            # shared trials: the same seeds on every worker, each scored on this worker's shard only
-            shard = self.shard(t) if search.trials == "shared" else self.schedule.batch(t)
+            # shared trials: the same seeds on every worker, each scored on this worker's shard only; under
+            # dirichlet a worker sees only its own share, whatever the trials
+            shared = search.trials == "shared" or self.schedule.owned
+            shard = self.shard(t) if shared else self.schedule.batch(t)
             idx = torch.tensor(shard, device=self.device)
             seeds = round_seeds(search, t, self.worker)
             score = es_costs if search.antithetic else trial_costs

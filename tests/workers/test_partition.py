@@ -13,6 +13,7 @@ from workers.messages import RoundKind, Sync, Task
 from workers.noise import trial_seed
 from workers.partition import dirichlet_partition, label_skew, share_sizes
 from workers.replica import Replica
+from workers.search import es_costs, round_seeds
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=3000)
 
@@ -112,3 +113,25 @@ def test_the_coordinator_knows_each_round_s_examples(tmp_path: object) -> None:
         assert len(idx) == 90
         for w in range(3):
             assert set(parts[w][job.schedule.own(t, w)].tolist()) <= set(idx.tolist()) & set(parts[w].tolist())
+
+
+def test_es_trials_of_a_dirichlet_worker_are_scored_on_its_own_share() -> None:
+    """Independent es trials too see only the worker's share, never the whole minibatch of the round."""
+    raw = cfg("hybrid")
+    raw["hybrid"] = {**raw.get("hybrid", {}), "combine": "es", "k": 4}
+    c = validate_config(raw)
+    data, model, hyper, schedule = build_parts(c)
+    assert hyper.search is not None
+    parts = partitions(c, data)
+    theta = model.initial_parameters(c.seed)
+    grad = np.full_like(theta, 0.01)
+    for w in range(3):
+        x, y = worker_data(c, data, parts, w)
+        rep = Replica(model, x, y, hyper, schedule, c.seed, 4, "es", w, 3)
+        rep.sync(Sync(1, theta, grad))
+        res = rep.handle(Task(1, RoundKind.STOCHASTIC, Decision(0, DecisionKind.NONE)))
+        own = schedule.own(1, w)
+        assert rep.state is not None and res.examples == len(own)
+        _, costs = es_costs(model, rep.state, round_seeds(hyper.search, 1, w), torch.from_numpy(x[own]),
+                            torch.from_numpy(y[own]), hyper)
+        assert res.costs == tuple(costs)
