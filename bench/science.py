@@ -76,7 +76,7 @@ def apply_seconds(family: str, n_workers: int = 2, k: int = 10, repeats: int = 5
     from workers.search import Search
 
     model = mlp(784, [300], "sigmoid", "normal")
-    hyper = Hyper(5.0, 1e-4, 1.25, 1000, model.num_weights, noise_spec(model, family, 1), Search("es", k=k))
+    hyper = Hyper(5.0, 1e-4, 1.25, 1000, model.num_weights, noise_spec(model, family, 1), search=Search("es", k=k))
     theta = torch.from_numpy(model.initial_parameters(1))
     state = HybridState(1, theta, torch.zeros_like(theta))
     weights = np.linspace(-0.1, 0.1, n_workers * k // 2).astype(np.float32) + np.float32(1e-3)

@@ -36,7 +36,7 @@ class Rules:
     n_workers: int = 1  # the job's worker slots (an es decision has one weight per slot and seed)
     assisted: bool = False  # r = 1: a full round sets the gradient, the trials take the step
     es_lr: float = 1.0
-    es_weights: str = "rank"  # rank | zscore
+    es_weights: str = "rank"  # rank | zscore | quadratic
     job_seed: int = 0  # shared argmin names the winning seed, derived like the workers' (workers/search.py)
 
     def __post_init__(self) -> None:

@@ -132,7 +132,7 @@ class HybridConfig(_Strict):
     # w_i in [-1, 1] (rank weights); es_lr = 1 moves about as far as one trial's shift along the best direction.
     es_lr: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
     # rank: centered ranks of all the round's costs (OpenAI ES; blind to the costs' scale, robust to outliers);
-    # zscore: (cost - mean) / std, which keeps how much better a trial was. quadratic (guided only): fit a
+    # zscore: (cost - mean) / (2 std), which keeps how much better a trial was. quadratic (guided only): fit a
     # quadratic model of the cost in the gradients' span to every cost and step to its minimizer, at most es_lr
     # times the farthest trial away (a trust region); the weights then make the step exactly that.
     es_weights: Literal["rank", "zscore", "quadratic"] = "rank"
@@ -161,6 +161,9 @@ class HybridConfig(_Strict):
         if self.mode == "zo" and self.combine != "es":
             raise ValueError(f"hybrid.combine: mode 'zo' steps by the es estimate, so it needs combine 'es', "
                              f"got {self.combine!r}")
+        if (self.combine in ("es", "guided") or self.trials == "shared") and self.k > 65535:
+            raise ValueError(f"hybrid.k: every trial's cost travels, and a result holds at most 65535 of them, "
+                             f"got {self.k}")
         if self.trials == "shared" and self.combine in ("notebook", "elitist"):
             raise ValueError(f"hybrid.trials: 'shared' works with combine argmin, es or guided, not {self.combine!r}")
         return self
@@ -198,6 +201,19 @@ class JobConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _quadratic_is_determined(self) -> JobConfig:
+        # the quadratic fit in the span of m gradients has 1 + m + m (m + 1) / 2 unknowns, one cost per trial
+        h = self.hybrid
+        if h.es_weights == "quadratic":
+            costs = h.k if h.trials == "shared" else h.k * max(1, self.cluster.workers)
+            unknowns = 1 + h.guided_m + h.guided_m * (h.guided_m + 1) // 2
+            if costs < unknowns:
+                raise ValueError(f"hybrid.es_weights: quadratic fits {unknowns} numbers in the span of guided_m = "
+                                 f"{h.guided_m} gradients, and a round gives {costs} costs; raise hybrid.k or "
+                                 "lower hybrid.guided_m")
+        return self
 
     @model_validator(mode="after")
     def _trainable_fits_the_rule(self) -> JobConfig:

@@ -426,6 +426,9 @@ def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedu
         return ReplicaPool([make_replica(cfg, data, model, hyper, schedule, parts, i) for i in range(n)],
                            threads=max(1, int(cfg.cluster.cpus_per_worker)))
     # one worker, the only one (whatever cluster.workers says when a caller runs a Ray config in process)
+    if parts is not None and len(parts) > 1:
+        raise ValueError(f"data.split: dirichlet places the data on {len(parts)} workers; run them on Ray or with "
+                         "cluster.backend local, not as one replica in this process")
     return LocalPool(make_replica(cfg, data, model, hyper, schedule, parts, 0, 1),
                      shares_state=cfg.hybrid.mode != "localsgd")
 

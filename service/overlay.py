@@ -24,7 +24,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, NullFormatter, PercentFormatter
 
-from service.report import _figure, describe
+from service.report import _figure, describe, loss_label
 
 REQUIRED = ("epoch", "bytes_total")
 
@@ -34,6 +34,7 @@ class Series:
     """One job's history as the overlay reads it: any columns, numbers (NaN for an empty or missing value)."""
     label: str
     rows: list[dict[str, float]]
+    loss: str = "cross-entropy loss"  # the y label of its loss (service.report.loss_label of its train.loss)
 
     def column(self, name: str) -> list[float]:
         return [r.get(name, math.nan) for r in self.rows]
@@ -51,13 +52,14 @@ def _number(text: str | float | None) -> float:
         return math.nan
 
 
-def series_from(records: Sequence[dict[str, object]], label: str, source: str) -> Series:
+def series_from(records: Sequence[dict[str, object]], label: str, source: str,
+                loss: str = "cross-entropy loss") -> Series:
     if not records:
         raise ValueError(f"{source}: no finished epoch yet, nothing to plot")
     missing = [c for c in REQUIRED if c not in records[0]]
     if missing:
         raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return Series(label, [{k: _number(v) for k, v in r.items()} for r in records])  # type: ignore[arg-type]
+    return Series(label, [{k: _number(v) for k, v in r.items()} for r in records], loss)  # type: ignore[arg-type]
 
 
 def read_series(target: str, server: str | None) -> Series:
@@ -67,10 +69,10 @@ def read_series(target: str, server: str | None) -> Series:
         folder = path if path.is_dir() else path.parent
         file = folder / "history.csv" if path.is_dir() else path
         config_file = folder / "config.json"
-        label = f"{folder.name} ({describe(json.loads(config_file.read_text()))})" if config_file.is_file() \
-            else folder.name
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        label = f"{folder.name} ({describe(config)})" if config else folder.name
         with file.open(newline="") as f:
-            return series_from(list(csv.DictReader(f)), label, str(file))
+            return series_from(list(csv.DictReader(f)), label, str(file), loss_label(config))
     from service.client import Client
 
     client = Client(server)
@@ -79,7 +81,8 @@ def read_series(target: str, server: str | None) -> Series:
         rows = client.request("GET", f"/v1/jobs/{target}/history").json()["rows"]
     finally:
         client.close()
-    return series_from(rows, f"{target} ({describe(job.get('config') or {})})", f"job {target}")
+    config = job.get("config") or {}
+    return series_from(rows, f"{target} ({describe(config)})", f"job {target}", loss_label(config))
 
 
 def _loss_column(s: Series) -> str:
@@ -106,7 +109,10 @@ def plot_overlay(jobs: Sequence[Series]) -> dict[str, Figure]:
             title = f"{'Dev accuracy' if metric == 'accuracy' else 'Loss'} against {xname}"
             if left_out:
                 title += "\nleft out: " + "; ".join(left_out)
-            fig, ax = _figure(title, "dev accuracy" if metric == "accuracy" else "cross-entropy loss",
+            losses = sorted({s.loss for s in shown})  # jobs of different losses share the axis: say so
+            loss = losses[0] if len(losses) == 1 else "loss (" + ", ".join(losses) + ": not comparable)" if losses \
+                else "loss"
+            fig, ax = _figure(title, "dev accuracy" if metric == "accuracy" else loss,
                               "epoch" if xname == "epoch" else "payload bytes sent (all workers, up + down)")
             for s in shown:
                 y = s.column("dev_accuracy" if metric == "accuracy" else _loss_column(s))

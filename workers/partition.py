@@ -26,6 +26,9 @@ def dirichlet_partition(labels: np.ndarray, n_workers: int, alpha: float, seed: 
     """The training-set indices each of `n_workers` slots owns (sorted): disjoint, covering every example once."""
     if n_workers < 1:
         raise ValueError(f"cluster.workers: a partition needs at least one worker, not {n_workers}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"data.split: dirichlet splits by class label, and these targets are {labels.dtype} of shape "
+                         f"{tuple(labels.shape[1:]) or 'scalar'} per example, not one integer label")
     if len(labels) < n_workers:
         raise ValueError(f"data.split: {len(labels)} training examples cannot give each of {n_workers} workers one")
     rng = np.random.default_rng((seed, 0x0D1C))  # its own stream: the data split and the trials draw elsewhere

@@ -218,8 +218,7 @@ def _lowrank_pairs(model: Model, base: torch.Tensor, seeds: list[int], x: torch.
             b_parts += [f[i][1], f[i][1]]
         factors.append((torch.stack(a_parts).to(base.device), torch.stack(b_parts).to(base.device)))
     logits = model.forward_trials(base, x, factors, hyper.shift_scale / math.sqrt(spec.rank))
-    t, n, classes = logits.shape
-    losses = F.cross_entropy(logits.reshape(t * n, classes), y.repeat(t), reduction="none").view(t, n).mean(1)
+    losses = model.loss.trial_means(logits, y)
     costs = [float(c) for c in losses.cpu().numpy().astype(np.float32)]
     return costs[0], costs[1:]
 

@@ -94,7 +94,6 @@ def test_a_local_replica_that_differs_is_repaired_as_on_ray(tmp_path: Path) -> N
         if event.round == 7:  # round 8 checks the replicas before any result depends on the damage
             rep = damaged.pool.replicas[1]  # type: ignore[union-attr]
             rep.state = replace(rep.state, theta=rep.state.theta + 1.0)
-            rep._best = None  # its own winning trial would replace the damaged parameters
 
     r_damaged = damaged.run(on_round=damage)
     assert r_damaged.replica_checks.mismatches == 1

@@ -24,7 +24,7 @@ def digits_cfg(workers: int = 0, **hybrid: object) -> dict:
 @pytest.mark.parametrize("hybrid", [{}, {"noise": "lowrank"}, {"es_weights": "zscore"}, {"combine": "guided"},
                                     {"combine": "guided", "guided_alpha": 0.0, "guided_m": 3},
                                     {"combine": "argmin", "trials": "shared"}, {"trials": "shared"},
-                                    {"combine": "guided", "guided_alpha": 0.0, "es_weights": "quadratic"},
+                                    {"combine": "guided", "guided_alpha": 0.0, "es_weights": "quadratic", "k": 6},
                                     {"mode": "zo", "sigma": 2.0, "es_lr": 10.0}])
 def test_every_rule_runs_in_process(tmp_path: Path, hybrid: dict) -> None:
     result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
@@ -44,6 +44,8 @@ def test_every_rule_runs_in_process(tmp_path: Path, hybrid: dict) -> None:
     ({"guided_alpha": 1.5}, "hybrid.guided_alpha"),
     ({"es_lr": -1}, "hybrid.es_lr"),
     ({"trials": "some"}, "hybrid.trials"),
+    ({"combine": "guided", "es_weights": "quadratic", "k": 4, "trials": "shared"}, "quadratic fits 6 numbers"),
+    ({"combine": "es", "k": 70000}, "hybrid.k: every trial's cost travels"),
 ])
 def test_bad_rule_settings_name_the_field(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):

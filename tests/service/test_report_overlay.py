@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,15 @@ def test_loss_only_jobs_do_not_break_it(jobs: list[Path], tmp_path: Path) -> Non
     out = tmp_path / "only"
     assert main(["report", str(loss_only), str(loss_only), "--out", str(out)]) == 0
     assert (out / "loss_vs_bytes.png").is_file()
+
+
+def test_the_loss_axis_names_the_jobs_loss_and_mixed_losses(jobs: list[Path]) -> None:
+    ce = read_series(str(jobs[0]), None)
+    assert ce.loss == "cross-entropy loss"
+    assert plot_overlay([ce])["loss_vs_epoch"].axes[0].get_ylabel() == "cross-entropy loss"
+    mse = replace(ce, label="regression", loss="mean squared error")
+    assert plot_overlay([mse])["loss_vs_epoch"].axes[0].get_ylabel() == "mean squared error"
+    assert "not comparable" in plot_overlay([ce, mse])["loss_vs_epoch"].axes[0].get_ylabel()
 
 
 def test_a_folder_without_history_is_a_clear_error(jobs: list[Path], tmp_path: Path,
