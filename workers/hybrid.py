@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from workers.models import Model
-from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
+from workers.noise import Factors, NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
 
 if TYPE_CHECKING:
     from workers.search import Search
@@ -286,14 +286,25 @@ def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds:
         return batch_cost(model, base, x, y), [batch_cost(model, shift(base, noise(seed, hyper, base.device), hyper),
                                                           x, y) for seed in seeds]
     drawn = [lowrank_factors(seed, spec) for seed in seeds]
-    factors = []
+    return batched_lowrank_costs(model, descend(theta, grad, hyper), x, y, hyper, [(f, False) for f in drawn])
+
+
+def batched_lowrank_costs(model: Model, base: torch.Tensor, x: torch.Tensor, y: torch.Tensor, hyper: Hyper,
+                          slots: list[tuple[Factors, bool]]) -> tuple[float, list[float]]:
+    """(base's cost, each slot's cost) in one batched forward (`Model.forward_trials`): slot 0 is base (zero
+    factors); a slot (factors, negated) has weights base - lr*sigma/B * (+-A) B^T / sqrt(rank), never built.
+    A frozen matrix (Hyper.frozen) gets zero factors in every slot."""
+    spec = hyper.noise
     frozen_matrix = np.cumsum([rows * cols for rows, cols in spec.matrices]) <= hyper.frozen[0]  # whole matrices
+    factors = []
     for i, (rows, cols) in enumerate(spec.matrices):
-        a = torch.stack([torch.zeros(rows, spec.rank), *(torch.zeros(rows, spec.rank) if frozen_matrix[i] else f[i][0]
-                                                           for f in drawn)]).to(theta.device)
-        b = torch.stack([torch.zeros(cols, spec.rank), *(f[i][1] for f in drawn)]).to(theta.device)
-        factors.append((a, b))
-    logits = model.forward_trials(descend(theta, grad, hyper), x, factors, hyper.shift_scale / math.sqrt(spec.rank))
+        a_parts, b_parts = [torch.zeros(rows, spec.rank)], [torch.zeros(cols, spec.rank)]
+        for f, negated in slots:
+            a = torch.zeros(rows, spec.rank) if frozen_matrix[i] else f[i][0]
+            a_parts.append(-a if negated else a)  # negation is exact: -A gives the + c E trial
+            b_parts.append(f[i][1])
+        factors.append((torch.stack(a_parts).to(base.device), torch.stack(b_parts).to(base.device)))
+    logits = model.forward_trials(base, x, factors, hyper.shift_scale / math.sqrt(spec.rank))
     losses = model.loss.trial_means(logits, y)
     costs = [float(c) for c in losses.cpu().numpy().astype(np.float32)]
     return costs[0], costs[1:]

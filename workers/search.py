@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.hybrid import Decision, HybridState, Hyper, _cost, descend, noise
+from workers.hybrid import Decision, HybridState, Hyper, _cost, batched_lowrank_costs, descend, noise
 from workers.models import ACTIVATIONS, Model
 from workers.noise import SEED_BITS, lowrank_factors, perturbation_on, trial_seed
 
@@ -208,19 +208,11 @@ def _lowrank_pairs(model: Model, base: torch.Tensor, seeds: list[int], x: torch.
                    hyper: Hyper) -> tuple[float, list[float]]:
     """Low-rank antithetic trials in one batched forward: slot 0 the base, then +A_i and -A_i per seed (the
     trial of factors (A, B) has weights W - c A B^T / sqrt(rank), so -A gives the + c E trial)."""
-    spec = hyper.noise
-    drawn = [lowrank_factors(seed, spec) for seed in seeds]
-    factors = []
-    for i, (rows, cols) in enumerate(spec.matrices):
-        a_parts, b_parts = [torch.zeros(rows, spec.rank)], [torch.zeros(cols, spec.rank)]
-        for f in drawn:
-            a_parts += [f[i][0], -f[i][0]]
-            b_parts += [f[i][1], f[i][1]]
-        factors.append((torch.stack(a_parts).to(base.device), torch.stack(b_parts).to(base.device)))
-    logits = model.forward_trials(base, x, factors, hyper.shift_scale / math.sqrt(spec.rank))
-    losses = model.loss.trial_means(logits, y)
-    costs = [float(c) for c in losses.cpu().numpy().astype(np.float32)]
-    return costs[0], costs[1:]
+    slots = []
+    for seed in seeds:
+        f = lowrank_factors(seed, hyper.noise)
+        slots += [(f, False), (f, True)]
+    return batched_lowrank_costs(model, base, x, y, hyper, slots)
 
 
 @torch.no_grad()
