@@ -67,6 +67,7 @@ class JobRun:
     events: list[RoundEvent] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch, as history.csv
     wall_seconds: float = 0.0
+    out: Path | None = None  # the job's output folder (under Context.work)
 
     @property
     def final(self) -> dict[str, float | None]:
@@ -108,7 +109,7 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
     result = job.run(on_round=record)
     if result.status != JobStatus.SUCCEEDED:
         raise RuntimeError(f"{spec.hes_command()}: {result.status} {result.message}")
-    return JobRun(spec, result, events, list(job.history), time.perf_counter() - started)
+    return JobRun(spec, result, events, list(job.history), time.perf_counter() - started, out)
 
 
 def _one_thread() -> None:

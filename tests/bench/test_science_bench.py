@@ -1,4 +1,6 @@
-"""bench/science.py's es step timing runs on the real engine (a Hyper built the way the core reads it)."""
+"""bench/science.py: the es step timing runs on the real engine, and the section's whole path (pretraining,
+jobs side by side on the local backend, the frozen model's accuracy, bytes, worker memory, verdicts, overlay
+PNGs) runs end to end on the bundled digits."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +9,50 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import science  # noqa: E402
+from common import Context, JobSpec  # noqa: E402
 
 
 def test_the_es_step_timing_applies_a_real_es_decision() -> None:
     assert science.apply_seconds("lowrank", n_workers=1, k=2, repeats=1) > 0
+
+
+def test_a_row_runs_on_the_local_backend_with_diagnostics_where_it_takes_stochastic_steps(tmp_path: Path) -> None:
+    ctx = Context("", tmp_path, "bench", epochs=3)
+    hybrid = science.Row("h", "hybrid", JobSpec("digits-demo"))
+    sgd = science.Row("l", "localsgd", JobSpec("digits-demo", ("hybrid.mode=localsgd",)))
+    tuned = science.Row("z", "zo", JobSpec("digits-demo", (f"model.init_from={science.PRETRAINED}", "hybrid.mode=zo",
+                                                           "hybrid.combine=es")))
+    assert science.job_spec(ctx, hybrid, 7, None).overrides == (
+        "seed=7", science.LOCAL, science.DIAGNOSE, "train.epochs=3")
+    assert science.job_spec(ctx, sgd, 7, None).overrides == ("hybrid.mode=localsgd", "seed=7", science.LOCAL,
+                                                             "train.epochs=3")
+    # a fine-tuning row keeps its preset's length and starts from the seed's pretraining folder
+    assert science.job_spec(ctx, tuned, 7, "/runs/pre").overrides == (
+        "model.init_from=/runs/pre", "hybrid.mode=zo", "hybrid.combine=es", "seed=7", science.LOCAL, science.DIAGNOSE)
+
+
+def test_the_section_runs_end_to_end_on_digits(tmp_path: Path) -> None:
+    ctx = Context("", tmp_path / "work", "bench", epochs=1)
+    (tmp_path / "work").mkdir()
+    start = f"model.init_from={science.PRETRAINED}"
+    ft = ("hybrid.r=1", "train.epochs=1", "cluster.workers=2")
+    comparison = science.Comparison("digits", "fine-tuning on digits", (
+        science.Row("zo", "forward only", JobSpec("digits-demo", (start, "hybrid.mode=zo", "hybrid.combine=es",
+                                                                  "hybrid.trials=shared", *ft))),
+        science.Row("last", "last layer", JobSpec("digits-demo", (start, "hybrid.mode=localsgd",
+                                                                  "model.trainable=last", *ft))),
+        science.Row("frozen", "as it is", None),
+    ), target="zo", against="last", margin=0.0, max_bytes=100.0)
+    pretrain = JobSpec("digits-demo", ("data.classes=[0,1,2,3,4]", "cluster.workers=0", "train.lr=3.0"))
+    text = science.run(ctx, [comparison], pretrain, tmp_path / "figures")
+
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + 3  # header, rule, one row each
+    frozen = next(line for line in table if line.startswith("| frozen"))
+    per_seed = [float(x.strip().rstrip("%")) for x in frozen.split("|")[5].split("/")]
+    assert len(per_seed) == 3 and all(x < 60.0 for x in per_seed)  # it never saw five of the ten classes
+    zo = next(line for line in table if line.startswith("| zo"))
+    assert float(zo.split("|")[6].replace(",", "")) <= 100  # seed-only rounds: bytes per worker per round
+    assert "- zo - last:" in text and ("**meets**" in text or "**misses**" in text)
+    for stem in ("accuracy_vs_epoch", "accuracy_vs_bytes"):
+        assert (tmp_path / "figures" / f"science-digits-{stem}.png").stat().st_size > 1000
