@@ -9,8 +9,9 @@ three models), overhead (1 Ray worker vs in process), wire (Ray's framing captur
 fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory; about 45
 minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes),
 worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute),
-science (issue 15: seedonly-r4 against stale, argmin and backprop, 3 seeds on 2 Ray workers; about 3 hours on
-2 cores). With --only, the other sections already in --out are kept as they were.
+science (issue 15: the IID, non-IID and fine-tuning comparisons of "Beyond the paper", 3 seeds a row on
+the local backend, two jobs side by side; about 70 minutes on 2 cores). With --only, the other sections
+already in --out are kept as they were.
 """
 from __future__ import annotations
 

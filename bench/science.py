@@ -75,6 +75,9 @@ IID = Comparison("iid", "IID, paper MLP, MNIST, 2 workers, r=4", _rows(
      ("hybrid.es_weights=quadratic", "hybrid.guided_m=2")),
     ("localsgd", "localsgd: the peer at the same bytes", ("hybrid.mode=localsgd",)),
     ("backprop", "backprop every round (4x the bytes)", ("hybrid.mode=backprop",)),
+    ("seedonly-lr5", "seedonly-r4 at the paper's lr 5", ("train.lr=5.0",)),
+    ("stale-lr5", "stale control at the paper's lr 5 (the acceptance check's control)", ("train.lr=5.0",
+                                                                                         "hybrid.mode=stale")),
 ), target="seedonly", against="stale", margin=0.010)
 
 NONIID = Comparison("noniid", "non-IID (Dirichlet alpha 0.1), paper MLP, MNIST, 4 workers, r=4", _rows(
@@ -86,6 +89,7 @@ NONIID = Comparison("noniid", "non-IID (Dirichlet alpha 0.1), paper MLP, MNIST, 
     ("es", "es: antithetic rank-1 trials, shared",
      ("hybrid.combine=es", "hybrid.noise=lowrank", "hybrid.noise_rank=1")),
     ("backprop", "backprop every round (4x the bytes)", ("hybrid.mode=backprop",)),
+    ("localsgd-lr5", "localsgd at the paper's lr 5", ("train.lr=5.0", "hybrid.mode=localsgd")),
 ), target="noniid", against="localsgd", margin=0.0)
 
 FINETUNE = Comparison("finetune", "Fine-tuning on all ten digits after backprop on digits 0-4, 4 workers", (
