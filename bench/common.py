@@ -112,11 +112,27 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
     return JobRun(spec, result, events, list(job.history), time.perf_counter() - started, out)
 
 
+@dataclass(frozen=True)
+class JobFailure:
+    """A job that ended without a model (diverged, NaN): a result to report, not an error of the benchmark."""
+    spec: JobSpec
+    message: str
+
+
+def run_job_or_failure(ctx: Context, spec: JobSpec) -> JobRun | JobFailure:
+    """run_job, with a job that did not succeed returned as a JobFailure (the section reports it in its row)."""
+    try:
+        return run_job(ctx, spec)
+    except RuntimeError as err:
+        return JobFailure(spec, str(err))
+
+
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_jobs_side_by_side(ctx: Context, specs: Sequence[JobSpec], processes: int = 2) -> list[JobRun]:
+def run_jobs_side_by_side(ctx: Context, specs: Sequence[JobSpec], processes: int = 2,
+                          fn: Callable[[Context, JobSpec], Any] = run_job) -> list[Any]:
     """Run in-process jobs `processes` at a time, each in a process of its own on one torch thread, for the
     accuracy sections whose figures do not depend on time (their wall seconds do: they shared the cores)."""
     import multiprocessing
@@ -124,7 +140,7 @@ def run_jobs_side_by_side(ctx: Context, specs: Sequence[JobSpec], processes: int
 
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread) as pool:
-        return list(pool.map(run_job, [ctx] * len(specs), specs))
+        return list(pool.map(fn, [ctx] * len(specs), specs))
 
 
 def start_local_ray(num_cpus: int) -> None:

@@ -20,6 +20,7 @@ from common import (
     PAPER_EPOCHS,
     ROOT,
     Context,
+    JobFailure,
     JobRun,
     JobSpec,
     code,
@@ -27,6 +28,7 @@ from common import (
     num,
     paper_length,
     pct,
+    run_job_or_failure,
     run_jobs_side_by_side,
     signed,
     table,
@@ -159,9 +161,10 @@ def frozen_accuracy(spec: JobSpec) -> float:
 @dataclass(frozen=True)
 class RowResult:
     row: Row
-    runs: list[JobRun]  # one per seed; empty for the frozen row
-    devs: list[float]
+    runs: list[JobRun]  # the seeds' jobs that finished; empty for the frozen row
+    devs: list[float]  # one per seed, NaN for a job that failed (diverged)
     memory_mib: float = math.nan
+    failures: tuple[str, ...] = ()
 
 
 def run(ctx: Context, comparisons: list[Comparison] | None = None, pretrain: JobSpec = PRETRAIN,
@@ -172,8 +175,9 @@ def run(ctx: Context, comparisons: list[Comparison] | None = None, pretrain: Job
     pre = dict(zip(SEEDS, run_jobs_side_by_side(ctx, [pretrain.plus(f"seed={s}") for s in SEEDS]), strict=True))
     folders = {s: str(r.out) for s, r in pre.items()}
     jobs = [(c, row, s) for c in comparisons for row in c.rows if row.spec is not None for s in SEEDS]
-    runs = run_jobs_side_by_side(ctx, [job_spec(ctx, row, s, folders[s]) for _, row, s in jobs])
-    by_row: dict[tuple[str, str], list[JobRun]] = {}
+    runs = run_jobs_side_by_side(ctx, [job_spec(ctx, row, s, folders[s]) for _, row, s in jobs],
+                                 fn=run_job_or_failure)
+    by_row: dict[tuple[str, str], list[JobRun | JobFailure]] = {}
     for (c, row, _), r in zip(jobs, runs, strict=True):
         by_row.setdefault((c.key, row.key), []).append(r)
     results: dict[str, list[RowResult]] = {}
@@ -185,8 +189,11 @@ def run(ctx: Context, comparisons: list[Comparison] | None = None, pretrain: Job
                 out.append(RowResult(row, [], devs))
                 continue
             rs = by_row[(c.key, row.key)]
-            out.append(RowResult(row, rs, [r.final["dev_accuracy"] or math.nan for r in rs],
-                                 memory(job_spec(ctx, row, SEEDS[0], folders[SEEDS[0]]))))
+            done = [r for r in rs if isinstance(r, JobRun)]
+            out.append(RowResult(row, done, [math.nan if isinstance(r, JobFailure) else
+                                             r.final["dev_accuracy"] or math.nan for r in rs],
+                                 memory(job_spec(ctx, row, SEEDS[0], folders[SEEDS[0]])),
+                                 tuple(r.message for r in rs if isinstance(r, JobFailure))))
         results[c.key] = out
     devs = [pre[s].final["dev_accuracy"] or math.nan for s in SEEDS]
     return render(ctx, comparisons, results, pretrain, devs, figures) + apply_note()
@@ -228,6 +235,16 @@ def diagnostic(run: JobRun, column: str) -> float:
     return median(xs)
 
 
+def low_median(devs: list[float]) -> float:
+    """The median of the seeds' accuracies, a failed job (NaN) counted as the lowest (NaN if it is the median)."""
+    m = median([-math.inf if math.isnan(d) else d for d in devs])
+    return math.nan if m == -math.inf else m
+
+
+def dev_text(x: float) -> str:
+    return "failed" if math.isnan(x) else pct(x)
+
+
 def _fmt(x: float, fmt: str) -> str:
     return "n/a" if not math.isfinite(x) else format(x, fmt)
 
@@ -249,12 +266,13 @@ def render(ctx: Context, comparisons: list[Comparison], results: dict[str, list[
         rows, devs, rr = [], {}, {r.row.key: r for r in results[c.key]}
         for res in results[c.key]:
             d = res.devs
-            devs[res.row.key] = median(d)
+            devs[res.row.key] = low_median(d)
+            ranked = sorted(d, key=lambda x: -math.inf if math.isnan(x) else x)
             cmd = "(no job: evaluated)" if res.row.spec is None else code(res.row.spec.hes_command() + " --set seed=S")
             runs = res.runs
             rows.append([
-                f"{res.row.key}: {res.row.label}", cmd, pct(median(d)), f"{pct(min(d))} to {pct(max(d))}",
-                " / ".join(pct(x) for x in d),
+                f"{res.row.key}: {res.row.label}", cmd, dev_text(low_median(d)),
+                f"{dev_text(ranked[0])} to {dev_text(ranked[-1])}", " / ".join(dev_text(x) for x in d),
                 num(median([per_worker_stochastic_bytes(r) for r in runs]), 1) if runs else "0",
                 num(median([per_worker_bytes(r) for r in runs])) if runs else "0",
                 _fmt(res.memory_mib, ".2f"),
@@ -263,6 +281,9 @@ def render(ctx: Context, comparisons: list[Comparison], results: dict[str, list[
                 _fmt(median([diagnostic(r, "diag_beat_share") for r in runs]) if runs else math.nan, ".1%"),
             ])
         out.append(f"### {c.title}\n")
+        failed = [f"- {r.row.key} failed: {m[:300]}" for r in results[c.key] for m in r.failures]
+        if failed:
+            out.append("\n".join(failed) + "\n")
         out.append(table(["job", "command", "dev (median)", "dev range", "dev per seed",
                           "B / worker / stochastic round", "B / worker, whole job", "worker peak MiB",
                           "seconds (median)", "cos", "beat"], rows))
@@ -284,7 +305,8 @@ def overlays(c: Comparison, rr: dict[str, RowResult], figures: Path) -> str:
     to the repository."""
     from service.overlay import plot_overlay, series_from
 
-    series = [series_from(r.runs[0].history, r.row.key, r.row.key) for r in rr.values() if r.runs]
+    series = [series_from(r.runs[0].history, r.row.key, r.row.key) for r in rr.values() if r.runs]  # seed 100's
+    # job, or the first seed's that finished
     figs = plot_overlay(series)
     figures.mkdir(parents=True, exist_ok=True)
     links = []

@@ -3,6 +3,7 @@ jobs side by side on the local backend, the frozen model's accuracy, bytes, work
 PNGs) runs end to end on the bundled digits."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -56,3 +57,15 @@ def test_the_section_runs_end_to_end_on_digits(tmp_path: Path) -> None:
     assert "- zo - last:" in text and ("**meets**" in text or "**misses**" in text)
     for stem in ("accuracy_vs_epoch", "accuracy_vs_bytes"):
         assert (tmp_path / "figures" / f"science-digits-{stem}.png").stat().st_size > 1000
+
+
+def test_a_diverged_job_is_a_row_result_not_a_crash(tmp_path: Path) -> None:
+    from common import JobFailure, run_job_or_failure
+
+    ctx = Context("", tmp_path, "bench", epochs=1)
+    failed = run_job_or_failure(ctx, JobSpec("digits-demo", ("train.lr=1e308", "cluster.workers=0", "train.epochs=1")))
+    assert isinstance(failed, JobFailure) and "round" in failed.message
+    # a failed seed counts as the lowest: it is the median only when most seeds failed
+    assert science.low_median([0.9, float("nan"), 0.8]) == 0.8
+    assert math.isnan(science.low_median([float("nan"), float("nan"), 0.9]))
+    assert science.dev_text(science.low_median([float("nan"), float("nan"), 0.9])) == "failed"
