@@ -65,16 +65,17 @@ def _rows(preset: str, *rows: tuple[str, str, tuple[str, ...]]) -> tuple[Row, ..
     return tuple(Row(key, label, JobSpec(preset, sets)) for key, label, sets in rows)
 
 
+GUIDED = ("hybrid.combine=guided", "hybrid.noise=gaussian", "hybrid.guided_m=4", "hybrid.guided_alpha=0.0")
+
 IID = Comparison("iid", "IID, paper MLP, MNIST, 2 workers, r=4", _rows(
     "seedonly-r4",
-    ("seedonly", "seedonly-r4: guided (span of the last 4 gradients), rank weights, shared trials", ()),
+    ("seedonly", "seedonly-r4: es, antithetic rank-1 trials, rank weights, shared trials", ()),
     ("stale", "stale control: re-apply the last gradient", ("hybrid.mode=stale",)),
-    ("argmin", "argmin: Algorithm 2 as written (independent trials)",
-     ("hybrid.combine=argmin", "hybrid.trials=independent")),
-    ("es", "es: antithetic rank-1 trials, rank weights, shared",
-     ("hybrid.combine=es", "hybrid.noise=lowrank", "hybrid.noise_rank=1")),
+    ("argmin", "argmin: Algorithm 2 as written (independent Gaussian trials)",
+     ("hybrid.combine=argmin", "hybrid.trials=independent", "hybrid.noise=gaussian")),
+    ("guided", "guided: the span of the last 4 gradients, rank weights, shared", GUIDED),
     ("quadratic", "guided, quadratic fit in the span of the last 2 gradients",
-     ("hybrid.es_weights=quadratic", "hybrid.guided_m=2")),
+     (*GUIDED[:2], "hybrid.es_weights=quadratic", "hybrid.guided_m=2")),
     ("localsgd", "localsgd: the peer at the same bytes", ("hybrid.mode=localsgd",)),
     ("backprop", "backprop every round (4x the bytes)", ("hybrid.mode=backprop",)),
     ("seedonly-lr5", "seedonly-r4 at the paper's lr 5", ("train.lr=5.0",)),
@@ -84,12 +85,12 @@ IID = Comparison("iid", "IID, paper MLP, MNIST, 2 workers, r=4", _rows(
 
 NONIID = Comparison("noniid", "non-IID (Dirichlet alpha 0.1), paper MLP, MNIST, 4 workers, r=4", _rows(
     "noniid-r4",
-    ("noniid", "noniid-r4: guided, rank weights, shared trials", ()),
+    ("noniid", "noniid-r4: es, antithetic rank-1 trials, shared", ()),
     ("localsgd", "localsgd under the same split", ("hybrid.mode=localsgd",)),
     ("stale", "stale control", ("hybrid.mode=stale",)),
-    ("argmin-shared", "argmin over shared seeds (each scored on the whole minibatch)", ("hybrid.combine=argmin",)),
-    ("es", "es: antithetic rank-1 trials, shared",
-     ("hybrid.combine=es", "hybrid.noise=lowrank", "hybrid.noise_rank=1")),
+    ("argmin-shared", "argmin over shared Gaussian seeds (each scored on the whole minibatch)",
+     ("hybrid.combine=argmin", "hybrid.noise=gaussian")),
+    ("guided", "guided: the span of the last 4 gradients, rank weights, shared", GUIDED),
     ("backprop", "backprop every round (4x the bytes)", ("hybrid.mode=backprop",)),
     ("localsgd-lr5", "localsgd at the paper's lr 5", ("train.lr=5.0", "hybrid.mode=localsgd")),
 ), target="noniid", against="localsgd", margin=0.0)
