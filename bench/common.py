@@ -60,6 +60,10 @@ def paper_length(ctx: Context, spec: JobSpec) -> JobSpec:
     return spec if ctx.epochs == PAPER_EPOCHS else spec.plus(f"train.epochs={ctx.epochs}")
 
 
+class JobFailed(RuntimeError):
+    """A job that ended without SUCCEEDED (Job.run turns divergence and a full disk into status FAILED)."""
+
+
 @dataclass
 class JobRun:
     spec: JobSpec
@@ -108,7 +112,7 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
     job = Job(cfg, out, pool_factory=pool_factory)
     result = job.run(on_round=record)
     if result.status != JobStatus.SUCCEEDED:
-        raise RuntimeError(f"{spec.hes_command()}: {result.status} {result.message}")
+        raise JobFailed(f"{spec.hes_command()}: {result.status} {result.message}")
     return JobRun(spec, result, events, list(job.history), time.perf_counter() - started, out)
 
 
@@ -120,10 +124,11 @@ class JobFailure:
 
 
 def run_job_or_failure(ctx: Context, spec: JobSpec) -> JobRun | JobFailure:
-    """run_job, with a job that did not succeed returned as a JobFailure (the section reports it in its row)."""
+    """run_job, with a job that ended FAILED returned as a JobFailure (the section reports it in its row); any
+    other error is the benchmark's own and propagates."""
     try:
         return run_job(ctx, spec)
-    except RuntimeError as err:
+    except JobFailed as err:
         return JobFailure(spec, str(err))
 
 

@@ -2,10 +2,11 @@
 
 Every row is a job a user would start (a preset plus --set overrides), run for seeds 100, 101 and 102 with
 `cluster.backend=local`: the Ray job's N replicas one after another in one process, which ends with the Ray
-job's parameters and result.json bytes to the bit (tests/coordinator/test_pool.py, and the acceptance check
-runs both), so two jobs run side by side, one per core. Each row reports the median and range of its dev
-accuracy, its bytes per worker per stochastic round and over the whole job, worker 0's peak memory (a fresh
-process, bench/worker_memory.py), its seconds, and what hybrid.diagnostics says about its stochastic steps.
+job's parameters and result.json bytes to the bit (tests/coordinator/test_local_backend.py: argmin, localsgd,
+dirichlet, es and guided over shared trials, zo), so two jobs run side by side, one per core. Each row reports
+the median and range of its dev accuracy, its bytes per worker per stochastic round and over the whole job,
+worker 0's peak memory (a fresh process, bench/worker_memory.py), its seconds (with the diagnostics' extra
+backprop in the rows that run it), and what hybrid.diagnostics says about its stochastic steps.
 Each Comparison's `target` row must reach its `against` row by `margin`; the overlay PNGs of seed 100's jobs
 go to bench/figures/.
 """
@@ -37,7 +38,7 @@ from common import (
 
 SEEDS = (100, 101, 102)
 LOCAL = "cluster.backend=local"  # bitwise the Ray job, counted the same; one core per job
-DIAGNOSE = "hybrid.diagnostics=true"  # one more backprop per stochastic round; changes nothing else
+DIAGNOSE = "hybrid.diagnostics=true"  # one more backprop per stochastic round: the same parameters, more seconds
 PRETRAINED = "PRETRAINED"  # in a row's overrides: the seed's pretraining job's output folder
 PRETRAIN = JobSpec("paper-reference", ("data.classes=[0,1,2,3,4]", "train.epochs=5"))
 FIGURES = ROOT / "bench" / "figures"
@@ -74,8 +75,8 @@ IID = Comparison("iid", "IID, paper MLP, MNIST, 2 workers, r=4", _rows(
     ("argmin", "argmin: Algorithm 2 as written (independent Gaussian trials)",
      ("hybrid.combine=argmin", "hybrid.trials=independent", "hybrid.noise=gaussian")),
     ("guided", "guided: the span of the last 4 gradients, rank weights, shared", GUIDED),
-    ("quadratic", "guided, quadratic fit in the span of the last 2 gradients",
-     (*GUIDED[:2], "hybrid.es_weights=quadratic", "hybrid.guided_m=2")),
+    ("quadratic", "guided with an isotropic half (guided_alpha 0.5), quadratic fit in the span of the last 2 "
+     "gradients", (*GUIDED[:2], "hybrid.es_weights=quadratic", "hybrid.guided_m=2")),
     ("localsgd", "localsgd: the peer at the same bytes", ("hybrid.mode=localsgd",)),
     ("backprop", "backprop every round (4x the bytes)", ("hybrid.mode=backprop",)),
     ("seedonly-lr5", "seedonly-r4 at the paper's lr 5", ("train.lr=5.0",)),
@@ -186,13 +187,14 @@ def run(ctx: Context, comparisons: list[Comparison] | None = None, pretrain: Job
         out = []
         for row in c.rows:
             if row.spec is None:
-                devs = [frozen_accuracy(job_spec(ctx, c.rows[0], s, folders[s])) for s in SEEDS]
+                tuned = next(r for r in c.rows if r.spec and any(PRETRAINED in o for o in r.spec.overrides))
+                devs = [frozen_accuracy(job_spec(ctx, tuned, s, folders[s])) for s in SEEDS]
                 out.append(RowResult(row, [], devs))
                 continue
             rs = by_row[(c.key, row.key)]
             done = [r for r in rs if isinstance(r, JobRun)]
-            out.append(RowResult(row, done, [math.nan if isinstance(r, JobFailure) else
-                                             r.final["dev_accuracy"] or math.nan for r in rs],
+            out.append(RowResult(row, done, [math.nan if isinstance(r, JobFailure) or r.final["dev_accuracy"] is None
+                                             else r.final["dev_accuracy"] for r in rs],
                                  memory(job_spec(ctx, row, SEEDS[0], folders[SEEDS[0]])),
                                  tuple(r.message for r in rs if isinstance(r, JobFailure))))
         results[c.key] = out
@@ -271,11 +273,12 @@ def render(ctx: Context, comparisons: list[Comparison], results: dict[str, list[
             ranked = sorted(d, key=lambda x: -math.inf if math.isnan(x) else x)
             cmd = "(no job: evaluated)" if res.row.spec is None else code(res.row.spec.hes_command() + " --set seed=S")
             runs = res.runs
+            nothing = "0" if res.row.spec is None else "n/a"  # the frozen model sends nothing; a failed row is unknown
             rows.append([
                 f"{res.row.key}: {res.row.label}", cmd, dev_text(low_median(d)),
                 f"{dev_text(ranked[0])} to {dev_text(ranked[-1])}", " / ".join(dev_text(x) for x in d),
-                num(median([per_worker_stochastic_bytes(r) for r in runs]), 1) if runs else "0",
-                num(median([per_worker_bytes(r) for r in runs])) if runs else "0",
+                num(median([per_worker_stochastic_bytes(r) for r in runs]), 1) if runs else nothing,
+                num(median([per_worker_bytes(r) for r in runs])) if runs else nothing,
                 _fmt(res.memory_mib, ".2f"),
                 f"{median([r.result.seconds.total for r in runs]):.0f}" if runs else "n/a",
                 _fmt(median([diagnostic(r, "diag_cosine") for r in runs]) if runs else math.nan, "+.3f"),
@@ -301,17 +304,21 @@ def render(ctx: Context, comparisons: list[Comparison], results: dict[str, list[
     return "\n".join(out)
 
 
+def _seed(run: JobRun) -> str:
+    return next((o.replace("=", " ") for o in run.spec.overrides if o.startswith("seed=")), "seed ?")
+
+
 def overlays(c: Comparison, rr: dict[str, RowResult], figures: Path) -> str:
     """Seed 100's jobs of a comparison in `hes report`'s overlay figures, as PNGs in `figures`, linked relative
     to the repository."""
     from service.overlay import plot_overlay, series_from
 
-    series = [series_from(r.runs[0].history, r.row.key, r.row.key) for r in rr.values() if r.runs]  # seed 100's
-    # job, or the first seed's that finished
+    series = [series_from(r.runs[0].history, f"{r.row.key} ({_seed(r.runs[0])})", r.row.key)
+              for r in rr.values() if r.runs]  # seed 100's job, or the first seed's that finished
     figs = plot_overlay(series)
     figures.mkdir(parents=True, exist_ok=True)
     links = []
-    for stem in ("accuracy_vs_epoch", "accuracy_vs_bytes"):
+    for stem in (s for s in ("accuracy_vs_epoch", "accuracy_vs_bytes") if s in figs):  # none if every job failed
         path = figures / f"science-{c.key}-{stem}.png"
         figs[stem].savefig(path, dpi=80)
         links.append(f"![{c.key}: {stem.replace('_', ' ')}]({os.path.relpath(path, ROOT)})")

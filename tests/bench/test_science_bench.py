@@ -54,7 +54,12 @@ def test_the_section_runs_end_to_end_on_digits(tmp_path: Path) -> None:
     assert len(per_seed) == 3 and all(x < 60.0 for x in per_seed)  # it never saw five of the ten classes
     zo = next(line for line in table if line.startswith("| zo"))
     assert float(zo.split("|")[6].replace(",", "")) <= 100  # seed-only rounds: bytes per worker per round
-    assert "- zo - last:" in text and ("**meets**" in text or "**misses**" in text)
+    zo_dev, last_dev = (float(next(x for x in table if x.startswith(f"| {k}")).split("|")[3].strip().rstrip("%"))
+                        for k in ("zo", "last"))
+    verdict_line = text.split("- zo - last:")[1].splitlines()[0]
+    gap = float(verdict_line.split(" pt")[0])
+    assert abs(gap - (zo_dev - last_dev)) <= 0.011  # the table's medians are rounded to 0.01 pt
+    assert ("**meets**" if gap >= 0 else "**misses**") in verdict_line
     for stem in ("accuracy_vs_epoch", "accuracy_vs_bytes"):
         assert (tmp_path / "figures" / f"science-digits-{stem}.png").stat().st_size > 1000
 
@@ -69,3 +74,21 @@ def test_a_diverged_job_is_a_row_result_not_a_crash(tmp_path: Path) -> None:
     assert science.low_median([0.9, float("nan"), 0.8]) == 0.8
     assert math.isnan(science.low_median([float("nan"), float("nan"), 0.9]))
     assert science.dev_text(science.low_median([float("nan"), float("nan"), 0.9])) == "failed"
+
+
+def test_a_row_whose_every_seed_failed_says_so(tmp_path: Path) -> None:
+    failed = science.Row("a", "a rule", JobSpec("digits-demo"))
+    frozen = science.Row("frozen", "as it is", None)
+    comparison = science.Comparison("c", "a comparison", (failed, frozen), target="a", against="frozen", margin=0.0)
+    nan = float("nan")
+    results = {"c": [science.RowResult(failed, [], [nan] * 3, failures=("digits-demo: FAILED diverged in round 3",)),
+                     science.RowResult(frozen, [], [0.5] * 3)]}
+    text = science.render(Context("", tmp_path, "bench", 30), [comparison], results, JobSpec("digits-demo"),
+                          [0.9] * 3, tmp_path / "figures")
+    row = next(line for line in text.splitlines() if line.startswith("| a:")).split("|")
+    assert row[3].strip() == "failed" and row[5].strip() == "failed / failed / failed"
+    assert row[6].strip() == row[7].strip() == "n/a"  # unknown bytes, not zero
+    frozen_row = next(line for line in text.splitlines() if line.startswith("| frozen:")).split("|")
+    assert frozen_row[6].strip() == frozen_row[7].strip() == "0"
+    assert "- a failed: digits-demo: FAILED diverged in round 3" in text
+    assert "**misses**" in text.split("- a - frozen:")[1].splitlines()[0]

@@ -1,5 +1,6 @@
 """cluster.backend: local against the Ray backend on a real two-node cluster: the same final parameters, to the
-bit, and the same payload bytes, for hybrid and localsgd jobs of 2 workers, iid and dirichlet."""
+bit, and the same payload bytes, for hybrid and localsgd jobs of 2 workers, iid and dirichlet, and for the rules
+that report every cost (es and guided over shared trials, mode zo)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,11 +15,11 @@ from coordinator.pool import ReplicaPool
 from coordinator.ray_pool import ray_pool
 
 
-def cfg(backend: str, mode: str, split: str = "iid", **extra: object) -> dict:
+def cfg(backend: str, mode: str, split: str = "iid", hybrid: dict | None = None, **extra: object) -> dict:
     return {"name": "backend", "seed": 7, "data": {"dataset": "digits", "split": split, "alpha": 0.3},
             "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid", **extra},
             "train": {"epochs": 2, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": mode, "r": 3, "k": 3, "sigma": 1.0, "replica_check_every": 4},
+            "hybrid": {"mode": mode, "r": 3, "k": 3, "sigma": 1.0, "replica_check_every": 4, **(hybrid or {})},
             "cluster": {"workers": 2, "cpus_per_worker": 1, "backend": backend}}
 
 
@@ -29,14 +30,23 @@ def model_bytes(folder: Path) -> dict[str, bytes]:
     return {k: v.tobytes() for k, v in load_file(str(folder / "model.safetensors")).items()}
 
 
-@pytest.mark.parametrize(("mode", "split"), [("hybrid", "iid"), ("localsgd", "iid"), ("hybrid", "dirichlet")])
-def test_local_backend_is_bitwise_the_ray_job(ray_cluster: object, tmp_path: Path, mode: str, split: str) -> None:
-    local = Job(validate_config(cfg("local", mode, split)), tmp_path / "local")
+SHARED_ES = {"combine": "es", "trials": "shared", "k": 4, "noise": "lowrank"}
+
+
+@pytest.mark.parametrize(("mode", "split", "hybrid"), [
+    ("hybrid", "iid", {}), ("localsgd", "iid", {}), ("hybrid", "dirichlet", {}),
+    ("hybrid", "iid", SHARED_ES), ("hybrid", "dirichlet", SHARED_ES),
+    ("hybrid", "iid", {"combine": "guided", "trials": "shared", "k": 4, "guided_m": 2, "guided_alpha": 0.0}),
+    ("zo", "iid", {**SHARED_ES, "r": 1}),
+], ids=["hybrid", "localsgd", "dirichlet", "es-shared", "es-shared-dirichlet", "guided-shared", "zo"])
+def test_local_backend_is_bitwise_the_ray_job(ray_cluster: object, tmp_path: Path, mode: str, split: str,
+                                              hybrid: dict) -> None:
+    local = Job(validate_config(cfg("local", mode, split, hybrid)), tmp_path / "local")
     threads = torch.get_num_threads()
     r_local = local.run()
     assert torch.get_num_threads() == threads  # the pool gave the process its thread setting back
     assert isinstance(local.pool, ReplicaPool) and local.pool.n_workers == 2
-    remote = Job(validate_config(cfg("ray", mode, split)), tmp_path / "ray", pool_factory=ray_pool)
+    remote = Job(validate_config(cfg("ray", mode, split, hybrid)), tmp_path / "ray", pool_factory=ray_pool)
     r_ray = remote.run()
     assert r_local.status == r_ray.status == "SUCCEEDED"
     assert np.array_equal(local.state.theta.numpy(), remote.state.theta.numpy())
