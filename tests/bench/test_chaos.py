@@ -25,7 +25,8 @@ def own_processes() -> set[int]:
 
 
 def test_a_short_soak_survives_a_worker_kill_and_a_service_restart(tmp_path: Path) -> None:
-    plan = chaos.Plan(jobs=1, epochs=50, window_s=8, worker_kill_every_s=(3.0, 3.0), coordinator_kill_at=None,
+    # enough epochs that the job outlives the fault window on an idle machine too (50 ended in 3 s)
+    plan = chaos.Plan(jobs=1, epochs=300, window_s=8, worker_kill_every_s=(3.0, 3.0), coordinator_kill_at=None,
                       service_restart_at=0.6, node_removal_at=None, end_timeout_s=300)
     # in a process of its own: the soak's Ray token settings and clusters must not outlive it in this one,
     # which the session's other Ray tests share
