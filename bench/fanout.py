@@ -25,10 +25,10 @@ from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.ray_pool import RayPool, ray_pool
 from workers.data import Dataset
-from workers.hybrid import Hyper
 from workers.messages import Result, RoundKind, Sync, Task
 from workers.models import Model
 from workers.replica import Schedule
+from workers.state import Hyper
 
 WORKERS = (1, 2, 4, 8, 16, 32)
 RAY_CPUS = 2  # this machine's cores; 32 workers x 1/16 CPU fit on it

@@ -46,19 +46,11 @@ from common import (
 from coordinator.job import build_parts
 from coordinator.ray_pool import ray_pool
 from coordinator.rounds import RoundEvent
-from workers.hybrid import (
-    HybridState,
-    Hyper,
-    batch_cost,
-    batch_loss_and_grad_sum,
-    descend,
-    noise,
-    noise_spec,
-    run_trials,
-    shift,
-)
+from workers.hybrid import batch_cost, batch_loss_and_grad_sum, run_trials
 from workers.models import ACTIVATIONS, Model, convnet, mlp
 from workers.noise import trial_seed
+from workers.state import HybridState, Hyper
+from workers.steps import descend, noise, noise_spec, shift
 
 LOWRANK_LIMIT = 1.5  # issue 13: a lowrank stochastic round <= 1.5x the full round of the same run
 GAUSSIAN_LIMIT = 1.1  # issue 13: a gaussian stochastic round <= 1.1x the plain PyTorch loop

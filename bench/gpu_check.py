@@ -28,9 +28,9 @@ from coordinator.accounting import Counters
 from coordinator.config import JobConfig
 from coordinator.ray_pool import RayPool, ray_pool
 from workers.data import Dataset
-from workers.hybrid import Hyper
 from workers.models import Model
 from workers.replica import Schedule
+from workers.state import Hyper
 
 PAPER = JobSpec("paper-hes-r2", ("train.epochs=1",))
 MIXED = PAPER.plus("cluster.workers=2", "cluster.gpus_per_worker=1", "hybrid.replica_check_every=1")

@@ -19,10 +19,10 @@ from torch import nn
 from coordinator.accounting import Counters
 from coordinator.job import Progress, build_parts, local_pool
 from coordinator.rounds import RoundEvent, RoundLoop
-from workers.hybrid import HybridState, Hyper
 from workers.messages import RoundKind
 from workers.models import Model
 from workers.noise import perturbation, trial_seed
+from workers.state import HybridState, Hyper
 
 ROUND_LIMIT = 1.3  # issue 2: an engine round <= 1.3x the plain PyTorch work, for both kinds
 TIMED_EPOCHS = 2  # at r=2: 100 rounds, 50 of each kind

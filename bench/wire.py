@@ -30,10 +30,10 @@ from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.ray_pool import RayPool, ray_pool
 from workers.data import Dataset
-from workers.hybrid import DecisionKind, Hyper
 from workers.messages import Result, RoundKind, Sync, Task
 from workers.models import Model
 from workers.replica import Schedule
+from workers.state import DecisionKind, Hyper
 
 WORKERS = 2
 HYBRID_R = 50  # one full round per 50-round epoch: the rest are stochastic rounds carrying only seeds

@@ -67,8 +67,9 @@ def _measure(preset: str, overrides: list[str]) -> dict[str, object]:
 
     from coordinator.config import load_config
     from coordinator.job import build_parts, make_replica, partitions, worker_k
-    from workers.hybrid import Decision, DecisionKind, batch_loss_and_grad_sum
+    from workers.hybrid import batch_loss_and_grad_sum
     from workers.messages import RoundKind, Sync, Task
+    from workers.state import Decision, DecisionKind
 
     torch.set_num_threads(1)
     cfg = load_config(preset, overrides)

@@ -46,22 +46,13 @@ from coordinator.outputs import (
 from coordinator.own_model import make_model
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
 from workers.data import Dataset, keep_classes, load_dataset
-from workers.hybrid import (
-    Diverged,
-    HybridState,
-    Hyper,
-    batch_loss_and_grad_sum,
-    evaluate,
-    keep_frozen,
-    noise_spec,
-    require_finite,
-    require_finite_parameters,
-)
+from workers.hybrid import batch_loss_and_grad_sum, evaluate
 from workers.messages import RoundKind
 from workers.models import Model
 from workers.partition import dirichlet_partition
 from workers.replica import Replica, Schedule
-from workers.search import Search
+from workers.state import Diverged, HybridState, Hyper, Search, require_finite, require_finite_parameters
+from workers.steps import keep_frozen, noise_spec
 
 log = logging.getLogger("hes.job")
 

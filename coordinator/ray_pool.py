@@ -44,7 +44,6 @@ from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
 from workers.actor import SHARED, WorkerActor, WorkerSpec
 from workers.data import Dataset
-from workers.hybrid import Decision, DecisionKind, Hyper
 from workers.messages import (
     Result,
     RoundKind,
@@ -58,6 +57,7 @@ from workers.messages import (
 )
 from workers.models import Model
 from workers.replica import Schedule
+from workers.state import Decision, DecisionKind, Hyper
 
 __all__ = ["SHM_DISABLE", "ClusterTooSmall", "PoolSettings", "RayPool", "ray_pool", "worker_env"]
 

@@ -14,8 +14,8 @@ from coordinator.config import validate_config
 from coordinator.job import Job, build_parts, local_pool
 from coordinator.rounds import RoundLoop
 from service.cli import main as hes
-from workers.hybrid import Diverged, HybridState, require_finite_parameters
 from workers.messages import Result, RoundKind
+from workers.state import Diverged, HybridState, require_finite_parameters
 
 
 def diverging_cfg(**hybrid: object) -> dict:

@@ -9,7 +9,7 @@ import torch
 from coordinator.accounting import Counters
 from coordinator.config import validate_config
 from coordinator.job import build_parts
-from workers.hybrid import Decision, DecisionKind, batch_loss_and_grad_sum
+from workers.hybrid import batch_loss_and_grad_sum
 from workers.messages import (
     TASK_HEADER_BYTES,
     RoundKind,
@@ -21,6 +21,7 @@ from workers.messages import (
     encode_task,
 )
 from workers.replica import Replica
+from workers.state import Decision, DecisionKind
 
 
 def test_the_live_workers_travel_in_a_task_only_when_they_changed() -> None:

@@ -115,8 +115,8 @@ def test_a_dirichlet_worker_keeps_its_own_share_when_others_leave() -> None:
     """Slots are fixed: when the live workers change, a worker still takes its own partition's share; the missing
     worker's share is skipped."""
     from coordinator.job import build_parts, make_replica, partitions
-    from workers.hybrid import Decision, DecisionKind
     from workers.messages import RoundKind, Sync, Task
+    from workers.state import Decision, DecisionKind
 
     c = validate_config(cfg("local", "backprop", "dirichlet"))
     data, model, hyper, schedule = build_parts(c)

@@ -8,12 +8,13 @@ import torch
 
 from coordinator.config import validate_config
 from coordinator.job import build_parts, partitions, worker_data
-from workers.hybrid import Decision, DecisionKind, batch_loss_and_grad_sum, local_step, run_trials
+from workers.hybrid import batch_loss_and_grad_sum, local_step, run_trials
 from workers.messages import RoundKind, Sync, Task
 from workers.noise import trial_seed
 from workers.partition import dirichlet_partition, label_skew, share_sizes
 from workers.replica import Replica
 from workers.search import es_costs, round_seeds
+from workers.state import Decision, DecisionKind
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=3000)
 
