@@ -65,7 +65,7 @@ def product_imports() -> dict[str, set[str]]:
 
 def test_no_two_product_modules_import_each_other_around_a_circle() -> None:
     edges = product_imports()
-    assert edges["workers.hybrid"] >= {"workers.state", "workers.steps", "workers.search"}  # the walk sees imports
+    assert "workers.models" in edges["workers.hybrid"]  # the walk sees the imports
     done: set[str] = set()
 
     def walk(name: str, path: list[str]) -> None:
