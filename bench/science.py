@@ -151,11 +151,13 @@ def frozen_accuracy(spec: JobSpec) -> float:
     """Dev accuracy of the model model.init_from names, on the data of `spec` (the job it would start)."""
     import torch
 
-    from coordinator.job import build_parts, initial_theta
+    from coordinator.job import initial_theta
+    from coordinator.parts import build_parts
     from workers.hybrid import evaluate
 
     cfg = spec.config()
-    data, model, _, _ = build_parts(cfg)
+    parts = build_parts(cfg)
+    data, model = parts.data, parts.model
     acc = evaluate(model, torch.from_numpy(initial_theta(cfg, model)), data.x_dev, data.y_dev)[1]
     assert acc is not None
     return acc

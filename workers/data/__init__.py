@@ -45,9 +45,9 @@ def load_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int
 
 def describe_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int, factory: str | None = None,
                      kwargs: dict[str, Any] | None = None, loss: str = "cross_entropy") -> DataFacts:
-    """What load_dataset would give, without loading MNIST: its sizes come from inspect_mnist_folder.
-    digits and synthetic are small and built in memory, so they are built and measured."""
+    """What load_dataset would give, without loading MNIST's images: its sizes come from its files' headers, its
+    labels from its label files. The other sets are built and described."""
     if dataset == "mnist":
-        return describe_mnist(path, dev_size)
+        return describe_mnist(path, dev_size, seed)
     data = load_dataset(dataset, path, dev_size, seed, factory, kwargs, loss)
-    return DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)
+    return DataFacts.of(data)

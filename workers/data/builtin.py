@@ -20,6 +20,11 @@ def check_dev_size(name: str, dev_size: int, n: int) -> None:
         raise DataError(f"data.dev_size: {dev_size} must be at least 1 and below the {n} training images of {name}")
 
 
+def shuffled(n: int, seed: int) -> np.ndarray:
+    """The seeded order of n training images: the first dev_size of it are held out as dev."""
+    return np.random.default_rng(seed).permutation(n)
+
+
 def split_and_standardise(
     name: str, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
     dev_size: int, seed: int,
@@ -27,7 +32,7 @@ def split_and_standardise(
     """Seeded shuffle, the first dev_size as dev, pixels standardised with the training mean and std."""
     n = len(images)
     check_dev_size(name, dev_size, n)
-    order = np.random.default_rng(seed).permutation(n)
+    order = shuffled(n, seed)
     x = images[order].astype(np.float32)
     y = labels[order].astype(np.int64)
     x_dev, y_dev, x_train, y_train = x[:dev_size], y[:dev_size], x[dev_size:], y[dev_size:]
@@ -82,9 +87,12 @@ def mnist_folder(path: str | None) -> str:
     return folder
 
 
-def describe_mnist(path: str | None, dev_size: int | None) -> DataFacts:
-    """What load_mnist would give, from the IDX files' headers (inspect_mnist_folder), no image loaded."""
-    info = inspect_mnist_folder(mnist_folder(path))
+def describe_mnist(path: str | None, dev_size: int | None, seed: int) -> DataFacts:
+    """What load_mnist would give, from the IDX files' headers and the labels, no image read."""
+    folder = mnist_folder(path)
+    info = inspect_mnist_folder(folder)
     dev = dev_size if dev_size is not None else MNIST_DEV_SIZE
     check_dev_size("mnist", dev, info.n_train)
-    return DataFacts("mnist", info.n_train - dev, dev, info.n_test, info.rows)
+    labels = read_mnist_folder(folder, keys=("train_labels", "test_labels"))
+    y = labels["train_labels"][shuffled(info.n_train, seed)].astype(np.int64)
+    return DataFacts("mnist", info.rows, y[dev:], y[:dev], labels["test_labels"].astype(np.int64))

@@ -197,12 +197,16 @@ def inspect_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_ID
     return MnistHeaders(root, n_train, heads["test_images"].dims[0], rows, cols)
 
 
-def read_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> dict[str, np.ndarray]:
-    """The four standard MNIST arrays (uint8) from a folder of IDX files, gzipped or raw.
+def read_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES,
+                      keys: tuple[str, ...] = tuple(IDX_FILES)) -> dict[str, np.ndarray]:
+    """The standard MNIST arrays (uint8) named by `keys` (IDX_FILES' keys, all four by default) from a folder of
+    IDX files, gzipped or raw.
 
     The headers pass inspect_mnist_folder's checks first; no file is inflated beyond what its header declares."""
     out: dict[str, np.ndarray] = {}
     for key, head in _inspect(Path(folder), max_bytes).items():
+        if key not in keys:
+            continue
         data = read_bounded(head.path, head.nbytes)
         if len(data) < head.nbytes:
             raise DataError(f"{head.path}: truncated: {len(data) - head.header_bytes} data bytes, header promises "
