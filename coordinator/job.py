@@ -34,6 +34,7 @@ from coordinator.documents import (
 )
 from coordinator.outputs import (
     DIAGNOSTIC_COLUMNS,
+    CheckpointMeta,
     OutputError,
     load_checkpoint,
     load_history,
@@ -188,9 +189,7 @@ class Job:
         else:
             theta0, grad0, meta = load_checkpoint(self.out)
             history = tuple(torch.from_numpy(h) for h in load_history(self.out))
-            version = int(meta["version"])
-            self.history = meta["history"]
-            self.progress.counters = Counters.from_dict(meta["counters"])
+            version, self.history, self.progress.counters = meta.version, meta.history, meta.counters
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._state = HybridState(version, torch.from_numpy(theta0),
                                   None if grad0 is None else torch.from_numpy(grad0), history)
@@ -323,8 +322,7 @@ class Job:
 
     def _checkpoint(self) -> None:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
-        meta = {"version": self.state.version, "history": self.history,
-                "counters": self.progress.counters.to_dict()}
+        meta = CheckpointMeta(self.state.version, self.history, self.progress.counters)
         save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
                         tuple(h.cpu().numpy() for h in self.state.history))
 
