@@ -40,7 +40,7 @@ from workers.noise import Factors, NoiseSpec, lowrank_dense, lowrank_factors, pe
 if TYPE_CHECKING:
     from workers.search import Search
 
-CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it (256 kB of float32)
+CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it: bounds that scratch buffer
 
 
 class Diverged(ValueError):
