@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from coordinator.config import read_config_file
+from coordinator.documents import JobResult
 from service.cli import summary_lines
 from service.client import Client, ServiceError, watch
 
@@ -76,7 +77,8 @@ def main() -> int:
         print("[3/4] training (round, epoch, last round's loss, dev accuracy, payload bytes)", flush=True)
         job = watch(client, job["id"])
         print("[4/4] result", flush=True)
-        for line in summary_lines(job["result"]) if "final" in (job["result"] or {}) else [job["message"]]:
+        result = JobResult.model_validate(job["result"]) if job.get("result") else None
+        for line in summary_lines(result) if result is not None else [job["message"]]:
             print(f"      {line}")
         metrics = client.request("GET", "/metrics").text
         print(f"      metrics  {url}/metrics, e.g.")
