@@ -25,18 +25,11 @@ import torch
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.combine import Rules, combine, round_loss, weighted_mean
-from workers.hybrid import (
-    Decision,
-    DecisionKind,
-    Diverged,
-    HybridState,
-    Hyper,
-    apply_decision,
-    keep_frozen,
-    require_finite,
-)
+from workers.hybrid import apply_decision
 from workers.messages import Result, RoundKind, Sync, Task
 from workers.replica import Schedule, digest
+from workers.state import Decision, DecisionKind, Diverged, HybridState, Hyper, require_finite
+from workers.steps import keep_frozen
 
 
 class Pool(Protocol):
