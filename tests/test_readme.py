@@ -34,7 +34,7 @@ NOT_RUN: list[tuple[str, str]] = [
     (r"HES_MNIST_DIR", "needs MNIST, which the repository does not ship"),
     (r"--config (paper-[\w-]+|seedonly-r4|noniid-r4|finetune-zo)\b", "an MNIST preset: needs MNIST"),
     (r"resnet_mnist", "trains on MNIST"),
-    (r"^docker\b|^kubectl\b|^ray (up|start|submit)\b", "needs a container runtime or a cluster"),
+    (r"^docker\b|^kubectl\b|^ray (up|start|submit|exec)\b", "needs a container runtime or a cluster"),
     (r"cluster\.workers=[3-9]", "more worker actors than the 2 CPUs a test machine has"),
 ]
 
