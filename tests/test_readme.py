@@ -22,6 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_BLOCK = re.compile(r"^```(?:sh|bash|console|shell)\s*$")
 MARK = "@@readme"
+PLACEHOLDER = re.compile(r"\bID\b")  # a job's id in the README's commands
+HES = re.compile(r"^(\.venv/bin/)?hes$")
+SUBMITTED = "sed -n 's/^submitted job \\([0-9a-f]*\\).*/\\1/p'"  # the id `hes submit` prints
+STILL_RUNNING = ".venv/bin/hes submit digits-demo --set train.epochs=2000"
 
 # (pattern on a command as written, why this test does not run it)
 NOT_RUN: list[tuple[str, str]] = [
@@ -62,7 +66,7 @@ class Command:
         words = self.text.split()
         if words[0] == "curl" and "|" in self.text:
             return r"hes_"
-        if words[0].endswith("hes") and len(words) > 1:
+        if HES.match(words[0]) and len(words) > 1:
             return r"status SUCCEEDED" if words[1] == "submit" and "--watch" in words else PROMISED.get(words[1], "")
         return ""
 
@@ -100,21 +104,36 @@ def free_port() -> int:
 
 
 def as_run(command: Command, port: int) -> str:
-    """The command as this test runs it: a free port for 8000, and `hes train` for one epoch."""
+    """The command as this test runs it: a free port for 8000, the last submitted job's id for ID, and
+    `hes train` for one epoch."""
     cmd = re.sub(r"(?<=[:= ])8000\b", str(port), command.text)
+    cmd = PLACEHOLDER.sub('"$ID"', cmd)
     words = cmd.split()
-    if words[0].endswith("hes") and words[1:2] == ["train"] and "--resume" not in words:
+    if HES.match(words[0]) and words[1:2] == ["train"] and "--resume" not in words:
         cmd += " --set train.epochs=1"  # the command's path, not its accuracy
     return cmd
 
 
 def script(commands: list[Command], port: int) -> str:
     """One bash script: each command, then a marker line with its exit status (the output between markers is
-    its stdout and stderr; a command sent to the background keeps its output apart)."""
+    its stdout and stderr). A command sent to the background writes to a log of its own; `ID` is the id that the
+    last `hes submit` printed; `hes stop ID` stops a job submitted for it, since the watched one has ended."""
     lines = [f"export HES_SERVER=http://127.0.0.1:{port}"]  # the client's default server, on the free port
     for i, c in enumerate(commands):
         cmd = as_run(c, port)
-        lines += [cmd if cmd.endswith("&") else f"{cmd} 2>&1", f'echo "{MARK} {i} $?"']
+        verb = cmd.split()[1:2] if HES.match(cmd.split()[0]) else []
+        if cmd.endswith("&"):
+            cmd = f"{cmd[:-1].rstrip()} >> background-{i}.log 2>&1 &"
+        else:
+            cmd = f"{{ {cmd}; }} > out-{i}.txt 2>&1"
+        if verb == ["stop"]:
+            lines.append(f"{STILL_RUNNING} > running.txt 2>&1 && ID=$({SUBMITTED} running.txt)")
+        lines += [cmd, f"status=$?; cat out-{i}.txt 2>/dev/null", f'echo "{MARK} {i} $status"']
+        if verb == ["serve"]:  # a user waits for it to come up before the next command; at most two minutes
+            lines.append(f"for _ in $(seq 240); do curl -sf 127.0.0.1:{port}/healthz > /dev/null && break; "
+                         "sleep 0.5; done")
+        if verb == ["submit"]:
+            lines.append(f"ID=$({SUBMITTED} out-{i}.txt)")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +198,7 @@ def test_a_failing_command_is_reported(newcomer: tuple[Path, dict[str, str]]) ->
 def test_every_readme_command_is_run_or_listed() -> None:
     commands = readme_commands((ROOT / "README.md").read_text())
     assert commands and commands[0].text.startswith("make demo"), "the README no longer opens with make demo"
-    runnable = re.compile(r"^(make demo|export |curl |until |ID=|kill |(\.venv/bin/)?hes )")
+    runnable = re.compile(r"^(make demo|export |curl |(\.venv/bin/)?hes )")
     unknown = [c for c in commands if c.not_run() is None and not runnable.match(c.text)]
     assert not unknown, f"README commands neither run by tests/test_readme.py nor in its NOT_RUN: {unknown}"
 
