@@ -25,7 +25,7 @@ from workers.actor import SHARED, WorkerActor, WorkerSpec
 #   `max_direct_call_object_size` (100 KiB by default): a write, a seal and a fetch less per full round.
 #   The process that returns reads the setting.
 # - Ray starts worker processes at niceness 15, below everything else on the node; a worker actor IS the
-#   job's compute, so it runs at niceness 0, as Ray's own job drivers do (README, "How a round travels").
+#   job's compute, so it runs at niceness 0, as Ray's own job drivers do (docs/design.md, "How a round travels").
 INLINE_RETURN_LIMIT = 64 << 20
 NOT_NICED = {"RAY_worker_niceness": "0"}  # also the coordinator actor's (coordinator/actor.py)
 PLACEMENT_TIMEOUT_S = 60.0

@@ -41,10 +41,10 @@ def fetch_history(target: str, server: str | None) -> JobHistory:
     client = Client(server)
     try:
         job = client.job(target)
-        records = client.request("GET", f"/v1/jobs/{target}/history").json()["rows"]
+        records = client.history(target).rows
     finally:
         client.close()
-    return JobHistory(records, job.get("config") or {}, f"job {target}", None)
+    return JobHistory(records, job.config, f"job {target}", None)
 
 
 def rows_from(records: Sequence[Mapping[str, Any]], source: str) -> list[Row]:

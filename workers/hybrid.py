@@ -40,7 +40,7 @@ from workers.search import apply_es
 from workers.state import Decision, DecisionKind, HybridState, Hyper, cost_rank
 from workers.steps import batched_lowrank_costs, descend, keep_frozen, mean_cost, noise, shift
 
-CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it (256 kB of float32)
+CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it: bounds that scratch buffer
 
 
 def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
