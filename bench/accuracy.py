@@ -47,7 +47,7 @@ def run(ctx: Context) -> str:
 
 
 def _dev(runs: dict[str, JobRun], key: str) -> float:
-    return runs[key].final["dev_accuracy"]
+    return runs[key].final.dev_accuracy
 
 
 def render(ctx: Context, runs: dict[str, JobRun]) -> str:
@@ -56,10 +56,10 @@ def render(ctx: Context, runs: dict[str, JobRun]) -> str:
         r, f = runs[row.key], runs[row.key].final
         paper = PAPER_FIG7.get(row.paper or "")
         rows.append([
-            row.label, code(r.spec.hes_command()), pct(f["train_accuracy"]), pct(f["dev_accuracy"]),
-            pct(f["test_accuracy"]), r.dev_range(LAST_EPOCHS),
+            row.label, code(r.spec.hes_command()), pct(f.train_accuracy), pct(f.dev_accuracy),
+            pct(f.test_accuracy), r.dev_range(LAST_EPOCHS),
             f"{paper[0]:.2f}% / {paper[1]:.2f}%" if paper else "none (control)",
-            signed(100 * f["dev_accuracy"] - paper[1], unit=" pt") if paper else "",
+            signed(100 * f.dev_accuracy - paper[1], unit=" pt") if paper else "",
             f"{r.result.rounds.full} / {r.result.rounds.stochastic}", f"{r.wall_seconds:.0f}",
         ])
     parts = [

@@ -21,7 +21,7 @@ import ray
 import torch
 
 from coordinator.config import JobConfig, load_config
-from coordinator.documents import JobResult, JobStatus
+from coordinator.documents import FinalMetrics, JobResult, JobStatus
 from coordinator.job import Job, PoolFactory, Progress
 from coordinator.rounds import RoundEvent
 
@@ -74,7 +74,7 @@ class JobRun:
     out: Path | None = None  # the job's output folder (under Context.work)
 
     @property
-    def final(self) -> dict[str, float | None]:
+    def final(self) -> FinalMetrics:
         return self.result.final
 
     def dev_range(self, last: int) -> str:
@@ -113,7 +113,7 @@ def run_job(ctx: Context, spec: JobSpec, pool_factory: PoolFactory | None = None
     result = job.run(on_round=record)
     if result.status != JobStatus.SUCCEEDED:
         raise JobFailed(f"{spec.hes_command()}: {result.status} {result.message}")
-    return JobRun(spec, result, events, list(job.history), time.perf_counter() - started, out)
+    return JobRun(spec, result, events, [row.record() for row in job.history], time.perf_counter() - started, out)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class TimedPool:
 
     def send(self, task: Task) -> tuple[Any, float, float, float]:
         if not self.pids:
-            self.pids = [int(info["pid"]) for info in ray.get([a.info.remote() for a in self.pool.actors])]
+            self.pids = [info.pid for info in ray.get([a.info.remote() for a in self.pool.actors])]
         workers_cpu = process_seconds(self.pids)  # read outside the round's window
         wall, cpu = time.perf_counter(), time.thread_time()
         return self.pool.send(task), wall, cpu, workers_cpu

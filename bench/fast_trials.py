@@ -387,7 +387,7 @@ def _render_ray(runs: dict[str, JobRun]) -> list[str]:
     b, lr = runs["backprop"], runs["lowrank"]
     rt = ratio(lr.result.seconds.total, b.result.seconds.total)
     rows = [[name, code(run.spec.hes_command()), f"{run.result.seconds.total:.1f}", f"{run.wall_seconds:.1f}",
-             pct(run.final["dev_accuracy"]), num(run.result.bytes.total),
+             pct(run.final.dev_accuracy), num(run.result.bytes.total),
              f"{run.result.rounds.full} / {run.result.rounds.stochastic}",
              f"{run.result.replica_checks.checked} / {run.result.replica_checks.mismatches}"]
             for name, run in (("backprop", b), ("lowrank r=2", lr))]
@@ -407,7 +407,7 @@ def _render_accuracy(ctx: Context, accuracy: dict[tuple[str, int], list[JobRun]]
     rows, words = [], []
     n_seeds = min(len(v) for v in accuracy.values())
     for r in (2, 4):
-        devs = {f: [run.final["dev_accuracy"] for run in accuracy[(f, r)]] for f in ("lowrank", "gaussian", "stale")}
+        devs = {f: [run.final.dev_accuracy for run in accuracy[(f, r)]] for f in ("lowrank", "gaussian", "stale")}
         med = {f: median([d for d in v if d is not None]) for f, v in devs.items()}
         for family in ("lowrank", "gaussian", "stale"):
             rows.append([f"r={r}", family, pct(med[family]), ", ".join(pct(d) for d in devs[family]),

@@ -54,7 +54,7 @@ def mixed_job(ctx: Context, spec: JobSpec, gpu_workers: int) -> Mixed:
 
     def factory(cfg: JobConfig, parts: JobParts, counters: Counters) -> RayPool:
         pools.append(ray_pool(cfg, parts, counters, gpu_workers=gpu_workers))
-        devices.extend(str(info["device"]) for info in ray.get([a.info.remote() for a in pools[-1].actors]))
+        devices.extend(info.device for info in ray.get([a.info.remote() for a in pools[-1].actors]))
         return pools[-1]
 
     return Mixed(run_job(ctx, spec, pool_factory=factory), devices)
@@ -108,7 +108,7 @@ def render(mixed: Mixed, timed: list[JobRun], draws: list[tuple[int, int, bool]]
         f"Mixed job `{MIXED.hes_command()}`, worker 0 on the GPU and worker 1 on a CPU (the workers reported "
         f"{', '.join(mixed.devices)}): {checks.checked} replica checks, {checks.mismatches} mismatches: "
         f"{'the replicas agree to the bit' if mixed.agree else 'the replicas differ: ' + FAILED}; dev accuracy "
-        f"after the epoch {100 * (mixed.run.final['dev_accuracy'] or float('nan')):.2f}%."
+        f"after the epoch {100 * (mixed.run.final.dev_accuracy or float('nan')):.2f}%."
         + ("" if mixed.devices == ["cuda", "cpu"] else f" Not a mixed job (cuda, cpu): {FAILED}."),
         "",
         f"Seconds per round on one GPU worker (`{timed_spec(300, 10).hes_command()}` with model.hidden and hybrid.k "

@@ -49,8 +49,8 @@ def run(ctx: Context) -> str:
                               f"replica checks {res.replica_checks.checked} with {res.replica_checks.mismatches} "
                               f"mismatches: {verdict(up <= STOCHASTIC_UP_MAX and down <= STOCHASTIC_DOWN_MAX)} "
                               f"<= {STOCHASTIC_UP_MAX} / {STOCHASTIC_DOWN_MAX} B")
-            acc = res.final.get("test_accuracy")
-            rows.append([arm, "n/a" if acc is None else pct(acc), f"{res.final['test_loss']:.4f}",
+            acc = res.final.test_accuracy
+            rows.append([arm, "n/a" if acc is None else pct(acc), f"{res.final.test_loss:.4f}",
                          f"{res.rounds.full} / {res.rounds.stochastic}", num(b.full.up + b.full.down),
                          num(b.stochastic.up + b.stochastic.down), num(b.total), f"{res.seconds.total:.1f}",
                          code(spec.hes_command())])

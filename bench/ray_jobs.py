@@ -73,7 +73,7 @@ def run_ray(ctx: Context) -> str:
 
 def _job_row(label: str, run: JobRun, backprop: JobRun) -> list[str]:
     res, b = run.result, run.result.bytes
-    return [label, pct(run.final["dev_accuracy"]), run.dev_range(LAST_EPOCHS), pct(run.final["test_accuracy"]),
+    return [label, pct(run.final.dev_accuracy), run.dev_range(LAST_EPOCHS), pct(run.final.test_accuracy),
             num(_bytes(run)),
             num(b.full.up + b.full.down), num(b.stochastic.up + b.stochastic.down),
             pct(ratio(_bytes(run), _bytes(backprop))), f"{res.seconds.total:.1f}",
@@ -126,20 +126,20 @@ def _render_ray(ctx: Context, backprop: JobRun, runs: dict[tuple[int, str], JobR
 
 def _ray_words(backprop: JobRun, runs: dict[tuple[int, str], JobRun]) -> list[str]:
     out = []
-    dev_r2 = runs[(2, "hybrid")].final["dev_accuracy"]
+    dev_r2 = runs[(2, "hybrid")].final.dev_accuracy
     out.append(f"- Issue 3: the r=2 job with 2 workers reaches dev {pct(dev_r2)} (at least "
                f"{pct(ARGMIN_R2_DEV_MIN, 1)}): {verdict(dev_r2 >= ARGMIN_R2_DEV_MIN)}.")
     for r in R_VALUES:
         h = runs[(r, "hybrid")]
         for mode, role in (("stale", "its control"), ("localsgd", "its peer")):
             o = runs[(r, mode)]
-            d = 100 * (h.final["dev_accuracy"] - o.final["dev_accuracy"])
+            d = 100 * (h.final.dev_accuracy - o.final.dev_accuracy)
             word = "**loses** to" if d < 0 else ("ties" if d == 0 else "beats")
-            out.append(f"- r={r}: hybrid {word} {role} `{mode}` on dev accuracy ({pct(h.final['dev_accuracy'])} vs "
-                       f"{pct(o.final['dev_accuracy'])}, {d:+.2f} points) with {pct(ratio(_bytes(h), _bytes(o)))} "
+            out.append(f"- r={r}: hybrid {word} {role} `{mode}` on dev accuracy ({pct(h.final.dev_accuracy)} vs "
+                       f"{pct(o.final.dev_accuracy)}, {d:+.2f} points) with {pct(ratio(_bytes(h), _bytes(o)))} "
                        f"of its bytes and {ratio(h.result.seconds.total, o.result.seconds.total):.2f}x "
                        "its seconds.")
-        d = 100 * (h.final["dev_accuracy"] - backprop.final["dev_accuracy"])
+        d = 100 * (h.final.dev_accuracy - backprop.final.dev_accuracy)
         out.append(f"- r={r}: hybrid against backprop: {d:+.2f} points of dev accuracy for "
                    f"{pct(ratio(_bytes(h), _bytes(backprop)))} of the bytes and "
                    f"{ratio(h.result.seconds.total, backprop.result.seconds.total):.2f}x the seconds.")

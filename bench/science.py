@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common import (
     PAPER_EPOCHS,
@@ -42,6 +43,9 @@ DIAGNOSE = "hybrid.diagnostics=true"  # one more backprop per stochastic round: 
 PRETRAINED = "PRETRAINED"  # in a row's overrides: the seed's pretraining job's output folder
 PRETRAIN = JobSpec("paper-reference", ("data.classes=[0,1,2,3,4]", "train.epochs=5"))
 FIGURES = ROOT / "bench" / "figures"
+
+if TYPE_CHECKING:
+    from workers.state import Decision, HybridState, Hyper
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,12 @@ FINETUNE = Comparison("finetune", "Fine-tuning on all ten digits after backprop 
 COMPARISONS: list[Comparison] = [IID, NONIID, FINETUNE]
 
 
-def apply_seconds(family: str, n_workers: int = 2, k: int = 10, repeats: int = 5) -> float:
-    """Median seconds of one es step on the paper MLP (N workers x k/2 seeds, every weight nonzero): the
-    replicas' and the coordinator's extra work per stochastic round, gaussian (N*k/2 dense draws of the
-    weights) against lowrank (N*k/2 rank-1 products)."""
-    import time
-
+def es_step_case(family: str, n_workers: int, k: int) -> tuple[HybridState, Decision, Hyper]:
+    """The es step apply_seconds times: the paper MLP's state, an es decision of N workers x k/2 seeds (every
+    weight nonzero), its hyperparameters."""
     import numpy as np
     import torch
 
-    from workers.hybrid import apply_decision
     from workers.models import mlp
     from workers.state import Decision, DecisionKind, HybridState, Hyper, Search
     from workers.steps import noise_spec
@@ -126,12 +126,23 @@ def apply_seconds(family: str, n_workers: int = 2, k: int = 10, repeats: int = 5
     model = mlp(784, [300], "sigmoid", "normal")
     hyper = Hyper(5.0, 1e-4, 1.25, 1000, model.num_weights, noise_spec(model, family, 1), search=Search("es", k=k))
     theta = torch.from_numpy(model.initial_parameters(1))
-    state = HybridState(1, theta, torch.zeros_like(theta))
     weights = np.linspace(-0.1, 0.1, n_workers * k // 2).astype(np.float32) + np.float32(1e-3)
+    return HybridState(1, theta, torch.zeros_like(theta)), Decision(1, DecisionKind.ES, array=weights), hyper
+
+
+def apply_seconds(family: str, n_workers: int = 2, k: int = 10, repeats: int = 5) -> float:
+    """Median seconds of one es step on the paper MLP (N workers x k/2 seeds, every weight nonzero): the
+    replicas' and the coordinator's extra work per stochastic round, gaussian (N*k/2 dense draws of the
+    weights) against lowrank (N*k/2 rank-1 products)."""
+    import time
+
+    from workers.hybrid import apply_decision
+
+    state, decision, hyper = es_step_case(family, n_workers, k)
     seconds = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        apply_decision(state, Decision(1, DecisionKind.ES, array=weights), hyper)
+        apply_decision(state, decision, hyper)
         seconds.append(time.perf_counter() - t0)
     return median(seconds)
 
@@ -196,12 +207,12 @@ def run(ctx: Context, comparisons: list[Comparison] | None = None, pretrain: Job
                 continue
             rs = by_row[(c.key, row.key)]
             done = [r for r in rs if isinstance(r, JobRun)]
-            out.append(RowResult(row, done, [math.nan if isinstance(r, JobFailure) or r.final["dev_accuracy"] is None
-                                             else r.final["dev_accuracy"] for r in rs],
+            out.append(RowResult(row, done, [math.nan if isinstance(r, JobFailure) or r.final.dev_accuracy is None
+                                             else r.final.dev_accuracy for r in rs],
                                  memory(job_spec(ctx, row, SEEDS[0], folders[SEEDS[0]])),
                                  tuple(r.message for r in rs if isinstance(r, JobFailure))))
         results[c.key] = out
-    devs = [pre[s].final["dev_accuracy"] or math.nan for s in SEEDS]
+    devs = [pre[s].final.dev_accuracy or math.nan for s in SEEDS]
     return render(ctx, comparisons, results, pretrain, devs, figures) + apply_note()
 
 

@@ -30,7 +30,7 @@ def run(ctx: Context) -> str:
     rows = []
     for label, spec in ROWS:
         mine = [runs[(label, seed)] for seed in SEEDS]
-        devs = [r.final["dev_accuracy"] for r in mine]
+        devs = [r.final.dev_accuracy for r in mine]
         rows.append([label, code(paper_length(ctx, spec).hes_command() + " --set seed=S"),
                      " / ".join(pct(d, 2) for d in devs), pct(statistics.median(devs)),
                      f"{pct(min(devs))} to {pct(max(devs))}",

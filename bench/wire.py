@@ -322,8 +322,8 @@ def _capture_job(ctx: Context, spec: JobSpec, node_ports: dict[int, str], head: 
     def factory(cfg: JobConfig, parts: JobParts, counters: Counters) -> CapturingPool:
         inner = ray_pool(cfg, parts, counters)
         infos = ray.get([a.info.remote() for a in inner.actors])  # waits until every worker holds the data
-        placement.extend(labels.get(str(i["node"]), str(i["node"])) for i in infos)
-        actor_pids = {int(str(i["pid"])) for i in infos}
+        placement.extend(labels.get(i.node, i.node) for i in infos)
+        actor_pids = {i.pid for i in infos}
         capture = Capture(scratch / f"{len(list(scratch.iterdir()))}-{cfg.hybrid.mode}.pcapng",
                           scan_processes(node_ports, head, actor_pids).listening)
         try:

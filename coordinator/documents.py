@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
 
 class JobStatus(StrEnum):
@@ -96,6 +96,23 @@ class Snapshot(_Doc):
     sent: SentBytes = Field(default_factory=SentBytes)
 
 
+class FinalMetrics(_Doc):
+    """result.json's `final`: each split's accuracy (None for an mse job) and loss at the end. JSON holds the
+    fields a job set, in this order: all six for a finished job, none ({}) for one that failed first."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)  # a field may carry a JSON alias
+    train_accuracy: float | None = None
+    train_loss: float | None = None
+    dev_accuracy: float | None = None
+    dev_loss: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+
+    @property
+    def evaluated(self) -> bool:
+        """Whether the job reached its final evaluation (a FAILED job did not)."""
+        return bool(self.model_fields_set)
+
+
 class JobResult(_Doc):
     """result.json: how a job ended and what it reached (`final` is empty for a FAILED job)."""
     status: JobStatus
@@ -103,7 +120,7 @@ class JobResult(_Doc):
     config: dict[str, Any] = Field(default_factory=dict)
     num_parameters: int | None = None
     num_workers: int = 0
-    final: dict[str, float | None] = Field(default_factory=dict)  # {train,dev,test}_{accuracy,loss}
+    final: FinalMetrics = Field(default_factory=FinalMetrics)
     rounds: RoundCounts = Field(default_factory=RoundCounts)
     bytes: ByteCounts = Field(default_factory=ByteCounts)
     seconds: Seconds = Field(default_factory=Seconds)
@@ -112,6 +129,10 @@ class JobResult(_Doc):
     stale_results_dropped: int = 0
     worker_failures: int = 0
     restarts: int = 0
+
+    @field_serializer("final")
+    def _final(self, final: FinalMetrics, info: SerializationInfo) -> dict[str, Any]:
+        return final.model_dump(mode=info.mode, by_alias=True, exclude_unset=True)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from coordinator.accounting import Counters
 from coordinator.config import JobConfig
 from coordinator.documents import (
     ByteCounts,
+    FinalMetrics,
     JobResult,
     JobStatus,
     ProgressInfo,
@@ -35,6 +35,7 @@ from coordinator.documents import (
 from coordinator.outputs import (
     DIAGNOSTIC_COLUMNS,
     CheckpointMeta,
+    HistoryRow,
     OutputError,
     load_checkpoint,
     load_history,
@@ -181,7 +182,7 @@ class Job:
                                                             self.parts.schedule)
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
-        self.history: list[dict[str, Any]] = []
+        self.history: list[HistoryRow] = []
         grad0, version = None, 0
         history: tuple[torch.Tensor, ...] = ()
         if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
@@ -209,7 +210,7 @@ class Job:
         self.stop_requested = True
 
     def run(self, on_round: Callable[[RoundEvent, Progress], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
+            on_epoch: Callable[[HistoryRow], None] | None = None) -> JobResult:
         """Train to the end (or to a stop), write the outputs, return the result document.
 
         A divergence (nan or inf) or an OS error (a full disk) ends the job FAILED: result.json says why,
@@ -224,7 +225,7 @@ class Job:
             return failed_result(self.cfg, p, self.model.num_parameters, self.out, traceback.format_exc())
 
     def _run(self, on_round: Callable[[RoundEvent, Progress], None] | None,
-             on_epoch: Callable[[dict[str, Any]], None] | None) -> JobResult:
+             on_epoch: Callable[[HistoryRow], None] | None) -> JobResult:
         p, c = self.progress, self.progress.counters
         p.status, started = JobStatus.RUNNING, time.perf_counter()
         seconds_before = c.seconds["total"]
@@ -268,7 +269,7 @@ class Job:
         p.message = "; ".join(m for m in (ended, restarts_note(p.restarts)) if m)
         return self._finish()
 
-    def _end_epoch(self, epoch: int, rounds_done: int) -> dict[str, Any]:
+    def _end_epoch(self, epoch: int, rounds_done: int) -> HistoryRow:
         theta = self.state.theta  # applies the epoch's last decision (not evaluation time)
         require_finite_parameters(theta, rounds_done)  # before the checkpoint: the last one stays finite
         t0 = time.perf_counter()
@@ -278,17 +279,17 @@ class Job:
         c = self.progress.counters
         c.seconds["evaluation"] += time.perf_counter() - t0
         b = c.bytes_doc()
-        row = {"epoch": epoch, "round": rounds_done, "train_loss": train_loss, "train_accuracy": train_acc,
-               "dev_loss": dev_loss, "dev_accuracy": dev_acc, "rounds_full": c.rounds["full"],
-               "rounds_stochastic": c.rounds["stochastic"], "bytes_full_up": b["full"]["up"],
-               "bytes_full_down": b["full"]["down"], "bytes_stochastic_up": b["stochastic"]["up"],
-               "bytes_stochastic_down": b["stochastic"]["down"], "bytes_sync": b["sync"],
-               "bytes_total": b["total"], "improvements": c.improvements,
-               "seconds": round(c.seconds["total"], 4)}
+        diag: dict[str, float] = {}
         if self.cfg.hybrid.diagnostics:  # means over the epoch's stochastic rounds; NaN when it had none
             for column, values in self._diag.items():
-                row[column] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+                diag[column] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
                 values.clear()
+        row = HistoryRow(
+            epoch=epoch, round=rounds_done, train_loss=train_loss, train_accuracy=train_acc, dev_loss=dev_loss,
+            dev_accuracy=dev_acc, rounds_full=c.rounds["full"], rounds_stochastic=c.rounds["stochastic"],
+            bytes_full_up=b["full"]["up"], bytes_full_down=b["full"]["down"], bytes_stochastic_up=b["stochastic"]["up"],
+            bytes_stochastic_down=b["stochastic"]["down"], bytes_sync=b["sync"], bytes_total=b["total"],
+            improvements=c.improvements, seconds=round(c.seconds["total"], 4), **diag)
         self.history.append(row)
         latest = {"train_loss": train_loss, "train_accuracy": train_acc, "dev_loss": dev_loss, "dev_accuracy": dev_acc}
         self.progress.latest.update({k: v for k, v in latest.items() if v is not None})  # mse: no accuracy
@@ -329,13 +330,12 @@ class Job:
     def _finish(self) -> JobResult:
         p, c, theta = self.progress, self.progress.counters, self.state.theta
         require_finite_parameters(theta, p.round)  # a diverged job writes no model
-        final: dict[str, float | None] = {}
-        for split, x, y in (("train", self.data.x_train, self.data.y_train), ("dev", self.data.x_dev, self.data.y_dev),
-                            ("test", self.data.x_test, self.data.y_test)):
-            loss, acc = evaluate(self.model, theta, x, y)
-            if split == "train":
-                require_finite(loss, p.round, "the training loss")
-            final[f"{split}_accuracy"], final[f"{split}_loss"] = acc, loss
+        train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
+        require_finite(train_loss, p.round, "the training loss")
+        dev_loss, dev_acc = evaluate(self.model, theta, self.data.x_dev, self.data.y_dev)
+        test_loss, test_acc = evaluate(self.model, theta, self.data.x_test, self.data.y_test)
+        final = FinalMetrics(train_accuracy=train_acc, train_loss=train_loss, dev_accuracy=dev_acc, dev_loss=dev_loss,
+                             test_accuracy=test_acc, test_loss=test_loss)
         result = JobResult(
             status=p.status, message=p.message, config=self.cfg.model_dump(), num_parameters=self.model.num_parameters,
             num_workers=self.cfg.cluster.workers, final=final, rounds=RoundCounts(**c.rounds),

@@ -5,7 +5,7 @@ import contextlib
 import csv
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,59 @@ def write_text(path: Path, text: str) -> None:
 DIAGNOSTIC_COLUMNS = ["diag_cosine", "diag_beat_share"]
 
 
-def write_history(path: Path, rows: list[dict[str, Any]], extra: list[str] | None = None) -> None:
+_COUNTS = {"epoch", "round", "rounds_full", "rounds_stochastic", "bytes_full_up", "bytes_full_down",
+           "bytes_stochastic_up", "bytes_stochastic_down", "bytes_sync", "bytes_total", "improvements"}
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One epoch of history.csv: HISTORY_COLUMNS, then DIAGNOSTIC_COLUMNS for a job with hybrid.diagnostics.
+    Accuracies are None for an mse job; losses may be NaN. `record` writes it, `from_record` reads it back."""
+    epoch: int
+    round: int
+    train_loss: float
+    train_accuracy: float | None
+    dev_loss: float
+    dev_accuracy: float | None
+    rounds_full: int
+    rounds_stochastic: int
+    bytes_full_up: int
+    bytes_full_down: int
+    bytes_stochastic_up: int
+    bytes_stochastic_down: int
+    bytes_sync: int
+    bytes_total: int
+    improvements: int
+    seconds: float
+    diag_cosine: float | None = None  # None: the job has no diagnostics
+    diag_beat_share: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The row by column name, as history.csv and the checkpoint keep it (diagnostics only when the job has
+        them)."""
+        rec = {c: getattr(self, c) for c in HISTORY_COLUMNS}
+        rec.update({c: getattr(self, c) for c in DIAGNOSTIC_COLUMNS if getattr(self, c) is not None})
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> HistoryRow:
+        """A row from history.csv's strings or the checkpoint's JSON numbers ("" or None: no value)."""
+        def value(column: str) -> int | float | None:
+            v = rec.get(column)
+            if v is None or v == "":
+                return None
+            return int(v) if column in _COUNTS else float(v)
+
+        return cls(**{c: value(c) for c in HISTORY_COLUMNS + DIAGNOSTIC_COLUMNS})  # type: ignore[arg-type]
+
+
+def write_history(path: Path, rows: list[HistoryRow], extra: list[str] | None = None) -> None:
     """history.csv: HISTORY_COLUMNS, then the `extra` columns (e.g. DIAGNOSTIC_COLUMNS) when a job has them."""
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS + (extra or []), extrasaction="ignore")
             w.writeheader()
-            w.writerows(rows)
+            w.writerows(row.record() for row in rows)
 
     _atomic(path, path.name, write)
 
@@ -84,17 +130,18 @@ def write_model(path: Path, named: dict[str, np.ndarray], metadata: dict[str, st
 class CheckpointMeta:
     """What checkpoint.npz keeps besides the arrays, as JSON: the rounds done, the history rows, the counters."""
     version: int  # rounds applied to the checkpoint's theta
-    history: list[dict[str, Any]]  # history.csv's rows so far
+    history: list[HistoryRow]  # history.csv's rows so far
     counters: Counters
 
     def to_json(self) -> bytes:
-        return json.dumps({"version": self.version, "history": self.history,
+        return json.dumps({"version": self.version, "history": [row.record() for row in self.history],
                            "counters": self.counters.to_dict()}).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> CheckpointMeta:
         doc = json.loads(raw.decode())
-        return cls(int(doc["version"]), doc["history"], Counters.from_dict(doc["counters"]))
+        return cls(int(doc["version"]), [HistoryRow.from_record(r) for r in doc["history"]],
+                   Counters.from_dict(doc["counters"]))
 
 
 def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: CheckpointMeta,

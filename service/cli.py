@@ -33,17 +33,17 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 def summary_lines(result: JobResult) -> list[str]:
     f = result.final
-    if not f:
+    if not f.evaluated:
         return [f"status {result.status}: {result.message}"]
     b, r = result.bytes, result.rounds
 
-    def num(key: str) -> str:
-        return "n/a" if f.get(key) is None else f"{f[key]:.4f}"
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
 
     return [
         f"status {result.status} {result.message}".rstrip(),
-        f"accuracy: train {num('train_accuracy')}  dev {num('dev_accuracy')}  test {num('test_accuracy')}",
-        f"loss: train {num('train_loss')}  dev {num('dev_loss')}",
+        f"accuracy: train {num(f.train_accuracy)}  dev {num(f.dev_accuracy)}  test {num(f.test_accuracy)}",
+        f"loss: train {num(f.train_loss)}  dev {num(f.dev_loss)}",
         f"rounds: {r.full} full, {r.stochastic} stochastic; {result.num_parameters or 0:,} parameters, "
         f"{result.num_workers} workers",
         f"bytes: full {fmt_bytes(b.full.up)} up / {fmt_bytes(b.full.down)} down, stochastic "

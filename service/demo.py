@@ -65,14 +65,14 @@ def stop_service(proc: subprocess.Popen[bytes]) -> None:
 def newcomer_lines(job: JobOut) -> list[str]:
     """What the demo trained, how well, what a seed-only round moved against a full one, and what to try next."""
     r = job.result
-    if r is None or not r.final:
+    if r is None or not r.final.evaluated:
         return [f"the job ended {job.status}: {job.message or 'no result'}"]
     cfg, f, b, n = validate_config(r.config), r.final, r.bytes, max(1, r.num_workers)
     model = f"{cfg.model.arch} {cfg.model.hidden}" if cfg.model.arch == "mlp" else cfg.model.arch
     lines = [f"trained   a {model} on {cfg.data.dataset} ({r.num_parameters or 0:,} parameters) with Hybrid-ES "
              f"r={cfg.hybrid.r}, k={cfg.hybrid.k} on {r.num_workers} Ray workers"]
-    accuracy = ", ".join(f"{split} {100 * v:.2f}%" for split in ("dev", "test")
-                         if (v := f.get(f"{split}_accuracy")) is not None)
+    accuracy = ", ".join(f"{split} {100 * v:.2f}%" for split, v in (("dev", f.dev_accuracy), ("test", f.test_accuracy))
+                         if v is not None)
     lines.append(f"reached   {accuracy} accuracy in {r.seconds.total:.0f} s")
     if r.rounds.full and r.rounds.stochastic:
         full = (b.full.up + b.full.down) / r.rounds.full / n

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.outputs import HISTORY_COLUMNS
+from coordinator.outputs import HISTORY_COLUMNS, HistoryRow
 
 Row = dict[str, float]
 
@@ -54,7 +54,8 @@ def rows_from(records: Sequence[Mapping[str, Any]], source: str) -> list[Row]:
     missing = [c for c in HISTORY_COLUMNS if c not in records[0]]
     if missing:
         raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return [{c: math.nan if r[c] in (None, "") else float(r[c]) for c in HISTORY_COLUMNS} for r in records]
+    return [{c: math.nan if v is None else float(v) for c, v in HistoryRow.from_record(r).record().items()
+             if c in HISTORY_COLUMNS} for r in records]
 
 
 def read_history(path: Path) -> list[Row]:
@@ -71,14 +72,7 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [{k: _int_or_float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _int_or_float(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+        return [HistoryRow.from_record(row).record() for row in csv.DictReader(f)]
 
 
 def describe(config: Mapping[str, Any]) -> str:

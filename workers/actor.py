@@ -68,6 +68,17 @@ def full_float32_on_cuda() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker actor says of itself: its process, node, device, the round its replica holds (None before
+    its first sync) and whether it writes results to the node's shared memory."""
+    pid: int
+    node: str
+    device: str
+    version: int | None
+    shared_memory: bool
+
+
 @ray.remote
 class WorkerActor:
     def __init__(self, spec: WorkerSpec, data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -97,7 +108,6 @@ class WorkerActor:
     def sync(self, data: bytes) -> None:
         self.replica.sync(decode_sync(data))
 
-    def info(self) -> dict[str, object]:
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "device": self.device,
-                "version": None if self.replica.state is None else self.replica.state.version,
-                "shared_memory": self.shared is not None}
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(os.getpid(), ray.get_runtime_context().get_node_id(), self.device,
+                          None if self.replica.state is None else self.replica.state.version, self.shared is not None)

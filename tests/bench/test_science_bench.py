@@ -14,7 +14,17 @@ from common import Context, JobSpec  # noqa: E402
 
 
 def test_the_es_step_timing_applies_a_real_es_decision() -> None:
-    assert science.apply_seconds("lowrank", n_workers=1, k=2, repeats=1) > 0
+    from workers.hybrid import apply_decision
+
+    moves = {}
+    for family in ("lowrank", "gaussian"):
+        state, decision, hyper = science.es_step_case(family, n_workers=1, k=2)
+        after = apply_decision(state, decision, hyper)
+        assert after.version == 2 and bool(after.theta.isfinite().all())
+        moves[family] = after.theta - state.theta
+        assert float(moves[family].abs().max()) > 0  # the step moved the weights
+    assert not bool((moves["lowrank"] == moves["gaussian"]).all())  # each family draws its own noise
+    assert isinstance(science.apply_seconds("lowrank", n_workers=1, k=2, repeats=1), float)
 
 
 def test_a_row_runs_on_the_local_backend_with_diagnostics_where_it_takes_stochastic_steps(tmp_path: Path) -> None:

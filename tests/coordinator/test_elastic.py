@@ -69,7 +69,7 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
     def on_round(event, progress) -> None:  # type: ignore[no-untyped-def]
         pool = job.pool
         if event.round == 0:
-            nodes = [i["node"] for i in ray.get([a.info.remote() for a in pool.actors])]  # type: ignore[union-attr]
+            nodes = [i.node for i in ray.get([a.info.remote() for a in pool.actors])]  # type: ignore[union-attr]
             seen["away"] = next(i for i, n in enumerate(nodes) if n != head)
         if event.round == 3:
             other = next(n for n in own_cluster.worker_nodes)
@@ -82,7 +82,7 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
             wait_alive(pool.actors[seen["away"]])  # type: ignore[union-attr]
         if "shrunk" in seen and "grown" not in seen and pool.alive == 2:  # type: ignore[union-attr]
             seen["grown"] = event.round
-            seen["nodes"] = {i["node"] for i in ray.get([a.info.remote() for a in pool.actors])}  # type: ignore[union-attr]
+            seen["nodes"] = {i.node for i in ray.get([a.info.remote() for a in pool.actors])}  # type: ignore[union-attr]
         if event.kind == "full":  # the combined gradient is the whole batch's mean, however many workers
             seen["gradients"][event.round] = (pool.alive, job._loop.pending.array.copy())  # type: ignore[union-attr]
         seen["theta"][event.round + 1] = job.state.theta.numpy().copy()

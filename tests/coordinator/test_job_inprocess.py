@@ -27,7 +27,7 @@ def digits_cfg(**hybrid: object) -> dict:
 def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
     result = Job(validate_config(digits_cfg()), tmp_path).run()
     assert result.status == "SUCCEEDED"
-    assert result.final["dev_accuracy"] > 0.7  # chance is 0.1
+    assert result.final.dev_accuracy > 0.7  # chance is 0.1
     assert (result.rounds.full, result.rounds.stochastic) == (22, 22)  # 4 epochs of 11 rounds, every 2nd full
     assert result.replica_checks.checked > 0 and result.replica_checks.mismatches == 0
     assert json.loads((tmp_path / "result.json").read_text()) == result.model_dump(mode="json")
@@ -42,7 +42,7 @@ def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
 def test_every_mode_runs(tmp_path: Path, hybrid: dict) -> None:
     result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
     assert result.status == "SUCCEEDED"
-    assert result.final["train_accuracy"] > 0.3
+    assert result.final.train_accuracy > 0.3
     if hybrid.get("mode") == "backprop":
         assert result.rounds.stochastic == 0
     if hybrid.get("r") == 1:  # Assisted H-ES: every batch gets a full round, then trials around its gradient

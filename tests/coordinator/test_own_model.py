@@ -41,7 +41,7 @@ def test_a_tabular_module_trains_in_process(tmp_path: Path, noise: str, perturb:
     raw = with_(TABULAR, hybrid={"noise": noise}, model={"perturb": perturb})
     r = Job(validate_config(raw), tmp_path).run()
     assert r.status == "SUCCEEDED", r.message
-    assert r.final["dev_accuracy"] is not None and r.final["dev_accuracy"] > 0.8  # 2 classes, about 63/37
+    assert r.final.dev_accuracy is not None and r.final.dev_accuracy > 0.8  # 2 classes, about 63/37
     assert r.rounds.stochastic > 0 and r.replica_checks.mismatches == 0
     from safetensors.numpy import load_file
 
@@ -60,8 +60,8 @@ def test_a_character_model_trains_on_sequences(tmp_path: Path) -> None:
     assert job.data.x_train.shape[1:] == (16,) and job.data.y_train.shape[1:] == (16,)
     r = job.run()
     assert r.status == "SUCCEEDED", r.message
-    assert r.final["train_loss"] is not None and r.final["train_loss"] < np.log(128)  # below a uniform guess
-    assert r.final["test_accuracy"] is not None and 0 <= r.final["test_accuracy"] <= 1  # per character
+    assert r.final.train_loss is not None and r.final.train_loss < np.log(128)  # below a uniform guess
+    assert r.final.test_accuracy is not None and 0 <= r.final.test_accuracy <= 1  # per character
 
 
 def linear(inputs: int = 3) -> torch.nn.Module:
@@ -79,8 +79,8 @@ def test_a_regression_reports_loss_only(tmp_path: Path) -> None:
            "hybrid": {"mode": "hybrid", "r": 2, "k": 3}, "cluster": {"workers": 0}}
     r = Job(validate_config(raw), tmp_path / "out").run()
     assert r.status == "SUCCEEDED", r.message
-    assert r.final["dev_accuracy"] is None and r.final["test_accuracy"] is None
-    assert r.final["dev_loss"] is not None and r.final["dev_loss"] < 0.1  # from about 7 (the targets' variance)
+    assert r.final.dev_accuracy is None and r.final.test_accuracy is None
+    assert r.final.dev_loss is not None and r.final.dev_loss < 0.1  # from about 7 (the targets' variance)
     doc = json.loads((tmp_path / "out" / "result.json").read_text())
     assert doc["final"]["train_accuracy"] is None
     with (tmp_path / "out" / "history.csv").open() as f:

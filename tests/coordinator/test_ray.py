@@ -18,6 +18,7 @@ from coordinator.config import validate_config
 from coordinator.job import Job
 from coordinator.ray_pool import ActorRecord, ClusterTooSmall, actor_record, ray_pool
 from coordinator.shared_buffers import SHM_DISABLE
+from workers.actor import WorkerInfo
 from workers.messages import Sync, encode_sync
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def cfg(workers: int, **hybrid: object) -> dict:
             "cluster": {"workers": workers, "cpus_per_worker": 1}}
 
 
-def infos(job: Job) -> list[dict]:
+def infos(job: Job) -> list[WorkerInfo]:
     """What each of the job's worker actors says of itself (pid, node, shared_memory, ...)."""
     return ray.get([a.info.remote() for a in job.pool.actors])  # type: ignore[union-attr]
 
@@ -64,7 +65,7 @@ def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path, monke
     job = Job(validate_config(cfg(2)), tmp_path, pool_factory=ray_pool)
     job_ref.append(job)
     r = job.run(on_round=look)
-    assert r.status == "SUCCEEDED" and r.final["dev_accuracy"] > 0.5
+    assert r.status == "SUCCEEDED" and r.final.dev_accuracy > 0.5
     n, rounds, p = 2, r.rounds, r.num_parameters
     s, f = r.bytes.stochastic, r.bytes.full
     assert s.up / (n * rounds.stochastic) <= 32 and s.down / (n * rounds.stochastic) <= 16
@@ -72,11 +73,11 @@ def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path, monke
     assert abs(f.down / (n * rounds.full * p * 4) - 1) <= 0.02
     assert r.replica_checks.checked > 0 and r.replica_checks.mismatches == 0
     assert r.bytes.dataset > 0
-    assert len({i["node"] for i in nodes}) == 2  # SPREAD over the two nodes
+    assert len({i.node for i in nodes}) == 2  # SPREAD over the two nodes
     # the worker on this process's node returns its arrays through shared memory, the other through Ray;
     # the buffers' names are gone once the actors have started
     here = ray.get_runtime_context().get_node_id()
-    assert [i["shared_memory"] for i in nodes] == [i["node"] == here for i in nodes]
+    assert [i.shared_memory for i in nodes] == [i.node == here for i in nodes]
     assert left_in_shm == []
     monkeypatch.setenv(SHM_DISABLE, "1")
     assert np.array_equal(job.state.theta.numpy(), _ray_only(tmp_path / "ray-only").state.theta.numpy())
@@ -86,7 +87,7 @@ def _ray_only(tmp: Path) -> Job:
     """The same 2-worker job with shared memory turned off (the caller sets SHM_DISABLE): Ray's replies."""
     seen: list[bool] = []
     job = Job(validate_config(cfg(2)), tmp, pool_factory=ray_pool)
-    job.run(on_round=lambda event, progress: seen.extend(i["shared_memory"] for i in infos(job))
+    job.run(on_round=lambda event, progress: seen.extend(i.shared_memory for i in infos(job))
             if event.round == 0 else None)
     assert seen == [False, False]
     return job
@@ -123,10 +124,10 @@ def test_a_worker_killed_five_times_is_counted_five_times_and_changes_nothing(ra
 
     def kill(event, progress) -> None:  # type: ignore[no-untyped-def]
         if event.round == 0:
-            target.extend(i for i, info in enumerate(infos(job)) if info["shared_memory"])
+            target.extend(i for i, info in enumerate(infos(job)) if info.shared_memory)
         if event.round in (2, 5, 8, 11, 14):
             actor = job.pool.actors[target[0]]  # type: ignore[union-attr]
-            pid = infos(job)[target[0]]["pid"]  # the incarnation the pool has synced since the last kill
+            pid = infos(job)[target[0]].pid  # the incarnation the pool has synced since the last kill
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             if event.round in (2, 8, 14):
@@ -135,7 +136,7 @@ def test_a_worker_killed_five_times_is_counted_five_times_and_changes_nothing(ra
                     assert time.monotonic() < deadline, "Ray did not restart the worker"
                     time.sleep(0.1)
         if event.round == 17:
-            shared_after.extend(i["shared_memory"] for i in infos(job))
+            shared_after.extend(i.shared_memory for i in infos(job))
 
     job = Job(validate_config(cfg(2)), tmp_path / "kill", pool_factory=ray_pool)
     r = job.run(on_round=kill)
@@ -154,7 +155,7 @@ def test_hung_worker_is_killed_restarted_and_the_job_carries_on(ray_cluster: obj
 
     def freeze(event, progress) -> None:  # type: ignore[no-untyped-def]
         if event.round == 5:  # SIGSTOP: the process lives but answers nothing, as a wedged worker would
-            pid = infos(job)[1]["pid"]
+            pid = infos(job)[1].pid
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
 

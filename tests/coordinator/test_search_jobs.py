@@ -30,7 +30,7 @@ def test_every_rule_runs_in_process(tmp_path: Path, hybrid: dict) -> None:
     result = Job(validate_config(digits_cfg(**hybrid)), tmp_path).run()
     assert result.status == "SUCCEEDED"
     zo = hybrid.get("mode") == "zo"  # from scratch by forward passes only: slow, but above chance (0.1)
-    assert result.final["train_accuracy"] > (0.15 if zo else 0.3)
+    assert result.final.train_accuracy > (0.15 if zo else 0.3)
     assert result.replica_checks.mismatches == 0
     if hybrid.get("mode") == "zo":
         assert result.rounds.full == 0 and result.rounds.stochastic == 33  # every round stochastic
@@ -95,4 +95,4 @@ def test_ray_replicas_agree_to_the_bit_and_match_in_process(ray_cluster: object,
     per_down = 6 + (1 + 4 * weights if antithetic else 9)
     # each stochastic round's decision rides the next task; the job's last one goes with the final sync
     assert abs(s.down - n * r.rounds.stochastic * per_down) <= n * per_down
-    assert math.isfinite(r.final["dev_accuracy"])
+    assert math.isfinite(r.final.dev_accuracy)
