@@ -54,8 +54,13 @@ def rows_from(records: Sequence[Mapping[str, Any]], source: str) -> list[Row]:
     missing = [c for c in HISTORY_COLUMNS if c not in records[0]]
     if missing:
         raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return [{c: math.nan if v is None else float(v) for c, v in HistoryRow.from_record(r).record().items()
-             if c in HISTORY_COLUMNS} for r in records]
+    return [{c: v for c, v in float_row(r).items() if c in HISTORY_COLUMNS} for r in records]
+
+
+def float_row(record: Mapping[str, Any]) -> Row:
+    """A history record (CSV strings or JSON numbers; "" or None, or a missing column: no value) as floats by
+    column, NaN for no value; diagnostic columns only where the job has them."""
+    return {c: math.nan if v is None else float(v) for c, v in HistoryRow.from_record(record).record().items()}
 
 
 def read_history(path: Path) -> list[Row]:

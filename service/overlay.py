@@ -22,14 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, NullFormatter, PercentFormatter
 
 from service.figures import figure
-from service.history import describe, fetch_history, loss_label
+from service.history import describe, fetch_history, float_row, loss_label
 
 REQUIRED = ("epoch", "bytes_total")
 
 
 @dataclass(frozen=True)
 class Series:
-    """One job's history as the overlay reads it: any columns, numbers (NaN for an empty or missing value)."""
+    """One job's history as the overlay reads it: float rows (service.history.float_row; NaN for no value)."""
     label: str
     rows: list[dict[str, float]]
     loss: str = "cross-entropy loss"  # the y label of its loss (service.report.loss_label of its train.loss)
@@ -41,15 +41,6 @@ class Series:
         return any(math.isfinite(v) for v in self.column(name))
 
 
-def _number(text: str | float | None) -> float:
-    if text in (None, ""):
-        return math.nan
-    try:
-        return float(text)  # type: ignore[arg-type]
-    except ValueError:
-        return math.nan
-
-
 def series_from(records: Sequence[dict[str, object]], label: str, source: str,
                 loss: str = "cross-entropy loss") -> Series:
     if not records:
@@ -57,7 +48,7 @@ def series_from(records: Sequence[dict[str, object]], label: str, source: str,
     missing = [c for c in REQUIRED if c not in records[0]]
     if missing:
         raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return Series(label, [{k: _number(v) for k, v in r.items()} for r in records], loss)  # type: ignore[arg-type]
+    return Series(label, [float_row(r) for r in records], loss)
 
 
 def read_series(target: str, server: str | None) -> Series:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from configs import small_config
 
 from coordinator.config import validate_config
 from coordinator.job import Job
@@ -13,11 +14,7 @@ from coordinator.outputs import DIAGNOSTIC_COLUMNS, HISTORY_COLUMNS
 
 
 def cfg(diagnostics: bool, **hybrid: object) -> dict:
-    return {"name": "diag", "seed": 3, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-            "train": {"epochs": 2, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "diagnostics": diagnostics, **hybrid},
-            "cluster": {"workers": 0}}
+    return small_config("diag", train={"epochs": 2}, hybrid={"k": 4, "diagnostics": diagnostics, **hybrid})
 
 
 def history(folder: Path) -> list[dict[str, str]]:

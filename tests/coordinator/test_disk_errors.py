@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from configs import small_config
 
 from coordinator.accounting import Counters
 from coordinator.config import validate_config
@@ -18,11 +19,7 @@ from service.cli import main as hes
 
 
 def small_cfg() -> dict:
-    return {"name": "disk", "seed": 3, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-            "train": {"epochs": 1, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 2, "sigma": 1.0, "combine": "argmin"},
-            "cluster": {"workers": 0}}
+    return small_config("disk")
 
 
 def full(path: Path) -> Path:

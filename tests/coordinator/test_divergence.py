@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import small_config
 
 from coordinator.accounting import Counters
 from coordinator.config import validate_config
@@ -20,11 +21,7 @@ from workers.state import Diverged, HybridState, require_finite_parameters
 
 
 def diverging_cfg(**hybrid: object) -> dict:
-    return {"name": "boom", "seed": 3, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-            "train": {"epochs": 2, "batch_size": 100, "lr": 1e308, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 3, "sigma": 1.25, "combine": "argmin", **hybrid},
-            "cluster": {"workers": 0}}
+    return small_config("boom", train={"epochs": 2, "lr": 1e308}, hybrid={"k": 3, "sigma": 1.25, **hybrid})
 
 
 @pytest.mark.parametrize("hybrid,message", [

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from configs import small_config
 
 from coordinator import membership as membership_module
 from coordinator.config import validate_config
@@ -43,11 +44,8 @@ def own_cluster() -> Iterator[Any]:
 
 
 def cfg() -> dict:
-    return {"name": "elastic", "seed": 5, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
-            "train": {"epochs": 2, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin", "replica_check_every": 3},
-            "cluster": {"workers": 2, "cpus_per_worker": 1}}
+    return small_config("elastic", 5, model={"hidden": [32]}, train={"epochs": 2},
+                        hybrid={"k": 4, "replica_check_every": 3}, cluster={"workers": 2, "cpus_per_worker": 1})
 
 
 def wait_alive(actor: Any) -> None:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from configs import small_config
 
 from coordinator.actor import start_job
 from coordinator.config import validate_config
@@ -14,11 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def cfg(workers: int, lr: float = 1.0, cpus: float = 1) -> dict:
-    return {"name": "ray-fail", "seed": 5, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-            "train": {"epochs": 1, "batch_size": 100, "lr": lr, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 2, "sigma": 1.0, "combine": "argmin"},
-            "cluster": {"workers": workers, "cpus_per_worker": cpus}}
+    return small_config("ray-fail", 5, train={"lr": lr}, cluster={"workers": workers, "cpus_per_worker": cpus})
 
 
 def full(path: Path) -> Path:

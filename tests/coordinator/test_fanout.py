@@ -14,15 +14,12 @@ from coordinator.ray_pool import RayPool, ray_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import fanout  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from configs import small_config
 
 
 def tiny(workers: int) -> dict:
-    return {"name": "fanout", "seed": 3, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-            "train": {"epochs": 1, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 1, "sigma": 1.0, "combine": "argmin",
-                       "replica_check_every": 3},
-            "cluster": {"workers": workers, "cpus_per_worker": 0.25}}
+    return small_config("fanout", hybrid={"k": 1, "replica_check_every": 3},
+                        cluster={"workers": workers, "cpus_per_worker": 0.25})
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from configs import small_config
 
 from coordinator.config import ConfigError, validate_config
 from coordinator.job import Job, initial_theta
@@ -23,14 +24,9 @@ FROZEN_MODES = [
 
 
 def cfg(name: str = "ft", workers: int = 0, backend: str = "ray", **sections: dict) -> dict:
-    raw = {"name": name, "seed": 9, "data": {"dataset": "digits"},
-           "model": {"arch": "mlp", "hidden": [12, 8], "activation": "sigmoid"},
-           "train": {"epochs": 1, "batch_size": 100, "lr": 1.0, "l2": 1e-3},
-           "hybrid": {"mode": "hybrid", "r": 2, "k": 3, "sigma": 1.0},
-           "cluster": {"workers": workers, "backend": backend}}
-    for key, value in sections.items():
-        raw[key] = {**raw[key], **value}
-    return raw
+    base = {"model": {"hidden": [12, 8]}, "train": {"l2": 1e-3}, "hybrid": {"k": 3},
+            "cluster": {"workers": workers, "backend": backend}}
+    return small_config(name, 9, **{key: {**base.get(key, {}), **sections.get(key, {})} for key in {*base, *sections}})
 
 
 def test_classes_keep_only_those_labels_with_their_values() -> None:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from configs import small_config
 from safetensors.numpy import load_file
 
 from coordinator.config import validate_config
@@ -17,11 +19,7 @@ from workers.messages import RoundKind
 
 
 def digits_cfg(**hybrid: object) -> dict:
-    return {"name": "t", "seed": 3, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
-            "train": {"epochs": 4, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin", **hybrid},
-            "cluster": {"workers": 0}}
+    return small_config("t", model={"hidden": [32]}, train={"epochs": 4}, hybrid={"k": 4, **hybrid})
 
 
 def test_short_digits_run_learns_and_writes_outputs(tmp_path: Path) -> None:
@@ -97,7 +95,7 @@ def test_a_crash_resumes_from_the_latest_checkpoint_bitwise(tmp_path: Path, ever
     assert resumed.run().status == "SUCCEEDED"
     assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
     assert len(resumed.history) == 4
-    assert [r["dev_accuracy"] for r in resumed.history] == [r["dev_accuracy"] for r in whole.history]
+    assert [r.dev_accuracy for r in resumed.history] == [r.dev_accuracy for r in whole.history]
 
 
 def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,5 +208,5 @@ def test_overlapped_rounds_end_bitwise_where_sequential_rounds_do(tmp_path: Path
         assert waiting[t] in (0, grown), (t, waiting[t - 1], waiting[t], deferred)
     assert (max(waiting.values()) == 2) == (hybrid.get("mode") != "localsgd")
     assert torch.equal(over.state.theta, plain.state.theta)
-    untimed = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    untimed = lambda rows: [replace(row, seconds=0.0) for row in rows]  # noqa: E731
     assert untimed(over.history) == untimed(plain.history)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from configs import small_config
 
 from coordinator.config import validate_config
 from coordinator.job import Job
@@ -16,11 +17,9 @@ from coordinator.ray_pool import ray_pool
 
 
 def cfg(backend: str, mode: str, split: str = "iid", hybrid: dict | None = None, **extra: object) -> dict:
-    return {"name": "backend", "seed": 7, "data": {"dataset": "digits", "split": split, "alpha": 0.3},
-            "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid", **extra},
-            "train": {"epochs": 2, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": mode, "r": 3, "k": 3, "sigma": 1.0, "replica_check_every": 4, **(hybrid or {})},
-            "cluster": {"workers": 2, "cpus_per_worker": 1, "backend": backend}}
+    return small_config("backend", 7, data={"split": split, "alpha": 0.3}, model=extra, train={"epochs": 2},
+                        hybrid={"mode": mode, "r": 3, "k": 3, "replica_check_every": 4, **(hybrid or {})},
+                        cluster={"workers": 2, "cpus_per_worker": 1, "backend": backend})
 
 
 def model_bytes(folder: Path) -> dict[str, bytes]:

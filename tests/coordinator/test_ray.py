@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from configs import small_config
 
 from coordinator.actor import start_job
 from coordinator.config import validate_config
@@ -25,12 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 def cfg(workers: int, **hybrid: object) -> dict:
-    return {"name": "ray", "seed": 5, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
-            "train": {"epochs": 2, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin",
-                       "replica_check_every": 3, **hybrid},
-            "cluster": {"workers": workers, "cpus_per_worker": 1}}
+    return small_config("ray", 5, model={"hidden": [32]}, train={"epochs": 2},
+                        hybrid={"k": 4, "replica_check_every": 3, **hybrid},
+                        cluster={"workers": workers, "cpus_per_worker": 1})
 
 
 def infos(job: Job) -> list[WorkerInfo]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from configs import small_config
 
 from coordinator.config import ConfigError, validate_config
 from coordinator.job import Job
@@ -14,11 +15,8 @@ from coordinator.ray_pool import ray_pool
 
 
 def digits_cfg(workers: int = 0, **hybrid: object) -> dict:
-    return {"name": "t", "seed": 3, "data": {"dataset": "digits"},
-            "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
-            "train": {"epochs": 3, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "es", **hybrid},
-            "cluster": {"workers": workers, "cpus_per_worker": 1}}
+    return small_config("t", model={"hidden": [32]}, train={"epochs": 3}, hybrid={"k": 4, "combine": "es", **hybrid},
+                        cluster={"workers": workers, "cpus_per_worker": 1})
 
 
 @pytest.mark.parametrize("hybrid", [{}, {"noise": "lowrank"}, {"es_weights": "zscore"}, {"combine": "guided"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from configs import small_config
 
 from coordinator.config import validate_config
 from coordinator.parts import build_parts
@@ -44,10 +45,8 @@ def test_label_skew_grows_as_alpha_falls() -> None:
 
 
 def cfg(mode: str, workers: int = 3) -> dict:
-    return {"name": "noniid", "seed": 4, "data": {"dataset": "digits", "split": "dirichlet", "alpha": 0.2},
-            "model": {"arch": "mlp", "hidden": [8], "activation": "sigmoid"},
-            "train": {"epochs": 1, "batch_size": 90, "lr": 1.0, "l2": 1e-4},
-            "hybrid": {"mode": mode, "r": 2, "k": 3, "sigma": 1.0}, "cluster": {"workers": workers}}
+    return small_config("noniid", 4, data={"split": "dirichlet", "alpha": 0.2}, model={"hidden": [8]},
+                        train={"batch_size": 90}, hybrid={"mode": mode, "k": 3}, cluster={"workers": workers})
 
 
 def test_a_worker_holds_its_partition_only_and_every_round_uses_its_own_share() -> None:
