@@ -24,7 +24,7 @@ def test_the_es_step_timing_applies_a_real_es_decision() -> None:
         moves[family] = after.theta - state.theta
         assert float(moves[family].abs().max()) > 0  # the step moved the weights
     assert not bool((moves["lowrank"] == moves["gaussian"]).all())  # each family draws its own noise
-    assert isinstance(science.apply_seconds("lowrank", n_workers=1, k=2, repeats=1), float)
+    science.apply_seconds("lowrank", n_workers=1, k=2, repeats=1)  # times that step; its seconds go to make bench
 
 
 def test_a_row_runs_on_the_local_backend_with_diagnostics_where_it_takes_stochastic_steps(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from coordinator.config import validate_config
-from coordinator.outputs import HISTORY_COLUMNS, write_history
+from coordinator.outputs import HISTORY_COLUMNS, HistoryRow, write_history
 from coordinator.train import train
 from service.cli import main
 from service.history import read_history
@@ -47,7 +47,7 @@ def lines(fig) -> dict[str, tuple[list[float], list[float]]]:
 
 @pytest.fixture()
 def job_dir(tmp_path: Path) -> Path:
-    write_history(tmp_path / "history.csv", synthetic_history())
+    write_history(tmp_path / "history.csv", [HistoryRow.from_record(r) for r in synthetic_history()])
     return tmp_path
 
 

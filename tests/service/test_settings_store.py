@@ -29,7 +29,8 @@ def test_non_loopback_host_needs_a_token(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(ValidationError, match="HES_API_TOKEN"):
         Settings(host="0.0.0.0")
     monkeypatch.setenv("HES_API_TOKEN", "s3cret")
-    assert Settings(host="0.0.0.0").api_token is not None
+    token = Settings(host="0.0.0.0").api_token
+    assert token is not None and token.get_secret_value() == "s3cret"
     monkeypatch.delenv("HES_API_TOKEN")
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert Settings(host=host).api_token is None
