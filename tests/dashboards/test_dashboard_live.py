@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from configs import small_config
 from promql import free_port, hes_scrape_job, load_dashboard, panel_targets, prometheus, query, substitute
 
 from service.cli import main
@@ -30,11 +31,8 @@ from service.report import plot_history
 pytestmark = pytest.mark.slow
 
 TOKEN = "dashboard-live-token"
-JOB = {"name": "dashboard-live", "seed": 5, "data": {"dataset": "digits"},
-       "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-       "train": {"epochs": 3, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-       "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin"},
-       "cluster": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0}}
+JOB = small_config("dashboard-live", 5, train={"epochs": 3}, hybrid={"k": 4},
+                   cluster={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0})
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 

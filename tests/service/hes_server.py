@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from configs import small_config
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-DIGITS_JOB: dict[str, Any] = {
-    "name": "svc-digits", "seed": 3, "data": {"dataset": "digits"},
-    "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-    "train": {"epochs": 3, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-    "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin"},
-    "cluster": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0},
-}
+DIGITS_JOB: dict[str, Any] = small_config("svc-digits", train={"epochs": 3}, hybrid={"k": 4},
+                                          cluster={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0})
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from configs import small_config
 
 from coordinator.actor import JobHandle
 from coordinator.documents import JobStatus, ProgressInfo, Snapshot
@@ -16,13 +17,7 @@ from service.store import JobRecord, Store
 
 pytestmark = pytest.mark.slow
 
-JOB: dict[str, Any] = {
-    "name": "lock", "seed": 1, "data": {"dataset": "digits"},
-    "model": {"arch": "mlp", "hidden": [16], "activation": "sigmoid"},
-    "train": {"epochs": 200, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
-    "hybrid": {"mode": "hybrid", "r": 2, "k": 2, "sigma": 1.0, "combine": "argmin"},
-    "cluster": {"workers": 1, "cpus_per_worker": 1},
-}
+JOB: dict[str, Any] = small_config("lock", 1, train={"epochs": 200}, cluster={"workers": 1, "cpus_per_worker": 1})
 
 
 class HeldHandle(JobHandle):
