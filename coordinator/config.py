@@ -193,6 +193,29 @@ class ClusterConfig(_Strict):
         return self
 
 
+class ObjectiveConfig(_Strict):
+    """A black-box objective (workers/blackbox.py): the job trains a policy by its episode returns, no data set."""
+    factory: Factory = Field(description='"package.module:function" called with `kwargs`; it returns '
+                             "run(policy, seed) -> float, the return of one episode (higher is better)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of objective.factory")
+    episodes: Annotated[int, Field(ge=1, le=10000)] = Field(
+        1, description="episodes per trial; a trial's score is their mean return")
+    inputs: Annotated[int, Field(ge=1, le=65536)] | None = Field(
+        None, description="the built-in mlp policy's input size (the observation's length); None with model.arch "
+                          "module")
+    outputs: Annotated[int, Field(ge=1, le=65536)] | None = Field(
+        None, description="the built-in mlp policy's output size (e.g. one score per discrete action); None with "
+                          "model.arch module")
+    rounds_per_epoch: Annotated[int, Field(ge=1, le=100000)] = Field(
+        10, description="rounds between two evaluations (a row of history.csv, a checkpoint); train.epochs of them")
+    eval_episodes: Annotated[int, Field(ge=1, le=10000)] = Field(
+        10, description="the fixed evaluation episodes (seeded by the job seed alone) of final.return and every "
+                        "epoch's return_mean, return_std")
+    target_return: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
+        None, description="end the job SUCCEEDED at the first epoch whose evaluation return reaches it; None: "
+                          "train every epoch")
+
+
 class JobConfig(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")] = "job"
     seed: Annotated[int, Field(ge=0, lt=2**31)] = 100
@@ -201,6 +224,8 @@ class JobConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    objective: ObjectiveConfig | None = Field(
+        None, description="a black-box objective instead of a data set (hybrid.mode zo, combine es); None: data")
 
     @model_validator(mode="after")
     def _quadratic_is_determined(self) -> JobConfig:
@@ -213,6 +238,28 @@ class JobConfig(_Strict):
                 raise ValueError(f"hybrid.es_weights: quadratic fits {unknowns} numbers in the span of guided_m = "
                                  f"{h.guided_m} gradients, and a round gives {costs} costs; raise hybrid.k or "
                                  "lower hybrid.guided_m")
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> JobConfig:
+        o, h, m = self.objective, self.hybrid, self.model
+        if o is None:
+            return self
+        if h.mode != "zo":
+            raise ValueError(f"hybrid.mode: a black-box objective (objective.factory) has no gradient, so it trains "
+                             f"with mode 'zo' (combine 'es'), not {h.mode!r}")
+        if h.trials != "independent" or h.diagnostics:
+            raise ValueError("hybrid.trials, hybrid.diagnostics: a black-box objective trains with independent "
+                             "trials and no diagnostics (they score a data set)")
+        if "data" in self.model_fields_set:
+            raise ValueError("data: a black-box objective (objective.factory) reads no data set; remove the section")
+        if m.arch == "convnet":
+            raise ValueError("model.arch: a policy is the built-in mlp or your module (arch module), not convnet")
+        if (m.arch == "mlp") != (o.inputs is not None and o.outputs is not None):
+            raise ValueError("objective.inputs, objective.outputs: set both for the built-in mlp policy (its input "
+                             "and output sizes), and neither for model.arch module")
+        if self.model.init_from is not None or self.model.trainable != "all":
+            raise ValueError("model.init_from, model.trainable: not for a black-box objective")
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,8 @@ def write_text(path: Path, text: str) -> None:
 
 # hybrid.diagnostics: per-epoch means over its stochastic rounds, after the columns above (coordinator/job.py)
 DIAGNOSTIC_COLUMNS = ["diag_cosine", "diag_beat_share"]
+# a black-box job's (config objective): the evaluation return's mean and spread, and the episodes played so far
+RETURN_COLUMNS = ["return_mean", "return_std", "episodes"]
 
 
 def write_history(path: Path, rows: list[dict[str, Any]], extra: list[str] | None = None) -> None:

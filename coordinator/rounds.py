@@ -70,6 +70,7 @@ class RoundEvent:
     bytes: RoundBytes
     improvements: int
     loss: float  # the round's batch loss: mean over examples (full, localsgd) or best trial cost
+    episodes: int = 0  # a black-box job's trial episodes in the round (its results' `examples`)
 
 
 class RoundLoop:
@@ -140,7 +141,9 @@ class RoundLoop:
         seconds = time.perf_counter() - started
         improvements = sum(r.improvements for r in results)
         self.counters.add_round(kind.label, rb, seconds, improvements)
-        return RoundEvent(t, kind.label, seconds, rb, improvements, loss)
+        episodes = sum(r.examples for r in results) if self.hyper.objective is not None else 0
+        self.counters.episodes += episodes
+        return RoundEvent(t, kind.label, seconds, rb, improvements, loss, episodes)
 
     def _round_loss(self, t: int, kind: RoundKind, results: list[Result]) -> float:
         """The round's batch loss; Diverged when it is nan or inf.

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from workers.blackbox import ObjectiveSpec
 from workers.models import Model
 from workers.noise import Factors, NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
 
@@ -82,6 +83,8 @@ class Hyper:
     # every step restores them from theta and every perturbation is zero on them, so they stay bitwise as they were.
     frozen: tuple[int, int] = (0, 0)
     search: Search | None = None  # the round's trials and rule (workers/search.py); None: argmin's as before
+    # a black-box objective (workers/blackbox.py): trials are scored by episode returns, not a batch's loss
+    objective: ObjectiveSpec | None = None
 
     @property
     def shift_scale(self) -> float:

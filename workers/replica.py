@@ -34,7 +34,7 @@ from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model
 from workers.noise import trial_seed
 from workers.partition import share, share_sizes
-from workers.search import es_costs, round_seeds
+from workers.search import episode_costs, es_costs, round_seeds
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,11 @@ class Replica:
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
         search = self.hyper.search
+        if task.kind == RoundKind.STOCHASTIC and search is not None and self.hyper.objective is not None:
+            # a black-box objective: the trials play episodes, no examples; `examples` counts the episodes
+            costs = episode_costs(self.model, st, round_seeds(search, t, self.worker), t, self.worker, self.hyper)
+            return Result(t, self.worker, examples=len(costs) * self.hyper.objective.episodes, digest=dig,
+                          costs=tuple(costs))
         if task.kind == RoundKind.STOCHASTIC and search is not None and search.reports_costs:
             # shared trials: the same seeds on every worker, each scored on this worker's shard only; under
             # dirichlet a worker sees only its own share, whatever the trials

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.blackbox import Policy, episode_seed, mean_return
 from workers.hybrid import Decision, HybridState, Hyper, _cost, batched_lowrank_costs, descend, noise
 from workers.models import ACTIVATIONS, Model
 from workers.noise import SEED_BITS, lowrank_factors, perturbation_on, trial_seed
@@ -160,6 +161,32 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
                 trial[:n] += ce
             costs.append(_cost(model, model.forward(trial, x), y))
     return reference, costs
+
+
+@torch.no_grad()
+def episode_costs(model: Model, state: HybridState, seeds: list[int], t: int, worker: int,
+                  hyper: Hyper) -> list[float]:
+    """A black-box objective's round (workers/blackbox.py): the 2 * len(seeds) antithetic trials around theta,
+    in the order +E_0, -E_0, +E_1, ..., each scored by minus its mean return over objective.episodes episodes;
+    a pair's two trials play the same episodes (common random numbers)."""
+    spec = hyper.objective
+    assert spec is not None
+    run = spec.runner()
+    c = hyper.shift_scale
+    costs: list[float] = []
+    for i, seed in enumerate(seeds):
+        ce = direction(seed, state, hyper).mul_(c)
+        n = len(ce)
+        episodes = [episode_seed(spec.job_seed, t, worker, i, e) for e in range(spec.episodes)]
+        for sign in (1, -1):
+            trial = state.theta.clone()
+            if sign > 0:
+                trial[:n] -= ce
+            else:
+                trial[:n] += ce
+            ret = mean_return(run, Policy(model, trial), episodes, f"round {t + 1}")
+            costs.append(float(np.float32(-ret)))
+    return costs
 
 
 def _subspace_mlp_costs(model: Model, base: torch.Tensor, state: HybridState, seeds: list[int], x: torch.Tensor,
