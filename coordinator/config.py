@@ -251,7 +251,7 @@ class JobConfig(_Strict):
         if h.trials != "independent" or h.diagnostics:
             raise ValueError("hybrid.trials, hybrid.diagnostics: a black-box objective trains with independent "
                              "trials and no diagnostics (they score a data set)")
-        if "data" in self.model_fields_set:
+        if self.data != DataConfig():  # a dumped config holds the default section: only a changed one is refused
             raise ValueError("data: a black-box objective (objective.factory) reads no data set; remove the section")
         if m.arch == "convnet":
             raise ValueError("model.arch: a policy is the built-in mlp or your module (arch module), not convnet")

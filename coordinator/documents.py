@@ -103,7 +103,7 @@ class JobResult(_Doc):
     config: dict[str, Any] = Field(default_factory=dict)
     num_parameters: int | None = None
     num_workers: int = 0
-    # {train,dev,test}_{accuracy,loss}; a black-box job's: return and return_std (the evaluation episodes'), the rest null
+    # {train,dev,test}_{accuracy,loss}; a black-box job's: return and return_std (evaluation episodes), the rest null
     final: dict[str, float | None] = Field(default_factory=dict)
     rounds: RoundCounts = Field(default_factory=RoundCounts)
     bytes: ByteCounts = Field(default_factory=ByteCounts)

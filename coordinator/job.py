@@ -32,6 +32,7 @@ from coordinator.documents import (
     first_line,
     restarts_note,
 )
+from coordinator.objective import objective_parts
 from coordinator.outputs import (
     DIAGNOSTIC_COLUMNS,
     RETURN_COLUMNS,
@@ -44,7 +45,6 @@ from coordinator.outputs import (
     write_model,
     write_text,
 )
-from coordinator.objective import objective_parts
 from coordinator.own_model import make_model
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
 from workers.blackbox import evaluate_return

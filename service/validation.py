@@ -32,7 +32,8 @@ from workers.data import (
     load_dataset,
 )
 from workers.factories import factory_allowed
-from workers.models import build_model
+from workers.models import build_model, mlp
+from workers.module_model import module_model
 from workers.replica import Schedule
 
 
@@ -79,7 +80,7 @@ def check_limits(cfg: JobConfig, settings: Settings) -> None:
     if c.cpus_per_worker < settings.min_cpus_per_worker:
         raise Refused(f"cluster.cpus_per_worker: {c.cpus_per_worker:g} is below this service's minimum of "
                       f"{settings.min_cpus_per_worker:g} CPUs per worker (HES_MIN_CPUS_PER_WORKER)")
-    if c.workers > cfg.train.batch_size:
+    if c.workers > cfg.train.batch_size and cfg.objective is None:  # a black-box job has no batches
         raise Refused(f"cluster.workers: {c.workers} workers cannot share a batch of {cfg.train.batch_size} "
                       "examples (train.batch_size)")
     if c.address is not None:
@@ -97,7 +98,9 @@ def check_factories(cfg: JobConfig, settings: Settings) -> None:
     HES_ALLOWED_FACTORIES, judged by the name alone (nothing is imported here), and no code of its own
     (cluster.runtime_env would ship and run it)."""
     allowed = settings.allowed_factories
-    for field, name in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory)):
+    objective = cfg.objective.factory if cfg.objective is not None else None
+    for field, name in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory),
+                        ("objective.factory", objective)):
         if name is not None and not factory_allowed(name, allowed):
             raise Refused(f"{field}: {name[:200]!r} is outside the factories this service runs "
                           f"({', '.join(allowed) or 'none'}; HES_ALLOWED_FACTORIES)")
@@ -181,6 +184,8 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
     """What the job would refuse at its start, from the data's sizes (MNIST: its files' headers, not the
     images) and the model's layout; the job's total number of rounds."""
     d, t = cfg.data, cfg.train
+    if cfg.objective is not None:
+        return _preflight_objective(cfg, settings)
     try:
         if d.dataset in OWN_DATA:  # an allowed factory's code runs here
             data = load_dataset(d.dataset, d.path, d.dev_size, cfg.seed, d.factory, d.kwargs, t.loss)
@@ -212,6 +217,32 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
     total = t.epochs * schedule.rounds_per_epoch
     if total > settings.max_total_rounds:
         raise Refused(f"train.epochs: {t.epochs} epochs of {schedule.rounds_per_epoch:,} rounds are {total:,} "
+                      f"rounds, above this service's limit of {settings.max_total_rounds:,} (HES_MAX_TOTAL_ROUNDS)")
+    return total
+
+
+def _preflight_objective(cfg: JobConfig, settings: Settings) -> int:
+    """A black-box job: its policy's size and its rounds. The episode runner is not called here: it runs in the
+    job's own processes (an environment may be slow to make, and it has no data to check)."""
+    o = cfg.objective
+    assert o is not None
+    try:
+        if cfg.model.arch == "module":
+            num_parameters = module_model(str(cfg.model.factory), cfg.model.kwargs, cfg.model.perturb).num_parameters
+        else:
+            assert o.inputs is not None and o.outputs is not None
+            policy = mlp(o.inputs, list(cfg.model.hidden), cfg.model.activation, classes=o.outputs)
+            num_parameters = policy.num_parameters
+    except ValueError as err:
+        msg = str(err)
+        raise Refused(msg if _FIELD_PREFIX.match(msg) else f"model.factory: {msg}") from None
+    if num_parameters > settings.max_parameters:
+        field = "model.factory" if cfg.model.arch == "module" else "model.hidden"
+        raise Refused(f"{field}: the policy would have {num_parameters:,} parameters, above this "
+                      f"service's limit of {settings.max_parameters:,} (HES_MAX_PARAMETERS)")
+    total = cfg.train.epochs * o.rounds_per_epoch
+    if total > settings.max_total_rounds:
+        raise Refused(f"train.epochs: {cfg.train.epochs} epochs of {o.rounds_per_epoch:,} rounds are {total:,} "
                       f"rounds, above this service's limit of {settings.max_total_rounds:,} (HES_MAX_TOTAL_ROUNDS)")
     return total
 
