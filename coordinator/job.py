@@ -309,7 +309,9 @@ class Job:
                 if before is not None:
                     self._diagnose(t, before, event.improvements, pool.n_workers)
                 c.seconds["total"] = seconds_before + time.perf_counter() - started
-                if math.isfinite(event.loss):
+                if math.isfinite(event.loss) and self.hyper.objective is not None:
+                    p.latest["trial_return"] = -event.loss  # the best trial's mean return (its cost is minus it)
+                elif math.isfinite(event.loss):
                     p.latest["batch_loss"] = event.loss
                 if (t + 1) % rpe == 0:
                     row = self._end_epoch(p.epoch, t + 1)

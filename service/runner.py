@@ -38,7 +38,9 @@ def read_history(out_dir: Path) -> list[dict[str, Any]]:
         return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _number(text: str) -> int | float:
+def _number(text: str) -> int | float | None:
+    if text == "":  # a column the job has not (a black-box job's losses and accuracies)
+        return None
     try:
         return int(text)
     except ValueError:

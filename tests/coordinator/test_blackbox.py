@@ -14,6 +14,8 @@ import torch
 from coordinator.config import ConfigError, load_config, validate_config
 from coordinator.job import Job
 from coordinator.ray_pool import ray_pool
+from service.cli import summary_lines
+from service.report import plot_history, read_history
 from workers.blackbox import EVAL_ROUND, Policy, episode_seed
 from workers.models import mlp
 
@@ -70,6 +72,9 @@ def test_in_process_runs_are_reproducible_and_write_the_return(tmp_path: Path) -
     with (tmp_path / "a" / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["episodes"] for r in rows] == ["24", "48"] and float(rows[-1]["return_mean"]) == final["return"]
+    figs = plot_history(read_history(tmp_path / "a"), "pm")  # hes report: the return, no loss or accuracy
+    assert "return" in figs and "loss" not in figs and "accuracy" not in figs
+    assert any(line.startswith("return: ") for line in summary_lines(results[0]))
 
 
 def test_the_plain_function_example_trains_to_its_target(tmp_path: Path) -> None:
