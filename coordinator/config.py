@@ -211,6 +211,10 @@ class ObjectiveConfig(_Strict):
     eval_episodes: Annotated[int, Field(ge=1, le=10000)] = Field(
         10, description="the fixed evaluation episodes (seeded by the job seed alone) of final.return and every "
                         "epoch's return_mean, return_std")
+    normalize: bool = Field(
+        False, description="feed the policy (obs - mean) / std, clipped to 5, from the running statistics of every "
+                           "observation the trials saw; they travel as 1 + 2 x inputs float32 per worker per round, "
+                           "each way (built-in mlp only)")
     target_return: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
         None, description="end the job SUCCEEDED at the first epoch whose evaluation return reaches it; None: "
                           "train every epoch")
@@ -258,6 +262,9 @@ class JobConfig(_Strict):
         if (m.arch == "mlp") != (o.inputs is not None and o.outputs is not None):
             raise ValueError("objective.inputs, objective.outputs: set both for the built-in mlp policy (its input "
                              "and output sizes), and neither for model.arch module")
+        if o.normalize and m.arch != "mlp":
+            raise ValueError("objective.normalize: for the built-in mlp policy, whose objective.inputs say the "
+                             "observation's length")
         if self.model.init_from is not None or self.model.trainable != "all":
             raise ValueError("model.init_from, model.trainable: not for a black-box objective")
         return self

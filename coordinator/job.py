@@ -245,6 +245,7 @@ class Job:
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
         grad0, version = None, 0
+        meta: dict[str, Any] = {}
         history: tuple[torch.Tensor, ...] = ()
         if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
             theta0 = initial_theta(cfg, self.model)
@@ -256,7 +257,8 @@ class Job:
             self.progress.counters = Counters.from_dict(meta["counters"])
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._state = HybridState(version, torch.from_numpy(theta0),
-                                  None if grad0 is None else torch.from_numpy(grad0), history)
+                                  None if grad0 is None else torch.from_numpy(grad0), history,
+                                  np.array(meta["obs"]) if "obs" in meta else None)
         self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
@@ -370,7 +372,7 @@ class Job:
         """An epoch's evaluation: losses and accuracies on train and dev, or a black-box job's evaluation
         return over its fixed episodes (and the episodes its trials played so far)."""
         if self.hyper.objective is not None:
-            ret, spread = evaluate_return(self.model, theta, self.hyper.objective)
+            ret, spread = evaluate_return(self.model, theta, self.hyper.objective, self.state.obs)
             require_finite(ret, rounds_done, "the evaluation return")
             return {"return_mean": ret, "return_std": spread, "episodes": self.progress.counters.episodes}
         train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
@@ -410,7 +412,7 @@ class Job:
         final: dict[str, float | None] = {}
         if self.hyper.objective is not None:
             final = dict.fromkeys(("train_accuracy", "dev_accuracy", "test_accuracy", "train_loss", "dev_loss"))
-            ret, final["return_std"] = evaluate_return(self.model, theta, self.hyper.objective)
+            ret, final["return_std"] = evaluate_return(self.model, theta, self.hyper.objective, self.state.obs)
             require_finite(ret, rounds_done, "the evaluation return")
             final["return"] = ret
             return final
@@ -426,6 +428,8 @@ class Job:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
         meta = {"version": self.state.version, "history": self.history,
                 "counters": self.progress.counters.to_dict()}
+        if self.state.obs is not None:  # objective.normalize's totals: float64, exact through JSON
+            meta["obs"] = self.state.obs.tolist()
         save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
                         tuple(h.cpu().numpy() for h in self.state.history))
 

@@ -31,7 +31,7 @@ def objective_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
         assert o.inputs is not None and o.outputs is not None
         model = mlp(o.inputs, list(m.hidden), m.activation, m.init or "fan_in", classes=o.outputs)
         inputs = o.inputs
-    spec = objective_spec(o.factory, o.kwargs, o.episodes, o.eval_episodes, cfg.seed)
+    spec = objective_spec(o.factory, o.kwargs, o.episodes, o.eval_episodes, cfg.seed, inputs if o.normalize else 0)
     spec.runner()  # the factory imports and runs here first: its errors name objective.factory before any round
     search = Search("es", "independent", h.k, cfg.seed, True, es_lr=h.es_lr, es_weights=h.es_weights)
     # lr 1 over a batch of 1: a trial's shift is sigma * E (Hyper.shift_scale), no L2 (nothing decays a policy)

@@ -112,7 +112,8 @@ class RoundLoop:
     def snapshot(self) -> Sync:
         st = self.state
         g = None if st.grad is None else st.grad.cpu().numpy()
-        return Sync(st.version, st.theta.cpu().numpy(), g, history=tuple(h.cpu().numpy() for h in st.history))
+        return Sync(st.version, st.theta.cpu().numpy(), g, history=tuple(h.cpu().numpy() for h in st.history),
+                    obs=st.obs)
 
     def run_round(self, t: int) -> RoundEvent:
         started = time.perf_counter()
@@ -176,7 +177,8 @@ class RoundLoop:
             if fresh:  # a worker that restarted meanwhile was resynced: it brings the last average
                 st = self.state
                 theta = torch.from_numpy(weighted_mean(fresh, by_examples=True)).to(st.theta.device)
-                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad, st.history)
+                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad, st.history,
+                                          st.obs)
         self.counters.add_bytes(rb)
         self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
 

@@ -45,6 +45,7 @@ class ObjectiveSpec:
     episodes: int = 1  # per trial
     eval_episodes: int = 10
     job_seed: int = 0
+    normalize: int = 0  # objective.normalize: the observation's length (its statistics travel); 0: off
 
     def runner(self) -> Runner:
         """This process's episode runner (built once per process by the factory)."""
@@ -52,12 +53,12 @@ class ObjectiveSpec:
 
 
 def objective_spec(factory: str, kwargs: dict[str, Any], episodes: int, eval_episodes: int,
-                   job_seed: int) -> ObjectiveSpec:
+                   job_seed: int, normalize: int = 0) -> ObjectiveSpec:
     try:
         kwargs_json = json.dumps(kwargs, sort_keys=True)
     except (TypeError, ValueError) as err:
         raise FactoryError(f"objective.kwargs: not plain data ({err})") from None
-    return ObjectiveSpec(factory, kwargs_json, episodes, eval_episodes, job_seed)
+    return ObjectiveSpec(factory, kwargs_json, episodes, eval_episodes, job_seed, normalize)
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,19 +75,64 @@ def _runner(factory: str, kwargs_json: str) -> Runner:
     return run  # type: ignore[no-any-return]
 
 
-class Policy(nn.Module):
-    """The job's model at fixed parameters as a torch module: forward(obs) -> the model's output, no gradient."""
+CLIP = 5.0  # a normalised observation is clipped to [-5, 5] standard deviations, as OpenAI ES does
+MIN_STD = 1e-2  # a feature that has barely varied yet is divided by at least this
 
-    def __init__(self, model: Model, theta: torch.Tensor) -> None:
+
+class ObsStats:
+    """objective.normalize: observations are fed to the policy as (obs - mean) / std (clipped), mean and std from
+    the job's running totals (HybridState.obs: count, sum, sum of squares, float64, the same on every replica).
+    Trials record what they see; a round's new observations travel up as 1 + 2d float32 (`round_stats`), their
+    sum over the workers down as the same, and every replica adds it to its totals (workers/search.py apply_es)."""
+
+    def __init__(self, totals: np.ndarray | None, dims: int, record: bool = True) -> None:
+        self.dims, self.record = dims, record
+        self.count = np.zeros(1)
+        self.sums, self.squares = np.zeros(dims), np.zeros(dims)
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        if totals is not None and totals[0] > 1:
+            n = float(totals[0])
+            mean = totals[1:1 + dims] / n
+            std = np.sqrt(np.maximum(totals[1 + dims:] / n - mean * mean, MIN_STD ** 2))
+            self.mean, self.std = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, d) normalised by the totals (as they were when the round began); recorded when `record`."""
+        if x.shape[-1] != self.dims:
+            raise FactoryError(f"objective.inputs: the runner fed the policy observations of {x.shape[-1]} numbers, "
+                               f"not {self.dims}")
+        if self.record:
+            a = x.detach().cpu().numpy().astype(np.float64)
+            self.count += len(a)
+            self.sums += a.sum(axis=0)
+            self.squares += (a * a).sum(axis=0)
+        if self.mean is None or self.std is None:
+            return x
+        return ((x - self.mean.to(x.device)) / self.std.to(x.device)).clamp_(-CLIP, CLIP)
+
+    def round_stats(self) -> np.ndarray:
+        """What this worker's trials saw this round: (count, sums (d), sums of squares (d)), float32."""
+        return np.concatenate([self.count, self.sums, self.squares]).astype(np.float32)
+
+
+class Policy(nn.Module):
+    """The job's model at fixed parameters as a torch module: forward(obs) -> the model's output, no gradient.
+    With `stats` (objective.normalize) the observation is normalised first."""
+
+    def __init__(self, model: Model, theta: torch.Tensor, stats: ObsStats | None = None) -> None:
         super().__init__()
-        self.model, self.theta = model, theta
+        self.model, self.theta, self.stats = model, theta, stats
 
     @torch.no_grad()
     def forward(self, obs: Any) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not isinstance(obs, torch.Tensor) else obs,
                             dtype=torch.float32, device=self.theta.device)
         single = x.dim() == 1
-        out = self.model.forward(self.theta, x.reshape(1, -1) if single else x)
+        x = x.reshape(1, -1) if single else x
+        if self.stats is not None:
+            x = self.stats(x)
+        out = self.model.forward(self.theta, x)
         return out[0] if single else out
 
 
@@ -112,9 +158,12 @@ def mean_return(run: Runner, policy: nn.Module, seeds: list[int], where: str) ->
 
 
 @torch.no_grad()
-def evaluate_return(model: Model, theta: torch.Tensor, spec: ObjectiveSpec) -> tuple[float, float]:
-    """(mean, standard deviation) of the return over the job's fixed evaluation episodes."""
-    run, policy = spec.runner(), Policy(model, theta)
+def evaluate_return(model: Model, theta: torch.Tensor, spec: ObjectiveSpec,
+                    obs: np.ndarray | None = None) -> tuple[float, float]:
+    """(mean, standard deviation) of the return over the job's fixed evaluation episodes; `obs`: the running
+    observation totals of objective.normalize (evaluations record nothing)."""
+    stats = ObsStats(obs, spec.normalize, record=False) if spec.normalize else None
+    run, policy = spec.runner(), Policy(model, theta, stats)
     returns = [mean_return(run, policy, [episode_seed(spec.job_seed, EVAL_ROUND, 0, 0, e)], "an evaluation")
                for e in range(spec.eval_episodes)]
     mean = math.fsum(returns) / len(returns)

@@ -100,6 +100,8 @@ class HybridState:
     grad: torch.Tensor | None  # (P,) float32, batch-mean; None before the first full round
     # guided: the last hybrid.guided_m full-round gradients, oldest first (the last is `grad`); else empty
     history: tuple[torch.Tensor, ...] = ()
+    # objective.normalize: the observations seen so far as float64 (count, sum (d), sum of squares (d)); else None
+    obs: np.ndarray | None = None
 
 
 class DecisionKind(enum.IntEnum):
@@ -122,6 +124,9 @@ class Decision:
     kind: DecisionKind
     seed: int = 0
     array: np.ndarray | None = None
+    # ES with objective.normalize: the round's observation statistics (count, sums, sums of squares) over every
+    # worker, float32, which every replica adds to its HybridState.obs
+    stats: np.ndarray | None = None
 
 
 def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.blackbox import Policy, episode_seed, mean_return
+from workers.blackbox import ObsStats, Policy, episode_seed, mean_return
 from workers.hybrid import Decision, HybridState, Hyper, _cost, batched_lowrank_costs, descend, noise
 from workers.models import ACTIVATIONS, Model
 from workers.noise import SEED_BITS, lowrank_factors, perturbation_on, trial_seed
@@ -165,13 +165,15 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
 
 @torch.no_grad()
 def episode_costs(model: Model, state: HybridState, seeds: list[int], t: int, worker: int,
-                  hyper: Hyper) -> list[float]:
+                  hyper: Hyper) -> tuple[list[float], np.ndarray | None]:
     """A black-box objective's round (workers/blackbox.py): the 2 * len(seeds) antithetic trials around theta,
     in the order +E_0, -E_0, +E_1, ..., each scored by minus its mean return over objective.episodes episodes;
-    a pair's two trials play the same episodes (common random numbers)."""
+    a pair's two trials play the same episodes (common random numbers). With objective.normalize also the
+    statistics of the observations the trials saw (ObsStats.round_stats), else None."""
     spec = hyper.objective
     assert spec is not None
     run = spec.runner()
+    stats = ObsStats(state.obs, spec.normalize) if spec.normalize else None
     c = hyper.shift_scale
     costs: list[float] = []
     for i, seed in enumerate(seeds):
@@ -184,9 +186,9 @@ def episode_costs(model: Model, state: HybridState, seeds: list[int], t: int, wo
                 trial[:n] -= ce
             else:
                 trial[:n] += ce
-            ret = mean_return(run, Policy(model, trial), episodes, f"round {t + 1}")
+            ret = mean_return(run, Policy(model, trial, stats), episodes, f"round {t + 1}")
             costs.append(float(np.float32(-ret)))
-    return costs
+    return costs, None if stats is None else stats.round_stats()
 
 
 def _subspace_mlp_costs(model: Model, base: torch.Tensor, state: HybridState, seeds: list[int], x: torch.Tensor,
@@ -255,4 +257,7 @@ def apply_es(state: HybridState, decision: Decision, hyper: Hyper) -> HybridStat
         e = direction(seed, state, hyper, norms)
         e *= hyper.shift_scale * w  # two exactly rounded float32 operations: no fused multiply-add
         out[:len(e)] -= e
-    return replace(state, version=decision.round + 1, theta=out)
+    obs = state.obs
+    if decision.stats is not None:  # float32 sums added in float64: the same bits on every replica
+        obs = (np.zeros(len(decision.stats)) if obs is None else obs) + decision.stats.astype(np.float64)
+    return replace(state, version=decision.round + 1, theta=out, obs=obs)

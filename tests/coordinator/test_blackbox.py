@@ -16,7 +16,20 @@ from coordinator.job import Job
 from coordinator.ray_pool import ray_pool
 from service.cli import summary_lines
 from service.report import plot_history, read_history
-from workers.blackbox import EVAL_ROUND, Policy, episode_seed
+from workers.blackbox import CLIP, EVAL_ROUND, ObsStats, Policy, episode_seed
+from workers.hybrid import Decision, DecisionKind
+from workers.messages import (
+    Result,
+    RoundKind,
+    Sync,
+    Task,
+    decode_result,
+    decode_sync,
+    decode_task,
+    encode_result,
+    encode_sync,
+    encode_task,
+)
 from workers.models import mlp
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -88,15 +101,47 @@ def test_the_plain_function_example_trains_to_its_target(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_ray_workers_are_bitwise_the_local_backend_with_seed_only_rounds(ray_cluster: object,
                                                                          tmp_path: Path) -> None:
-    local = Job(validate_config(point_mass("local")), tmp_path / "local").run()
-    remote = Job(validate_config(point_mass("ray")), tmp_path / "ray", pool_factory=ray_pool).run()
+    """With observation normalisation: its statistics travel too, and every replica ends with the same totals."""
+    local_job = Job(validate_config(point_mass("local", normalize=True)), tmp_path / "local")
+    local = local_job.run()
+    remote_job = Job(validate_config(point_mass("ray", normalize=True)), tmp_path / "ray", pool_factory=ray_pool)
+    remote = remote_job.run()
     assert local.status == remote.status == "SUCCEEDED"
     assert weights(tmp_path / "local") == weights(tmp_path / "ray") and local.final == remote.final
     assert local.bytes == remote.bytes and remote.replica_checks.mismatches == 0
+    assert np.array_equal(local_job.state.obs, remote_job.state.obs)
     per_round = remote.num_workers * remote.rounds.stochastic
-    # 7 + 8 + 4 costs x 4 B = 31 B up; 7 + 2 workers x 2 seeds x 4 B = 23 B down (the last one at the flush)
-    assert remote.bytes.stochastic.up == 31 * per_round
-    assert remote.bytes.stochastic.down <= 23 * per_round + 23 * remote.num_workers
+    # 7 + 8 + 4 costs x 4 B = 31 B up; 7 + 2 workers x 2 seeds x 4 B = 23 B down (the last one at the flush);
+    # the observation statistics 2 + (1 + 2 x 4) x 4 B = 38 B each way
+    assert remote.bytes.stochastic.up == (31 + 38) * per_round
+    assert remote.bytes.stochastic.down <= (23 + 38) * (per_round + remote.num_workers)
+
+
+def test_observation_statistics_travel_and_normalise(tmp_path: Path) -> None:
+    job = Job(validate_config(point_mass(workers=0, normalize=True)), tmp_path)
+    result = job.run()
+    obs = job.state.obs
+    assert result.status == "SUCCEEDED" and obs is not None and obs.shape == (9,)
+    assert obs[0] == 2 * 3 * 4 * 2 * 20  # rounds x trials x episodes x steps, every observation counted
+    assert np.all(obs[5:] >= obs[1:5] ** 2 / obs[0])  # sums of squares bound the squared sums
+    stats = ObsStats(obs, 4, record=False)
+    assert stats.mean is not None and stats(torch.zeros(1, 4)).abs().max() <= CLIP
+    with pytest.raises(ConfigError, match=r"objective\.normalize"):
+        validate_config({**point_mass(normalize=True), "model": {"arch": "module", "factory": "examples.tabular:mlp"},
+                         "objective": {"factory": "examples.control:point_mass", "normalize": True}})
+
+
+def test_the_wire_carries_observation_statistics() -> None:
+    stats = np.arange(9, dtype=np.float32)
+    result = Result(3, 1, costs=(1.0, 2.0), examples=4, stats=tuple(float(v) for v in stats))
+    head, _, _ = encode_result(result, RoundKind.STOCHASTIC)
+    assert len(head) == 7 + 8 + 2 * 4 + 38
+    assert decode_result(head, None, b"", RoundKind.STOCHASTIC) == result
+    decision = Decision(2, DecisionKind.ES, array=np.ones(4, np.float32), stats=stats)
+    task = decode_task(*encode_task(Task(3, RoundKind.STOCHASTIC, decision)))
+    assert np.array_equal(task.decision.stats, stats) and np.array_equal(task.decision.array, decision.array)
+    sync = decode_sync(encode_sync(Sync(5, np.ones(3, np.float32), None, obs=np.array([2.0, 0.1, 1e-9]))))
+    assert np.array_equal(sync.obs, [2.0, 0.1, 1e-9]) and np.array_equal(sync.theta, np.ones(3))
 
 
 def test_cartpole_is_solved(tmp_path: Path) -> None:
