@@ -151,8 +151,8 @@ def run(ctx: Context) -> str:
              f"a population of {POPULATION} trials a round (k = {POPULATION} / N per worker), one episode a trial, "
              "MLP 16 tanh policies, sigma 0.1, es_lr 2; evaluation every 5 rounds on 10 fixed episodes, the job "
              f"ending at its target; medians over the seeds. The machine is shared with "
-             "other engineers' jobs and test suites (load average above), and has 2 cores: 4 workers oversubscribe "
-             "it, so episodes per second stop growing at 2 workers here.", ""]
+             "other engineers' jobs and test suites (load average above) and has 2 cores, so 4 workers oversubscribe "
+             "it and the seconds are noisy; compare rows of one run only.", ""]
     header = ("| run | solved | rounds | trial episodes | seconds | episodes/s | episodes/s (rounds only) | "
               "B up / down per worker per round |\n|---|---|---|---|---|---|---|---|")
     for task, workers_list in (("CartPole-v1", (1, 2, 4)), ("Acrobot-v1", (2,))):

@@ -12,16 +12,17 @@ import numpy as np
 from coordinator.config import JobConfig
 from workers.blackbox import objective_spec
 from workers.data import Dataset
-from workers.hybrid import Hyper, noise_spec
 from workers.losses import Loss
 from workers.models import Model, mlp
 from workers.module_model import module_model
 from workers.replica import Schedule
-from workers.search import Search
+from workers.state import Hyper, Search
+from workers.steps import noise_spec
 
 
-def objective_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
-    """(an empty data set, the policy, the hyperparameters, the schedule) of a job with an `objective`."""
+def objective_parts(cfg: JobConfig, call_runner: bool = True) -> tuple[Dataset, Model, Hyper, Schedule]:
+    """(an empty data set, the policy, the hyperparameters, the schedule) of a job with an `objective`;
+    `call_runner`: make the episode runner once here, so that its errors name objective.factory at once."""
     o, m, h = cfg.objective, cfg.model, cfg.hybrid
     assert o is not None
     if m.arch == "module":
@@ -32,7 +33,8 @@ def objective_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
         model = mlp(o.inputs, list(m.hidden), m.activation, m.init or "fan_in", classes=o.outputs)
         inputs = o.inputs
     spec = objective_spec(o.factory, o.kwargs, o.episodes, o.eval_episodes, cfg.seed, inputs if o.normalize else 0)
-    spec.runner()  # the factory imports and runs here first: its errors name objective.factory before any round
+    if call_runner:
+        spec.runner()  # the factory imports and runs here first: its errors name objective.factory before any round
     search = Search("es", "independent", h.k, cfg.seed, True, es_lr=h.es_lr, es_weights=h.es_weights)
     # lr 1 over a batch of 1: a trial's shift is sigma * E (Hyper.shift_scale), no L2 (nothing decays a policy)
     hyper = Hyper(1.0, 0.0, h.sigma, 1, model.num_weights, noise_spec(model, h.noise, h.noise_rank), search=search,

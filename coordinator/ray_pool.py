@@ -39,12 +39,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coordinator.accounting import Counters, RoundBytes, count_task, decision_label
 from coordinator.config import JobConfig
-from coordinator.job import partitions, worker_data, worker_k
+from coordinator.parts import JobParts, worker_k
 from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
 from workers.actor import SHARED, WorkerActor, WorkerSpec
-from workers.data import Dataset
-from workers.hybrid import Decision, DecisionKind, Hyper
 from workers.messages import (
     Result,
     RoundKind,
@@ -56,8 +54,7 @@ from workers.messages import (
     encode_task,
     payload_size,
 )
-from workers.models import Model
-from workers.replica import Schedule
+from workers.state import Decision, DecisionKind
 
 __all__ = ["SHM_DISABLE", "ClusterTooSmall", "PoolSettings", "RayPool", "ray_pool", "worker_env"]
 
@@ -441,19 +438,18 @@ class RayPool:
         self.shared = {}  # unmapped once the last view of a result is gone (a finished Job keeps its pool)
 
 
-def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-             counters: Counters, gpu_workers: int | None = None, runtime_env: dict | None = None) -> RayPool:
+def ray_pool(cfg: JobConfig, parts: JobParts, counters: Counters, gpu_workers: int | None = None,
+             runtime_env: dict | None = None) -> RayPool:
     """The Job pool factory for cluster.workers >= 1. `gpu_workers`: only the first so many workers get
     cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default. `runtime_env`: the job's
     cluster.runtime_env uploaded already (the coordinator actor's); None uploads it from here."""
     n = cfg.cluster.workers
-    specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
+    specs = [WorkerSpec(parts.model, parts.hyper, parts.schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None)
              for i in range(n)]
-    arrays: tuple | list[tuple] = (data.x_train, data.y_train)
-    if cfg.data.split == "dirichlet":  # a worker receives and keeps only its partition
-        parts = partitions(cfg, data)
-        arrays = [worker_data(cfg, data, parts, i) for i in range(n)]
+    arrays: tuple | list[tuple] = parts.worker_data(0)
+    if parts.partitions is not None:  # a worker receives and keeps only its partition
+        arrays = [parts.worker_data(i) for i in range(n)]
     return RayPool(specs, arrays, cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
                    runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))

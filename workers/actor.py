@@ -26,10 +26,10 @@ import numpy as np
 import ray
 import torch
 
-from workers.hybrid import Hyper
 from workers.messages import decode_sync, decode_task, encode_result
 from workers.models import Model
 from workers.replica import Replica, Schedule
+from workers.state import Hyper
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from coordinator.config import ConfigError, load_config, validate_config
 from coordinator.job import Job
 from coordinator.ray_pool import ray_pool
 from service.cli import summary_lines
-from service.report import plot_history, read_history
+from service.history import read_history
+from service.report import plot_history
 from workers.blackbox import CLIP, EVAL_ROUND, ObsStats, Policy, episode_seed
 from workers.hybrid import Decision, DecisionKind
 from workers.messages import (

@@ -1,8 +1,5 @@
-"""Data sets for the numerical core: MNIST from IDX files, scikit-learn's digits, a synthetic set.
-
-All loaders return a `Dataset` of float32 images shaped (n, 1, side, side), standardised with the
-training mean and std (one scalar each, as the paper's code did), and int64 labels. A job's own arrays
-(data.dataset npz or factory, workers/user_data.py) come as they are: any input shape, labels or float targets.
+"""The IDX reader: MNIST's four files, gzipped or raw, their headers checked against their sizes before any image
+is read, no file inflated beyond what its header declares (a gzip bomb is refused at its header).
 """
 from __future__ import annotations
 
@@ -13,9 +10,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from workers.data.dataset import NUM_CLASSES, DataError
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -25,36 +23,11 @@ IDX_FILES = {
 }
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
-NUM_CLASSES = 10
 # The most an IDX file may declare (decompressed; MNIST's largest declares 47,040,016 bytes). A header promising
 # more is refused before any of the file is read, so a gzip bomb is never inflated.
 MAX_IDX_BYTES = 1 << 30
 CHUNK_BYTES = 1 << 20  # files are read and inflated this much at a time
 GZIP_MIN_BYTES = 18  # a 10-byte header and an 8-byte trailer
-MNIST_DEV_SIZE = 10000  # held out from the training images, as in the paper
-
-
-class DataError(ValueError):
-    """A data file or folder that cannot be read; the message names the file and the fault."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    x_train: np.ndarray  # (n_train, 1, side, side) float32
-    y_train: np.ndarray  # (n_train,) int64
-    x_dev: np.ndarray
-    y_dev: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def image_side(self) -> int:
-        return int(self.x_train.shape[-1])
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.x_train, self.y_train, self.x_dev, self.y_dev, self.x_test, self.y_test))
 
 
 def idx_candidates(folder: Path) -> list[Path]:
@@ -224,12 +197,16 @@ def inspect_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_ID
     return MnistHeaders(root, n_train, heads["test_images"].dims[0], rows, cols)
 
 
-def read_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> dict[str, np.ndarray]:
-    """The four standard MNIST arrays (uint8) from a folder of IDX files, gzipped or raw.
+def read_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES,
+                      keys: tuple[str, ...] = tuple(IDX_FILES)) -> dict[str, np.ndarray]:
+    """The standard MNIST arrays (uint8) named by `keys` (IDX_FILES' keys, all four by default) from a folder of
+    IDX files, gzipped or raw.
 
     The headers pass inspect_mnist_folder's checks first; no file is inflated beyond what its header declares."""
     out: dict[str, np.ndarray] = {}
     for key, head in _inspect(Path(folder), max_bytes).items():
+        if key not in keys:
+            continue
         data = read_bounded(head.path, head.nbytes)
         if len(data) < head.nbytes:
             raise DataError(f"{head.path}: truncated: {len(data) - head.header_bytes} data bytes, header promises "
@@ -238,127 +215,3 @@ def read_mnist_folder(folder: str | os.PathLike[str], max_bytes: int = MAX_IDX_B
     return out
 
 
-def _check_dev_size(name: str, dev_size: int, n: int) -> None:
-    if not 1 <= dev_size < n:
-        raise DataError(f"data.dev_size: {dev_size} must be at least 1 and below the {n} training images of {name}")
-
-
-def split_and_standardise(
-    name: str, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
-    dev_size: int, seed: int,
-) -> Dataset:
-    """Seeded shuffle, the first dev_size as dev, pixels standardised with the training mean and std."""
-    n = len(images)
-    _check_dev_size(name, dev_size, n)
-    order = np.random.default_rng(seed).permutation(n)
-    x = images[order].astype(np.float32)
-    y = labels[order].astype(np.int64)
-    x_dev, y_dev, x_train, y_train = x[:dev_size], y[:dev_size], x[dev_size:], y[dev_size:]
-    mean, std = float(x_train.mean()), float(x_train.std())
-    std = std if std > 0 else 1.0
-
-    def prep(a: np.ndarray) -> np.ndarray:
-        side = int(round(np.sqrt(a[0].size)))
-        return np.ascontiguousarray(((a.astype(np.float32) - mean) / std).reshape(len(a), 1, side, side))
-
-    return Dataset(name, prep(x_train), y_train, prep(x_dev), y_dev,
-                   prep(test_images), test_labels.astype(np.int64))
-
-
-def load_mnist(folder: str | os.PathLike[str], dev_size: int = MNIST_DEV_SIZE, seed: int = 100) -> Dataset:
-    a = read_mnist_folder(folder)
-    return split_and_standardise("mnist", a["train_images"], a["train_labels"], a["test_images"],
-                                 a["test_labels"], dev_size, seed)
-
-
-def load_digits(dev_size: int | None = None, seed: int = 100) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (1,797 images): 300 held out as test, then dev from the rest."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    images = bunch.images.astype(np.float32)
-    labels = bunch.target.astype(np.int64)
-    order = np.random.default_rng(seed + 1).permutation(len(images))
-    test, rest = order[:300], order[300:]
-    dev = dev_size if dev_size is not None else len(rest) // 5
-    return split_and_standardise("digits", images[rest], labels[rest], images[test], labels[test], dev, seed)
-
-
-def make_synthetic(n: int = 1200, side: int = 16, dev_size: int | None = None, seed: int = 100) -> Dataset:
-    """Ten classes of noisy 16x16 prototype images: learnable in seconds, big enough for the ConvNet."""
-    rng = np.random.default_rng(seed + 2)
-    prototypes = rng.normal(0.0, 1.0, size=(NUM_CLASSES, side, side)).astype(np.float32)
-    labels = rng.integers(0, NUM_CLASSES, size=n + 200)
-    images = prototypes[labels] + rng.normal(0.0, 1.5, size=(n + 200, side, side)).astype(np.float32)
-    dev = dev_size if dev_size is not None else n // 5
-    return split_and_standardise("synthetic", images[:n], labels[:n], images[n:], labels[n:], dev, seed)
-
-
-def keep_classes(data: Dataset, classes: list[int]) -> Dataset:
-    """Only the examples of these labels, in train, dev and test, their label values unchanged (the model keeps
-    its ten outputs, so a model trained on some digits can be fine-tuned on all). The pixels stay standardised
-    with the whole training set's mean and std, so the same image means the same input in both jobs."""
-    keep = np.asarray(sorted(classes), dtype=np.int64)
-    if data.y_train.ndim != 1 or not np.issubdtype(data.y_train.dtype, np.integer):
-        raise DataError(f"data.classes: {data.name} has no single integer label per example to keep by")
-    out = {}
-    for split in ("train", "dev", "test"):
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        mask = np.isin(y, keep)
-        if split == "train" and not mask.any():
-            raise DataError(f"data.classes: no training example of {data.name} has a label in {sorted(classes)}")
-        out[f"x_{split}"], out[f"y_{split}"] = np.ascontiguousarray(x[mask]), y[mask]
-    return Dataset(data.name, **out)
-
-
-def default_mnist_dir() -> str | None:
-    return os.environ.get("HES_MNIST_DIR")
-
-
-def _mnist_folder(path: str | None) -> str:
-    folder = path or default_mnist_dir()
-    if not folder:
-        raise DataError("data.path: not set and $HES_MNIST_DIR is empty; point it at the MNIST IDX folder")
-    return folder
-
-
-def load_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int, factory: str | None = None,
-                 kwargs: dict[str, Any] | None = None, loss: str = "cross_entropy") -> Dataset:
-    """The data set a job config names (see coordinator/config.py DataConfig); npz and factory: a job's own
-    arrays (workers/user_data.py), their targets checked for `loss` (train.loss)."""
-    if dataset in ("npz", "factory"):
-        from workers.user_data import load_factory_data, load_npz
-
-        if dataset == "npz":
-            return load_npz(str(path), dev_size, seed, loss)
-        return load_factory_data(str(factory), kwargs or {}, dev_size, seed, loss)
-    if dataset == "mnist":
-        return load_mnist(_mnist_folder(path), dev_size if dev_size is not None else MNIST_DEV_SIZE, seed)
-    if dataset == "digits":
-        return load_digits(dev_size, seed)
-    if dataset == "synthetic":
-        return make_synthetic(dev_size=dev_size, seed=seed)
-    raise DataError(f"data.dataset: unknown data set {dataset!r}")
-
-
-@dataclass(frozen=True)
-class DataFacts:
-    """The sizes of the data set a job config names, as admission needs them (no arrays kept)."""
-    name: str
-    n_train: int  # after dev_size is held out
-    n_dev: int
-    n_test: int
-    image_side: int
-
-
-def describe_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int, factory: str | None = None,
-                     kwargs: dict[str, Any] | None = None, loss: str = "cross_entropy") -> DataFacts:
-    """What load_dataset would give, without loading MNIST: its sizes come from inspect_mnist_folder.
-    digits and synthetic are small and built in memory, so they are built and measured."""
-    if dataset == "mnist":
-        info = inspect_mnist_folder(_mnist_folder(path))
-        dev = dev_size if dev_size is not None else MNIST_DEV_SIZE
-        _check_dev_size("mnist", dev, info.n_train)
-        return DataFacts("mnist", info.n_train - dev, dev, info.n_test, info.rows)
-    data = load_dataset(dataset, path, dev_size, seed, factory, kwargs, loss)
-    return DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)
