@@ -91,9 +91,9 @@ class CoordinatorActor:
                              Path(self.out_dir), trace)
 
     def status(self) -> Snapshot:
-        pool = getattr(self.job, "pool", None)
-        return self.progress.snapshot(WorkerCounts(alive=getattr(pool, "alive", 0),
-                                                   restarting=getattr(pool, "restarting", 0)))
+        pool = self.job.pool if self.job is not None else None  # None until the job has made its pool
+        counts = WorkerCounts() if pool is None else WorkerCounts(alive=pool.alive, restarting=pool.restarting)
+        return self.progress.snapshot(counts)
 
     def drain_events(self) -> list[RoundReport]:
         with self.lock:

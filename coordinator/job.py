@@ -35,6 +35,7 @@ from coordinator.documents import (
 from coordinator.outputs import (
     DIAGNOSTIC_COLUMNS,
     RETURN_COLUMNS,
+    CheckpointMeta,
     OutputError,
     load_checkpoint,
     load_history,
@@ -183,21 +184,18 @@ class Job:
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
-        grad0, version = None, 0
-        meta: dict[str, Any] = {}
+        grad0, version, obs = None, 0, None
         history: tuple[torch.Tensor, ...] = ()
         if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
             theta0 = initial_theta(cfg, self.model)
         else:
             theta0, grad0, meta = load_checkpoint(self.out)
             history = tuple(torch.from_numpy(h) for h in load_history(self.out))
-            version = int(meta["version"])
-            self.history = meta["history"]
-            self.progress.counters = Counters.from_dict(meta["counters"])
+            version, self.history, self.progress.counters = meta.version, meta.history, meta.counters
+            obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._state = HybridState(version, torch.from_numpy(theta0),
-                                  None if grad0 is None else torch.from_numpy(grad0), history,
-                                  np.array(meta["obs"]) if "obs" in meta else None)
+                                  None if grad0 is None else torch.from_numpy(grad0), history, obs)
         self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
@@ -364,10 +362,8 @@ class Job:
 
     def _checkpoint(self) -> None:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
-        meta = {"version": self.state.version, "history": self.history,
-                "counters": self.progress.counters.to_dict()}
-        if self.state.obs is not None:  # objective.normalize's totals: float64, exact through JSON
-            meta["obs"] = self.state.obs.tolist()
+        obs = None if self.state.obs is None else self.state.obs.tolist()
+        meta = CheckpointMeta(self.state.version, self.history, self.progress.counters, obs)
         save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
                         tuple(h.cpu().numpy() for h in self.state.history))
 

@@ -33,8 +33,19 @@ from workers.steps import keep_frozen
 
 
 class Pool(Protocol):
+    """How a round's messages reach the workers: coordinator/pool.py (in this process), coordinator/ray_pool.py."""
     n_workers: int
     overlaps: bool  # send() returns while the workers compute (Ray); False in this process
+
+    @property
+    def alive(self) -> int:
+        """Workers in the job and answering."""
+        ...
+
+    @property
+    def restarting(self) -> int:
+        """Workers recovering from a death or waiting for a node (n_workers - alive)."""
+        ...
 
     def send(self, task: Task) -> Any:
         """Start `task` on every worker; what it returns goes to `collect`."""
