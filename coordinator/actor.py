@@ -82,7 +82,8 @@ class CoordinatorActor:
     def _on_round(self, event: RoundEvent, p: Progress) -> None:
         with self.lock:
             self.events.append(RoundReport(event.round, event.kind, event.seconds, dict(event.bytes.up),
-                                           dict(event.bytes.down), event.improvements, event.loss))
+                                           dict(event.bytes.down), event.improvements, event.loss,
+                                           event.episodes))
 
     def _failed_result(self, trace: str) -> JobResult:
         """result.json of a failed job (never raises: a full disk must not hide why the job failed)."""

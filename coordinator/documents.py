@@ -98,14 +98,18 @@ class Snapshot(_Doc):
 
 class FinalMetrics(_Doc):
     """result.json's `final`: each split's accuracy (None for an mse job) and loss at the end. JSON holds the
-    fields a job set, in this order: all six for a finished job, none ({}) for one that failed first."""
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)  # a field may carry a JSON alias
+    fields a job set, in this order: the six splits' for a finished job on a data set, none ({}) for one that
+    failed first."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)  # `return` is a Python keyword: an alias
     train_accuracy: float | None = None
     train_loss: float | None = None
     dev_accuracy: float | None = None
     dev_loss: float | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
+    # a black-box job's (no data set: the fields above null): its evaluation episodes' return, mean and spread
+    return_std: float | None = None
+    return_: float | None = Field(default=None, alias="return")
 
     @property
     def evaluated(self) -> bool:
@@ -129,6 +133,7 @@ class JobResult(_Doc):
     stale_results_dropped: int = 0
     worker_failures: int = 0
     restarts: int = 0
+    episodes: int | None = None  # a black-box job's trial episodes (evaluations not counted); None: a data set
 
     @field_serializer("final")
     def _final(self, final: FinalMetrics, info: SerializationInfo) -> dict[str, Any]:
@@ -145,6 +150,7 @@ class RoundReport:
     down: dict[str, int]
     improvements: int
     loss: float
+    episodes: int = 0  # a black-box job's trial episodes in this round, over every worker
 
 
 @dataclass(frozen=True)

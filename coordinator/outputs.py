@@ -60,22 +60,22 @@ def write_text(path: Path, text: str) -> None:
 
 # hybrid.diagnostics: per-epoch means over its stochastic rounds, after the columns above (coordinator/job.py)
 DIAGNOSTIC_COLUMNS = ["diag_cosine", "diag_beat_share"]
+# a black-box job's (config objective): the evaluation return's mean and spread, and the episodes played so far
+RETURN_COLUMNS = ["return_mean", "return_std", "episodes"]
 
 
+_SCORE_COLUMNS = ["train_loss", "train_accuracy", "dev_loss", "dev_accuracy"]  # a black-box job has none
 _COUNTS = {"epoch", "round", "rounds_full", "rounds_stochastic", "bytes_full_up", "bytes_full_down",
-           "bytes_stochastic_up", "bytes_stochastic_down", "bytes_sync", "bytes_total", "improvements"}
+           "bytes_stochastic_up", "bytes_stochastic_down", "bytes_sync", "bytes_total", "improvements", "episodes"}
 
 
 @dataclass(frozen=True)
 class HistoryRow:
-    """One epoch of history.csv: HISTORY_COLUMNS, then DIAGNOSTIC_COLUMNS for a job with hybrid.diagnostics.
-    Accuracies are None for an mse job; losses may be NaN. `record` writes it, `from_record` reads it back."""
+    """One epoch of history.csv: HISTORY_COLUMNS, then DIAGNOSTIC_COLUMNS for a job with hybrid.diagnostics, or
+    RETURN_COLUMNS for a black-box job (whose losses and accuracies are empty). Accuracies are None for an mse job;
+    losses may be NaN. `record` writes it, `from_record` reads it back."""
     epoch: int
     round: int
-    train_loss: float
-    train_accuracy: float | None
-    dev_loss: float
-    dev_accuracy: float | None
     rounds_full: int
     rounds_stochastic: int
     bytes_full_up: int
@@ -86,26 +86,40 @@ class HistoryRow:
     bytes_total: int
     improvements: int
     seconds: float
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    dev_loss: float | None = None
+    dev_accuracy: float | None = None
+    return_mean: float | None = None  # None: a job on a data set
+    return_std: float | None = None
+    episodes: int | None = None
     diag_cosine: float | None = None  # None: the job has no diagnostics
     diag_beat_share: float | None = None
 
     def record(self) -> dict[str, Any]:
-        """The row by column name, as history.csv and the checkpoint keep it (diagnostics only when the job has
-        them)."""
-        rec = {c: getattr(self, c) for c in HISTORY_COLUMNS}
+        """The row by column name, as the checkpoint keeps it and history.csv writes it: the scores after epoch and
+        round (losses and accuracies, or a black-box job's return columns), diagnostics only where the job has
+        them."""
+        scores = RETURN_COLUMNS if self.return_mean is not None else _SCORE_COLUMNS
+        rest = [c for c in HISTORY_COLUMNS[2:] if c not in _SCORE_COLUMNS]
+        rec = {c: getattr(self, c) for c in [*HISTORY_COLUMNS[:2], *scores, *rest]}
         rec.update({c: getattr(self, c) for c in DIAGNOSTIC_COLUMNS if getattr(self, c) is not None})
         return rec
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> HistoryRow:
-        """A row from history.csv's strings or the checkpoint's JSON numbers ("" or None: no value)."""
+        """A row from history.csv's strings or the checkpoint's JSON numbers ("" or None, or no such column: no
+        value)."""
         def value(column: str) -> int | float | None:
             v = rec.get(column)
             if v is None or v == "":
                 return None
             return int(v) if column in _COUNTS else float(v)
 
-        return cls(**{c: value(c) for c in HISTORY_COLUMNS + DIAGNOSTIC_COLUMNS})  # type: ignore[arg-type]
+        return cls(**{c: value(c) for c in ROW_COLUMNS})  # type: ignore[arg-type]
+
+
+ROW_COLUMNS = HISTORY_COLUMNS + RETURN_COLUMNS + DIAGNOSTIC_COLUMNS  # every column a history row can have
 
 
 def write_history(path: Path, rows: list[HistoryRow], extra: list[str] | None = None) -> None:
@@ -132,16 +146,18 @@ class CheckpointMeta:
     version: int  # rounds applied to the checkpoint's theta
     history: list[HistoryRow]  # history.csv's rows so far
     counters: Counters
+    obs: list[float] | None = None  # objective.normalize: the observation totals (float64, exact through JSON)
 
     def to_json(self) -> bytes:
-        return json.dumps({"version": self.version, "history": [row.record() for row in self.history],
-                           "counters": self.counters.to_dict()}).encode()
+        doc = {"version": self.version, "history": [row.record() for row in self.history],
+               "counters": self.counters.to_dict()}
+        return json.dumps(doc if self.obs is None else {**doc, "obs": self.obs}).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> CheckpointMeta:
         doc = json.loads(raw.decode())
         return cls(int(doc["version"]), [HistoryRow.from_record(r) for r in doc["history"]],
-                   Counters.from_dict(doc["counters"]))
+                   Counters.from_dict(doc["counters"]), doc.get("obs"))
 
 
 def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: CheckpointMeta,

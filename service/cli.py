@@ -40,10 +40,14 @@ def summary_lines(result: JobResult) -> list[str]:
     def num(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
+    scores = [f"accuracy: train {num(f.train_accuracy)}  dev {num(f.dev_accuracy)}  test {num(f.test_accuracy)}",
+              f"loss: train {num(f.train_loss)}  dev {num(f.dev_loss)}"]
+    if f.return_ is not None:  # a black-box job (config objective)
+        scores = [f"return: {f.return_:.2f} (std {f.return_std or 0.0:.2f}) over the evaluation episodes; "
+                  f"{result.episodes or 0:,} trial episodes"]
     return [
         f"status {result.status} {result.message}".rstrip(),
-        f"accuracy: train {num(f.train_accuracy)}  dev {num(f.dev_accuracy)}  test {num(f.test_accuracy)}",
-        f"loss: train {num(f.train_loss)}  dev {num(f.dev_loss)}",
+        *scores,
         f"rounds: {r.full} full, {r.stochastic} stochastic; {result.num_parameters or 0:,} parameters, "
         f"{result.num_workers} workers",
         f"bytes: full {fmt_bytes(b.full.up)} up / {fmt_bytes(b.full.down)} down, stochastic "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.outputs import HISTORY_COLUMNS, HistoryRow
+from coordinator.outputs import HISTORY_COLUMNS, RETURN_COLUMNS, ROW_COLUMNS, HistoryRow
 
 Row = dict[str, float]
 
@@ -48,19 +48,23 @@ def fetch_history(target: str, server: str | None) -> JobHistory:
 
 
 def rows_from(records: Sequence[Mapping[str, Any]], source: str) -> list[Row]:
-    """History records (CSV strings or JSON numbers, None for a diverged value) as float rows of HISTORY_COLUMNS."""
+    """History records (CSV strings or JSON numbers, None for a diverged value) as float rows of HISTORY_COLUMNS
+    (and RETURN_COLUMNS for a black-box job)."""
     if not records:
         raise ValueError(f"{source}: no finished epoch yet, nothing to plot")
     missing = [c for c in HISTORY_COLUMNS if c not in records[0]]
     if missing:
         raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return [{c: v for c, v in float_row(r).items() if c in HISTORY_COLUMNS} for r in records]
+    columns = HISTORY_COLUMNS + [c for c in RETURN_COLUMNS if c in records[0]]  # a black-box job's
+    return [float_row(r, columns) for r in records]
 
 
-def float_row(record: Mapping[str, Any]) -> Row:
+def float_row(record: Mapping[str, Any], columns: Sequence[str] | None = None) -> Row:
     """A history record (CSV strings or JSON numbers; "" or None, or a missing column: no value) as floats by
-    column, NaN for no value; diagnostic columns only where the job has them."""
-    return {c: math.nan if v is None else float(v) for c, v in HistoryRow.from_record(record).record().items()}
+    column, NaN for no value: `columns`, else the record's own history columns."""
+    row = HistoryRow.from_record(record)
+    values = {c: getattr(row, c) for c in (columns or [c for c in record if c in ROW_COLUMNS])}
+    return {c: math.nan if v is None else float(v) for c, v in values.items()}
 
 
 def read_history(path: Path) -> list[Row]:
@@ -77,7 +81,13 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [HistoryRow.from_record(row).record() for row in csv.DictReader(f)]
+        return [_served(HistoryRow.from_record(row), list(row)) for row in csv.DictReader(f)]
+
+
+def _served(row: HistoryRow, columns: list[str]) -> dict[str, Any]:
+    """A row by the file's columns, None for a column the job has not (a black-box job's losses and accuracies)."""
+    rec = row.record()
+    return {c: rec.get(c) for c in columns}
 
 
 def describe(config: Mapping[str, Any]) -> str:

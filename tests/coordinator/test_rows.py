@@ -8,7 +8,14 @@ from pathlib import Path
 
 from coordinator.accounting import Counters
 from coordinator.documents import FinalMetrics, JobResult, JobStatus
-from coordinator.outputs import DIAGNOSTIC_COLUMNS, CheckpointMeta, HistoryRow, write_history
+from coordinator.outputs import (
+    DIAGNOSTIC_COLUMNS,
+    HISTORY_COLUMNS,
+    RETURN_COLUMNS,
+    CheckpointMeta,
+    HistoryRow,
+    write_history,
+)
 from service.history import read_records, rows_from
 
 COUNTS = dict(rounds_full=2, rounds_stochastic=6, bytes_full_up=1000, bytes_full_down=2000, bytes_stochastic_up=48,
@@ -63,3 +70,20 @@ def test_final_keeps_result_json_keys_in_order_and_a_failed_job_has_none() -> No
     assert failed.model_dump(mode="json")["final"] == {} and not failed.final.evaluated
     for doc in (done, failed.model_dump(mode="json")):  # what the store reads back, it writes again unchanged
         assert JobResult.model_validate(doc).model_dump(mode="json") == doc
+
+
+def test_a_black_box_row_and_final_keep_their_columns_and_keys(tmp_path: Path) -> None:
+    bb = HistoryRow(epoch=1, round=5, return_mean=200.5, return_std=3.25, episodes=24, seconds=1.25, **COUNTS)
+    assert list(bb.record())[:5] == ["epoch", "round", "return_mean", "return_std", "episodes"]
+    assert "train_loss" not in bb.record()  # a black-box job has no data set
+    write_history(tmp_path / "history.csv", [bb], RETURN_COLUMNS)
+    line = (tmp_path / "history.csv").read_text().splitlines()[1]
+    assert line == "1,5,,,,,2,6,1000,2000,48,96,0,3144,5,1.25,200.5,3.25,24"
+    served = read_records(tmp_path)[0]
+    assert list(served) == HISTORY_COLUMNS + RETURN_COLUMNS and served["train_loss"] is None
+    assert served["episodes"] == 24 and HistoryRow.from_record(served) == bb
+    final = FinalMetrics(train_accuracy=None, dev_accuracy=None, test_accuracy=None, train_loss=None, dev_loss=None,
+                         return_std=3.25, **{"return": 200.5})
+    doc = JobResult(status=JobStatus.SUCCEEDED, final=final).model_dump(mode="json")["final"]
+    assert doc == {"train_accuracy": None, "train_loss": None, "dev_accuracy": None, "dev_loss": None,
+                   "test_accuracy": None, "return_std": 3.25, "return": 200.5}
