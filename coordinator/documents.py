@@ -117,6 +117,9 @@ class FinalMetrics(_Doc):
         return bool(self.model_fields_set)
 
 
+_BLACK_BOX_FINAL = ("train_accuracy", "dev_accuracy", "test_accuracy", "train_loss", "dev_loss", "return_std", "return")
+
+
 class JobResult(_Doc):
     """result.json: how a job ended and what it reached (`final` is empty for a FAILED job)."""
     status: JobStatus
@@ -137,7 +140,10 @@ class JobResult(_Doc):
 
     @field_serializer("final")
     def _final(self, final: FinalMetrics, info: SerializationInfo) -> dict[str, Any]:
-        return final.model_dump(mode=info.mode, by_alias=True, exclude_unset=True)
+        doc = final.model_dump(mode=info.mode, by_alias=True, exclude_unset=True)
+        if final.return_ is not None:  # a black-box job's keys in the order it has always written them
+            doc = {k: doc[k] for k in _BLACK_BOX_FINAL if k in doc}
+        return doc
 
 
 @dataclass(frozen=True)

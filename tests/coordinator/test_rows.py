@@ -85,5 +85,5 @@ def test_a_black_box_row_and_final_keep_their_columns_and_keys(tmp_path: Path) -
     final = FinalMetrics(train_accuracy=None, dev_accuracy=None, test_accuracy=None, train_loss=None, dev_loss=None,
                          return_std=3.25, **{"return": 200.5})
     doc = JobResult(status=JobStatus.SUCCEEDED, final=final).model_dump(mode="json")["final"]
-    assert doc == {"train_accuracy": None, "train_loss": None, "dev_accuracy": None, "dev_loss": None,
-                   "test_accuracy": None, "return_std": 3.25, "return": 200.5}
+    assert list(doc.items()) == [("train_accuracy", None), ("dev_accuracy", None), ("test_accuracy", None),
+                                 ("train_loss", None), ("dev_loss", None), ("return_std", 3.25), ("return", 200.5)]
