@@ -17,8 +17,7 @@ serialization and the reply's 4P bytes through gRPC. When the buffer cannot be o
 the coordinator has unlinked its name by then), the worker returns the array through Ray as any other.
 
 A worker builds its training arrays on its own node when it can, or takes the shipped ones (workers/node_data.py,
-`WorkerData`); it keeps the shipped object mapped, which keeps its node's copy in the node's object store for a
-worker restarted there.
+`WorkerData`).
 """
 from __future__ import annotations
 
@@ -101,8 +100,10 @@ class WorkerActor:
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"  # Ray gave it a GPU
         if device == "cuda":
             full_float32_on_cuda()
-        self.stored, self.report = obtain(data, spec.worker)
-        x_train, y_train = self.stored.arrays()
+        stored, self.report = obtain(data, spec.worker)
+        x_train, y_train = stored.arrays()
+        # a shipped object stays mapped, so its node's copy stays in the object store for a worker restarted there
+        self.pinned = stored if self.report.origin == Origin.SHIPPED else None
         self.replica = Replica(spec.model, x_train, y_train, spec.hyper, spec.schedule, spec.job_seed, spec.k,
                                spec.combine, spec.worker, spec.n_workers, device)
         if spec.from_seed:
