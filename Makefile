@@ -1,4 +1,4 @@
-# Entry points: make demo | make test | make lint | make bench | make gpu-check | make .venv
+# Entry points: make demo | make test | make lint | make docs | make bench | make gpu-check | make .venv
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ CONSTRAINTS := constraints.txt
 HES_MNIST_DIR ?= $(abspath ../shared/data/mnist)
 export HES_MNIST_DIR
 
-.PHONY: demo test test-fast lint bench chaos gpu-check clean
+.PHONY: demo test test-fast lint docs bench chaos gpu-check clean
 
 $(VENV): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-fast: $(VENV)
 lint: $(VENV)
 	$(BIN)/ruff check workers coordinator service tests bench examples
 	$(BIN)/mypy
+
+# docs/configuration.md from the field descriptions of coordinator/config.py and service/settings.py
+docs: $(VENV)
+	$(BIN)/python -m service.config_docs --out docs/configuration.md
 
 bench: $(VENV)
 	$(BIN)/python bench/run.py --mnist $(HES_MNIST_DIR) --out BENCHMARKS.md
