@@ -10,7 +10,9 @@ fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seed
 minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes),
 worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute),
 science (issue 15: the IID, non-IID and fine-tuning comparisons of "Beyond the paper", 3 seeds a row on
-the local backend, two jobs side by side; about 70 minutes on 2 cores). With --only, the other sections
+the local backend, two jobs side by side; about 70 minutes on 2 cores), blackbox (issue 23: CartPole-v1 and
+Acrobot-v1 on 1, 2, 4 Ray workers against a plain OpenAI-ES loop and EvoTorch's PGPE; about 15 minutes).
+With --only, the other sections
 already in --out are kept as they were.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import accuracy
+import blackbox
 import fanout
 import fast_trials
 import gpu_check
@@ -59,6 +62,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
                   own_model.run),
     "worker-memory": ("Worker memory: the peak of one worker's round, per mode (issue 15)", worker_memory.run),
     "science": ("Beyond the paper: where seed-only rounds win (issue 15)", science.run),
+    "blackbox": ("Black-box objectives: a policy trained by its episode returns (issue 23)", blackbox.run),
 }
 HEADER = """# BENCHMARKS
 

@@ -36,8 +36,9 @@ class Counters:
     replica_checked: int = 0
     replica_mismatches: int = 0
     stale_results_dropped: int = 0
-    worker_failures: int = 0  # worker actor deaths, each counted once (coordinator/ray_pool.py)
+    worker_failures: int = 0  # worker actor deaths, each counted once (coordinator/membership.py)
     improvements: int = 0
+    episodes: int = 0  # a black-box job's trial episodes (config objective), every worker's
     # [round, live workers, configured workers] from each round (1-based) where the job's workers changed
     membership: list[list[int]] = field(default_factory=list)
 

@@ -82,7 +82,8 @@ class CoordinatorActor:
     def _on_round(self, event: RoundEvent, p: Progress) -> None:
         with self.lock:
             self.events.append(RoundReport(event.round, event.kind, event.seconds, dict(event.bytes.up),
-                                           dict(event.bytes.down), event.improvements, event.loss))
+                                           dict(event.bytes.down), event.improvements, event.loss,
+                                           event.episodes))
 
     def _failed_result(self, trace: str) -> JobResult:
         """result.json of a failed job (never raises: a full disk must not hide why the job failed)."""
@@ -90,9 +91,9 @@ class CoordinatorActor:
                              Path(self.out_dir), trace)
 
     def status(self) -> Snapshot:
-        pool = getattr(self.job, "pool", None)
-        return self.progress.snapshot(WorkerCounts(alive=getattr(pool, "alive", 0),
-                                                   restarting=getattr(pool, "restarting", 0)))
+        pool = self.job.pool if self.job is not None else None  # None until the job has made its pool
+        counts = WorkerCounts() if pool is None else WorkerCounts(alive=pool.alive, restarting=pool.restarting)
+        return self.progress.snapshot(counts)
 
     def drain_events(self) -> list[RoundReport]:
         with self.lock:

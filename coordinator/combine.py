@@ -71,7 +71,7 @@ def combine(t: int, kind: RoundKind, results: list[Result], rules: Rules, subspa
     if rules.antithetic and rules.es_weights == "quadratic":
         return Decision(t, DecisionKind.ES, array=quadratic_weights(t, results, rules, subspace))
     if rules.antithetic:
-        return Decision(t, DecisionKind.ES, array=es_weights(results, rules))
+        return Decision(t, DecisionKind.ES, array=es_weights(results, rules), stats=observation_stats(results))
     if rules.trials == "shared":  # argmin over the summed costs; the seed is the round's, the same everywhere
         costs = shared_costs(results, rules.k)
         best = min(range(len(costs)), key=lambda i: (cost_rank(costs[i]), i))
@@ -83,6 +83,20 @@ def combine(t: int, kind: RoundKind, results: list[Result], rules: Rules, subspa
     if rules.rule == "elitist" and not best_result.beats_current:
         return Decision(t, DecisionKind.KEEP)  # (1 + lambda) selection: the parent survives
     return Decision(t, DecisionKind.SEED, seed=best_result.seed)
+
+
+def observation_stats(results: list[Result]) -> np.ndarray | None:
+    """objective.normalize: the workers' observation statistics summed in float64 in worker order, as float32;
+    None when no worker sent any."""
+    sent = [r.stats for r in sorted(results, key=lambda r: r.worker) if r.stats]
+    if not sent:
+        return None
+    if len({len(s) for s in sent}) > 1:
+        raise ValueError(f"workers sent observation statistics of lengths {sorted({len(s) for s in sent})}")
+    total = np.zeros(len(sent[0]))
+    for s in sent:
+        total += np.asarray(s, dtype=np.float64)
+    return total.astype(np.float32)
 
 
 def round_loss(kind: RoundKind, results: list[Result], rules: Rules) -> float:

@@ -275,6 +275,35 @@ class ClusterConfig(_Strict):
         return self
 
 
+class ObjectiveConfig(_Strict):
+    """A black-box objective (workers/blackbox.py): the job trains a policy by its episode returns, with no data set,
+    in `hybrid.mode: zo` with `combine: es`. A trial moves every weight by `hybrid.sigma` times its seed's noise."""
+    factory: Factory = Field(description=(
+        "`\"package.module:function\"` called with `objective.kwargs`; it returns run(policy, seed) -> float, the "
+        "return of one episode (higher is better). Through the service it must lie inside "
+        "`HES_ALLOWED_FACTORIES`."))
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Keyword arguments of `objective.factory` (plain YAML data)."))
+    episodes: Annotated[int, Field(ge=1, le=10000)] = Field(default=1, description=(
+        "Episodes per trial; a trial's score is their mean return. A pair's two trials play the same episodes."))
+    inputs: Annotated[int, Field(ge=1, le=65536)] | None = Field(default=None, description=(
+        "The built-in mlp policy's input size (the observation's length); null with `model.arch: module`."))
+    outputs: Annotated[int, Field(ge=1, le=65536)] | None = Field(default=None, description=(
+        "The built-in mlp policy's output size (e.g. one score per discrete action); null with "
+        "`model.arch: module`."))
+    rounds_per_epoch: Annotated[int, Field(ge=1, le=100000)] = Field(default=10, description=(
+        "Rounds between two evaluations (a row of history.csv, a checkpoint); the job runs `train.epochs` of them."))
+    eval_episodes: Annotated[int, Field(ge=1, le=10000)] = Field(default=10, description=(
+        "The fixed evaluation episodes (seeded by the job seed alone) of `final.return` and of every epoch's "
+        "`return_mean` and `return_std`."))
+    normalize: bool = Field(default=False, description=(
+        "Feed the policy (obs - mean) / std, clipped to 5, from the running statistics of every observation the "
+        "trials saw; they travel as 2 + 4 (1 + 2 d) bytes per worker per round each way for d = "
+        "`objective.inputs` (built-in mlp only)."))
+    target_return: Annotated[float, Field(allow_inf_nan=False)] | None = Field(default=None, description=(
+        "End the job SUCCEEDED at the first epoch whose evaluation return reaches it; null: train every epoch."))
+
+
 class JobConfig(_Strict):
     """A training job: its name and seed, and one section each for data, model, train, hybrid and cluster."""
 
@@ -289,6 +318,9 @@ class JobConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    objective: ObjectiveConfig | None = Field(default=None, description=(
+        "A black-box objective instead of a data set (section below; `hybrid.mode: zo`, `combine: es`); null: the "
+        "job trains on `data`."))
 
     @model_validator(mode="after")
     def _quadratic_is_determined(self) -> JobConfig:
@@ -301,6 +333,31 @@ class JobConfig(_Strict):
                 raise ValueError(f"hybrid.es_weights: quadratic fits {unknowns} numbers in the span of guided_m = "
                                  f"{h.guided_m} gradients, and a round gives {costs} costs; raise hybrid.k or "
                                  "lower hybrid.guided_m")
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> JobConfig:
+        o, h, m = self.objective, self.hybrid, self.model
+        if o is None:
+            return self
+        if h.mode != "zo":
+            raise ValueError(f"hybrid.mode: a black-box objective (objective.factory) has no gradient, so it trains "
+                             f"with mode 'zo' (combine 'es'), not {h.mode!r}")
+        if h.trials != "independent" or h.diagnostics:
+            raise ValueError("hybrid.trials, hybrid.diagnostics: a black-box objective trains with independent "
+                             "trials and no diagnostics (they score a data set)")
+        if self.data != DataConfig():  # a dumped config holds the default section: only a changed one is refused
+            raise ValueError("data: a black-box objective (objective.factory) reads no data set; remove the section")
+        if m.arch == "convnet":
+            raise ValueError("model.arch: a policy is the built-in mlp or your module (arch module), not convnet")
+        if (m.arch == "mlp") != (o.inputs is not None and o.outputs is not None):
+            raise ValueError("objective.inputs, objective.outputs: set both for the built-in mlp policy (its input "
+                             "and output sizes), and neither for model.arch module")
+        if o.normalize and m.arch != "mlp":
+            raise ValueError("objective.normalize: for the built-in mlp policy, whose objective.inputs say the "
+                             "observation's length")
+        if self.model.init_from is not None or self.model.trainable != "all":
+            raise ValueError("model.init_from, model.trainable: not for a black-box objective")
         return self
 
     @model_validator(mode="after")

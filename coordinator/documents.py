@@ -103,7 +103,8 @@ class JobResult(_Doc):
     config: dict[str, Any] = Field(default_factory=dict)
     num_parameters: int | None = None
     num_workers: int = 0
-    final: dict[str, float | None] = Field(default_factory=dict)  # {train,dev,test}_{accuracy,loss}
+    # {train,dev,test}_{accuracy,loss}; a black-box job's: return and return_std (evaluation episodes), the rest null
+    final: dict[str, float | None] = Field(default_factory=dict)
     rounds: RoundCounts = Field(default_factory=RoundCounts)
     bytes: ByteCounts = Field(default_factory=ByteCounts)
     seconds: Seconds = Field(default_factory=Seconds)
@@ -112,6 +113,7 @@ class JobResult(_Doc):
     stale_results_dropped: int = 0
     worker_failures: int = 0
     restarts: int = 0
+    episodes: int | None = None  # a black-box job's trial episodes (evaluations not counted); None: a data set
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class RoundReport:
     down: dict[str, int]
     improvements: int
     loss: float
+    episodes: int = 0  # a black-box job's trial episodes in this round, over every worker
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from coordinator.documents import (
 )
 from coordinator.outputs import (
     DIAGNOSTIC_COLUMNS,
+    RETURN_COLUMNS,
+    CheckpointMeta,
     OutputError,
     load_checkpoint,
     load_history,
@@ -46,6 +48,7 @@ from coordinator.outputs import (
 from coordinator.parts import JobParts, build_parts, worker_k
 from coordinator.pool import LocalPool, ReplicaPool
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
+from workers.blackbox import evaluate_return
 from workers.hybrid import batch_loss_and_grad_sum, evaluate
 from workers.messages import RoundKind
 from workers.models import Model
@@ -181,23 +184,23 @@ class Job:
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
-        grad0, version = None, 0
+        grad0, version, obs = None, 0, None
         history: tuple[torch.Tensor, ...] = ()
         if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
             theta0 = initial_theta(cfg, self.model)
         else:
             theta0, grad0, meta = load_checkpoint(self.out)
             history = tuple(torch.from_numpy(h) for h in load_history(self.out))
-            version = int(meta["version"])
-            self.history = meta["history"]
-            self.progress.counters = Counters.from_dict(meta["counters"])
+            version, self.history, self.progress.counters = meta.version, meta.history, meta.counters
+            obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._state = HybridState(version, torch.from_numpy(theta0),
-                                  None if grad0 is None else torch.from_numpy(grad0), history)
+                                  None if grad0 is None else torch.from_numpy(grad0), history, obs)
         self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
         self.stop_requested = False
+        self.target_reached = False  # objective.target_return: an epoch's evaluation return reached it
         self._diag: dict[str, list[float]] = {c: [] for c in DIAGNOSTIC_COLUMNS}  # this epoch's stochastic rounds
 
     @property
@@ -235,7 +238,7 @@ class Job:
         rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
         try:
             for t in range(self.state.version, p.total_rounds):
-                if self.stop_requested:
+                if self.stop_requested or self.target_reached:
                     break
                 diagnose = self.cfg.hybrid.diagnostics and self.schedule.kind(t) == RoundKind.STOCHASTIC
                 before = self.state.theta.clone() if diagnose else None
@@ -244,7 +247,9 @@ class Job:
                 if before is not None:
                     self._diagnose(t, before, event.improvements, pool.n_workers)
                 c.seconds["total"] = seconds_before + time.perf_counter() - started
-                if math.isfinite(event.loss):
+                if math.isfinite(event.loss) and self.hyper.objective is not None:
+                    p.latest["trial_return"] = -event.loss  # the best trial's mean return (its cost is minus it)
+                elif math.isfinite(event.loss):
                     p.latest["batch_loss"] = event.loss
                 if (t + 1) % rpe == 0:
                     row = self._end_epoch(p.epoch, t + 1)
@@ -263,9 +268,11 @@ class Job:
                 self._loop = None
                 pool.close()
         c.seconds["total"] = seconds_before + time.perf_counter() - started
-        p.status = JobStatus.STOPPED if p.round < p.total_rounds else JobStatus.SUCCEEDED
+        p.status = JobStatus.STOPPED if p.round < p.total_rounds and not self.target_reached else JobStatus.SUCCEEDED
         stopped = p.status == JobStatus.STOPPED
         ended = f"stopped after round {p.round} of {p.total_rounds}" if stopped else c.workers_note
+        if self.target_reached:
+            ended = "; ".join(m for m in (f"reached objective.target_return in round {p.round}", ended) if m)
         p.message = "; ".join(m for m in (ended, restarts_note(p.restarts)) if m)
         return self._finish()
 
@@ -273,14 +280,11 @@ class Job:
         theta = self.state.theta  # applies the epoch's last decision (not evaluation time)
         require_finite_parameters(theta, rounds_done)  # before the checkpoint: the last one stays finite
         t0 = time.perf_counter()
-        train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
-        require_finite(train_loss, rounds_done, "the training loss")
-        dev_loss, dev_acc = evaluate(self.model, theta, self.data.x_dev, self.data.y_dev)
+        scores = self._scores(theta, rounds_done)
         c = self.progress.counters
         c.seconds["evaluation"] += time.perf_counter() - t0
         b = c.bytes_doc()
-        row = {"epoch": epoch, "round": rounds_done, "train_loss": train_loss, "train_accuracy": train_acc,
-               "dev_loss": dev_loss, "dev_accuracy": dev_acc, "rounds_full": c.rounds["full"],
+        row = {"epoch": epoch, "round": rounds_done, **scores, "rounds_full": c.rounds["full"],
                "rounds_stochastic": c.rounds["stochastic"], "bytes_full_up": b["full"]["up"],
                "bytes_full_down": b["full"]["down"], "bytes_stochastic_up": b["stochastic"]["up"],
                "bytes_stochastic_down": b["stochastic"]["down"], "bytes_sync": b["sync"],
@@ -291,14 +295,31 @@ class Job:
                 row[column] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
                 values.clear()
         self.history.append(row)
-        latest = {"train_loss": train_loss, "train_accuracy": train_acc, "dev_loss": dev_loss, "dev_accuracy": dev_acc}
-        self.progress.latest.update({k: v for k, v in latest.items() if v is not None})  # mse: no accuracy
+        self.progress.latest.update({k: v for k, v in scores.items() if v is not None})  # mse: no accuracy
+        if "return_mean" in scores:
+            self.progress.latest["return"] = scores["return_mean"]
+            target = self.cfg.objective.target_return if self.cfg.objective else None
+            self.target_reached = target is not None and scores["return_mean"] >= target
         self._checkpoint()
         write_history(self.out / "history.csv", self.history, self._history_extra)
         return row
 
+    def _scores(self, theta: torch.Tensor, rounds_done: int) -> dict[str, Any]:
+        """An epoch's evaluation: losses and accuracies on train and dev, or a black-box job's evaluation
+        return over its fixed episodes (and the episodes its trials played so far)."""
+        if self.hyper.objective is not None:
+            ret, spread = evaluate_return(self.model, theta, self.hyper.objective, self.state.obs)
+            require_finite(ret, rounds_done, "the evaluation return")
+            return {"return_mean": ret, "return_std": spread, "episodes": self.progress.counters.episodes}
+        train_loss, train_acc = evaluate(self.model, theta, self.data.x_train, self.data.y_train)
+        require_finite(train_loss, rounds_done, "the training loss")
+        dev_loss, dev_acc = evaluate(self.model, theta, self.data.x_dev, self.data.y_dev)
+        return {"train_loss": train_loss, "train_accuracy": train_acc, "dev_loss": dev_loss, "dev_accuracy": dev_acc}
+
     @property
     def _history_extra(self) -> list[str]:
+        if self.hyper.objective is not None:
+            return RETURN_COLUMNS
         return DIAGNOSTIC_COLUMNS if self.cfg.hybrid.diagnostics else []
 
     def round_examples(self, t: int) -> np.ndarray:
@@ -321,29 +342,42 @@ class Job:
         trials = workers * worker_k(self.cfg)
         self._diag["diag_beat_share"].append(improvements / trials if trials else math.nan)
 
+    def _final_scores(self, theta: torch.Tensor, rounds_done: int) -> dict[str, float | None]:
+        """result.json's `final`: accuracies and losses on train, dev and test; a black-box job's evaluation
+        return (mean and standard deviation) with those null, as it has no data set."""
+        final: dict[str, float | None] = {}
+        if self.hyper.objective is not None:
+            final = dict.fromkeys(("train_accuracy", "dev_accuracy", "test_accuracy", "train_loss", "dev_loss"))
+            ret, final["return_std"] = evaluate_return(self.model, theta, self.hyper.objective, self.state.obs)
+            require_finite(ret, rounds_done, "the evaluation return")
+            final["return"] = ret
+            return final
+        for split, x, y in (("train", self.data.x_train, self.data.y_train), ("dev", self.data.x_dev, self.data.y_dev),
+                            ("test", self.data.x_test, self.data.y_test)):
+            loss, acc = evaluate(self.model, theta, x, y)
+            if split == "train":
+                require_finite(loss, rounds_done, "the training loss")
+            final[f"{split}_accuracy"], final[f"{split}_loss"] = acc, loss
+        return final
+
     def _checkpoint(self) -> None:
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
-        meta = {"version": self.state.version, "history": self.history,
-                "counters": self.progress.counters.to_dict()}
+        obs = None if self.state.obs is None else self.state.obs.tolist()
+        meta = CheckpointMeta(self.state.version, self.history, self.progress.counters, obs)
         save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
                         tuple(h.cpu().numpy() for h in self.state.history))
 
     def _finish(self) -> JobResult:
         p, c, theta = self.progress, self.progress.counters, self.state.theta
         require_finite_parameters(theta, p.round)  # a diverged job writes no model
-        final: dict[str, float | None] = {}
-        for split, x, y in (("train", self.data.x_train, self.data.y_train), ("dev", self.data.x_dev, self.data.y_dev),
-                            ("test", self.data.x_test, self.data.y_test)):
-            loss, acc = evaluate(self.model, theta, x, y)
-            if split == "train":
-                require_finite(loss, p.round, "the training loss")
-            final[f"{split}_accuracy"], final[f"{split}_loss"] = acc, loss
+        final = self._final_scores(theta, p.round)
         result = JobResult(
             status=p.status, message=p.message, config=self.cfg.model_dump(), num_parameters=self.model.num_parameters,
             num_workers=self.cfg.cluster.workers, final=final, rounds=RoundCounts(**c.rounds),
             bytes=ByteCounts.model_validate(c.bytes_doc()), seconds=Seconds(**c.seconds),
             replica_checks=replica_checks(c), improvements=c.improvements,
-            stale_results_dropped=c.stale_results_dropped, worker_failures=c.worker_failures, restarts=p.restarts)
+            stale_results_dropped=c.stale_results_dropped, worker_failures=c.worker_failures, restarts=p.restarts,
+            episodes=c.episodes if self.hyper.objective is not None else None)
         self._checkpoint()
         write_history(self.out / "history.csv", self.history, self._history_extra)
         named = {k: v.detach().cpu().numpy() for k, v in self.model.unflatten(theta).items()}

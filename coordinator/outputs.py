@@ -6,10 +6,13 @@ import csv
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from coordinator.accounting import Counters
 
 HISTORY_COLUMNS = [
     "epoch", "round", "train_loss", "train_accuracy", "dev_loss", "dev_accuracy",
@@ -57,6 +60,8 @@ def write_text(path: Path, text: str) -> None:
 
 # hybrid.diagnostics: per-epoch means over its stochastic rounds, after the columns above (coordinator/job.py)
 DIAGNOSTIC_COLUMNS = ["diag_cosine", "diag_beat_share"]
+# a black-box job's (config objective): the evaluation return's mean and spread, and the episodes played so far
+RETURN_COLUMNS = ["return_mean", "return_std", "episodes"]
 
 
 def write_history(path: Path, rows: list[dict[str, Any]], extra: list[str] | None = None) -> None:
@@ -77,11 +82,29 @@ def write_model(path: Path, named: dict[str, np.ndarray], metadata: dict[str, st
                   "the model")
 
 
-def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: dict[str, Any],
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What checkpoint.npz keeps besides the arrays, as JSON: the rounds done, the history rows, the counters."""
+    version: int  # rounds applied to the checkpoint's theta
+    history: list[dict[str, Any]]  # history.csv's rows so far
+    counters: Counters
+    obs: list[float] | None = None  # objective.normalize: the observation totals (float64, exact through JSON)
+
+    def to_json(self) -> bytes:
+        doc = {"version": self.version, "history": self.history, "counters": self.counters.to_dict()}
+        return json.dumps(doc if self.obs is None else {**doc, "obs": self.obs}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CheckpointMeta:
+        doc = json.loads(raw.decode())
+        return cls(int(doc["version"]), doc["history"], Counters.from_dict(doc["counters"]), doc.get("obs"))
+
+
+def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, meta: CheckpointMeta,
                     history: tuple[np.ndarray, ...] = ()) -> None:
     """theta, grad, the gradients guided trials keep (oldest first) and the loop's counters; `hes train
     --resume` continues from it."""
-    arrays = {"theta": theta, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    arrays = {"theta": theta, "meta": np.frombuffer(meta.to_json(), dtype=np.uint8)}
     if grad is not None:
         arrays["grad"] = grad
     if history:
@@ -91,13 +114,13 @@ def save_checkpoint(folder: Path, theta: np.ndarray, grad: np.ndarray | None, me
             tmp=folder / "checkpoint.tmp.npz")  # np.savez would add .npz to any other name
 
 
-def load_checkpoint(folder: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+def load_checkpoint(folder: Path) -> tuple[np.ndarray, np.ndarray | None, CheckpointMeta]:
     path = folder / "checkpoint.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     with np.load(path) as z:
         grad = z["grad"].copy() if "grad" in z.files else None
-        return z["theta"].copy(), grad, json.loads(z["meta"].tobytes().decode())
+        return z["theta"].copy(), grad, CheckpointMeta.from_json(z["meta"].tobytes())
 
 
 def load_history(folder: Path) -> tuple[np.ndarray, ...]:

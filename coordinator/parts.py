@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator.config import JobConfig
+from coordinator.objective import objective_parts
 from coordinator.own_model import OWN_DATA, make_model
 from workers.data import NUM_CLASSES, DataFacts, Dataset, describe_dataset, keep_classes, load_dataset
 from workers.models import Model, build_model
@@ -57,6 +58,8 @@ def load_data(cfg: JobConfig) -> Dataset:
 
 def build_parts(cfg: JobConfig) -> JobParts:
     """Every part of the job; ValueError (DataError, FactoryError) naming the field of a config it cannot run."""
+    if cfg.objective is not None:  # a black-box objective: a policy, no data set (coordinator/objective.py)
+        return JobParts(*objective_parts(cfg), None)
     data = load_data(cfg)
     model = make_model(cfg, data)  # the paper's networks, or model.arch module (coordinator/own_model.py)
     plan = _plan(cfg, DataFacts.of(data), model)
@@ -68,6 +71,9 @@ def plan_parts(cfg: JobConfig) -> PartsPlan:
     files' headers and label files, a module is checked on two blank images. A job's own data (npz, factory) is
     loaded: its model is checked against it."""
     d, m = cfg.data, cfg.model
+    if cfg.objective is not None:  # its runner is not called here: an environment may be slow to make
+        data, model, hyper, schedule = objective_parts(cfg, call_runner=False)
+        return PartsPlan(DataFacts.of(data), model, hyper, schedule, None)
     if d.dataset in OWN_DATA:
         parts = build_parts(cfg)
         return PartsPlan(DataFacts.of(parts.data), parts.model, parts.hyper, parts.schedule, parts.partitions)
@@ -108,8 +114,9 @@ def _plan(cfg: JobConfig, facts: DataFacts, model: Model) -> PartsPlan:
 
 
 def check_shares(cfg: JobConfig) -> None:
-    """Every worker takes a share of each batch: no more workers than a batch has examples (read no data)."""
-    if cfg.cluster.workers > cfg.train.batch_size:
+    """Every worker takes a share of each batch: no more workers than a batch has examples (read no data); a
+    black-box job has no batches."""
+    if cfg.cluster.workers > cfg.train.batch_size and cfg.objective is None:
         raise ValueError(f"cluster.workers: {cfg.cluster.workers} workers cannot share a batch of "
                          f"{cfg.train.batch_size} examples (train.batch_size)")
 

@@ -10,31 +10,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import numpy as np
 import torch
 
-from coordinator.accounting import RoundBytes, count_task, decision_label
-from workers.messages import (
-    Result,
-    Status,
-    Sync,
-    Task,
-    decode_result,
-    decode_sync,
-    decode_task,
-    encode_result,
-    encode_sync,
-    encode_task,
-    payload_size,
-)
+from coordinator.accounting import RoundBytes, decision_label
+from coordinator.pool_core import PoolCore, decode_counted, encode_counted, without_decision
+from workers.messages import Result, Status, Sync, Task, decode_sync, decode_task, encode_result
 from workers.replica import Replica
-from workers.state import Decision, DecisionKind
+from workers.state import DecisionKind
 
 
 class LocalPool:
     n_workers = 1
+    alive, restarting = 1, 0  # the one replica lives in this process
 
     def __init__(self, replica: Replica, shares_state: bool = True) -> None:
         self.replica = replica
@@ -55,11 +44,11 @@ class LocalPool:
         rb = RoundBytes()
         if self.shares_state and task.decision.kind != DecisionKind.NONE:
             self.replica.sync(state())
-            task = replace(task, decision=Decision(task.round - 1, DecisionKind.NONE))
+            task = without_decision(task)
         result = self.replica.handle(task)
         if result.status == Status.NEED_SYNC:
             self.replica.sync(state())
-            result = self.replica.handle(replace(task, decision=Decision(task.round - 1, DecisionKind.NONE)))
+            result = self.replica.handle(without_decision(task))
         return [result], rb
 
     def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
@@ -84,29 +73,23 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class ReplicaPool:
+class ReplicaPool(PoolCore):
     """`cluster.backend: local`: the N replicas of a Ray job, in this process, each on its own data, each applying
     every decision itself, as a worker actor does; one after another, so N workers need one core.
 
     Every message takes the path a Ray worker's takes, through the wire encoding (workers/messages.py): the task
     is encoded, decoded by the replica's side, its result encoded and decoded, so the replicas see exactly the
     bytes an actor would (float32 losses, copied arrays), and the bytes are counted at the same points and in the
-    same way as coordinator/ray_pool.py counts them (accounting.count_task and payload_size): result.json and
-    the final parameters are the Ray job's, to the bit. No worker dies or leaves here; a replica that asks for
-    the state (a resumed job, model.init_from) gets a sync, counted as sync, as in the Ray pool."""
+    same way as coordinator/ray_pool.py counts them (coordinator/pool_core.py): result.json and the final
+    parameters are the Ray job's, to the bit. No worker dies or leaves here; a replica that asks for the state
+    (a resumed job, model.init_from) gets a sync, counted as sync, as in the Ray pool."""
 
     overlaps = False  # one thread: the coordinator applies its decision after the workers' turn
 
     def __init__(self, replicas: list[Replica], threads: int = 1) -> None:
         self.replicas, self.threads = replicas, threads
         self.n_workers = len(replicas)
-        self.members = tuple(range(self.n_workers))
-
-    @property
-    def alive(self) -> int:
-        return self.n_workers
-
-    restarting = 0
+        self.live = list(range(self.n_workers))
 
     def send(self, task: Task) -> tuple[Task, RoundBytes]:
         return task, RoundBytes()  # the work happens in collect (nothing would run beside it here)
@@ -114,48 +97,30 @@ class ReplicaPool:
     def collect(self, sent: tuple[Task, RoundBytes], task: Task,
                 state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         task, rb = sent
-        header, decision = encode_task(task)
-        count_task(rb, task, header, decision, decision_label(task.decision, task.kind.label), self.n_workers)
+        header, decision = encode_counted(task, rb, decision_label(task.decision, task.kind.label), self.n_workers)
         results = []
         with torch_threads(self.threads):
             for i in range(self.n_workers):
-                res = self._step(i, header, decision, task, rb)
-                if res.status != Status.OK:  # as RayPool._result: the state, then the round again
-                    self._resync(i, state(), rb)
-                    res = self._rerun(i, replace(task, decision=Decision(task.round - 1, DecisionKind.NONE)), rb)
-                    if res.status != Status.OK:
-                        raise RuntimeError(f"worker {i} kept asking for the state in round {task.round + 1}")
+                res = self._repaired(i, self._step(i, header, decision, task, rb), task, state, rb)
+                assert res is not None  # a replica in this process never leaves the job
                 results.append(res)
         return results, rb
 
-    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        return self.collect(self.send(task), task, state)
-
     def _step(self, i: int, header: bytes, decision: bytes, task: Task, rb: RoundBytes) -> Result:
-        """Worker i's call, as WorkerActor.step runs it, and its reply counted as RayPool._collect counts it."""
+        """Worker i's call, as WorkerActor.step runs it, and its reply counted as RayPool counts it."""
         head, array, digest = encode_result(self.replicas[i].handle(decode_task(header, decision)), task.kind)
         if array is not None:
             array = np.array(array, copy=True)  # the reply is the coordinator's own, not a view of the replica
-        rb.add(task.kind.label, "up", payload_size(head, array))
-        rb.add("sync", "up", len(digest))
-        return decode_result(head, array, digest, task.kind)
+        return decode_counted((head, array, digest), task.kind, rb)
 
-    def _resync(self, i: int, state: Sync, rb: RoundBytes) -> None:
-        data = encode_sync(replace(state, members=self.members))
+    def _deliver_sync(self, i: int, data: bytes, rb: RoundBytes) -> bool:
         rb.add("sync", "down", len(data))
         self.replicas[i].sync(decode_sync(data))
-
-    def _rerun(self, i: int, task: Task, rb: RoundBytes) -> Result:
-        header, decision = encode_task(task)
-        count_task(rb, task, header, decision, task.kind.label)
-        return self._step(i, header, decision, task, rb)
-
-    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
-        self._resync(worker, state, rb)
+        return True
 
     def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
         with torch_threads(self.threads):
-            return self._rerun(worker, task, rb)
+            return super().rerun(worker, task, rb)
 
     def close(self) -> None:
         pass

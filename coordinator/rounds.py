@@ -33,8 +33,19 @@ from workers.steps import keep_frozen
 
 
 class Pool(Protocol):
+    """How a round's messages reach the workers: coordinator/pool.py (in this process), coordinator/ray_pool.py."""
     n_workers: int
     overlaps: bool  # send() returns while the workers compute (Ray); False in this process
+
+    @property
+    def alive(self) -> int:
+        """Workers in the job and answering."""
+        ...
+
+    @property
+    def restarting(self) -> int:
+        """Workers recovering from a death or waiting for a node (n_workers - alive)."""
+        ...
 
     def send(self, task: Task) -> Any:
         """Start `task` on every worker; what it returns goes to `collect`."""
@@ -63,6 +74,7 @@ class RoundEvent:
     bytes: RoundBytes
     improvements: int
     loss: float  # the round's batch loss: mean over examples (full, localsgd) or best trial cost
+    episodes: int = 0  # a black-box job's trial episodes in the round (its results' `examples`)
 
 
 class RoundLoop:
@@ -104,7 +116,8 @@ class RoundLoop:
     def snapshot(self) -> Sync:
         st = self.state
         g = None if st.grad is None else st.grad.cpu().numpy()
-        return Sync(st.version, st.theta.cpu().numpy(), g, history=tuple(h.cpu().numpy() for h in st.history))
+        return Sync(st.version, st.theta.cpu().numpy(), g, history=tuple(h.cpu().numpy() for h in st.history),
+                    obs=st.obs)
 
     def run_round(self, t: int) -> RoundEvent:
         started = time.perf_counter()
@@ -133,7 +146,9 @@ class RoundLoop:
         seconds = time.perf_counter() - started
         improvements = sum(r.improvements for r in results)
         self.counters.add_round(kind.label, rb, seconds, improvements)
-        return RoundEvent(t, kind.label, seconds, rb, improvements, loss)
+        episodes = sum(r.examples for r in results) if self.hyper.objective is not None else 0
+        self.counters.episodes += episodes
+        return RoundEvent(t, kind.label, seconds, rb, improvements, loss, episodes)
 
     def _round_loss(self, t: int, kind: RoundKind, results: list[Result]) -> float:
         """The round's batch loss; Diverged when it is nan or inf.
@@ -166,7 +181,8 @@ class RoundLoop:
             if fresh:  # a worker that restarted meanwhile was resynced: it brings the last average
                 st = self.state
                 theta = torch.from_numpy(weighted_mean(fresh, by_examples=True)).to(st.theta.device)
-                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad, st.history)
+                self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad, st.history,
+                                          st.obs)
         self.counters.add_bytes(rb)
         self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
 

@@ -40,10 +40,14 @@ def summary_lines(result: JobResult) -> list[str]:
     def num(key: str) -> str:
         return "n/a" if f.get(key) is None else f"{f[key]:.4f}"
 
+    scores = [f"accuracy: train {num('train_accuracy')}  dev {num('dev_accuracy')}  test {num('test_accuracy')}",
+              f"loss: train {num('train_loss')}  dev {num('dev_loss')}"]
+    if f.get("return") is not None:  # a black-box job (config objective)
+        scores = [f"return: {f['return']:.2f} (std {f.get('return_std') or 0.0:.2f}) over the evaluation episodes; "
+                  f"{result.episodes or 0:,} trial episodes"]
     return [
         f"status {result.status} {result.message}".rstrip(),
-        f"accuracy: train {num('train_accuracy')}  dev {num('dev_accuracy')}  test {num('test_accuracy')}",
-        f"loss: train {num('train_loss')}  dev {num('dev_loss')}",
+        *scores,
         f"rounds: {r.full} full, {r.stochastic} stochastic; {result.num_parameters or 0:,} parameters, "
         f"{result.num_workers} workers",
         f"bytes: full {fmt_bytes(b.full.up)} up / {fmt_bytes(b.full.down)} down, stochastic "

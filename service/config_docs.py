@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def type_text(node: dict[str, Any]) -> str:
         return " or ".join(type_text(part) for part in node["anyOf"])
     if "enum" in node:
         return "one of " + ", ".join(f"`{v}`" for v in node["enum"])
+    if "$ref" in node:
+        return "section (below)"
     if "const" in node:
         return f"`{node['const']}`"
     kind = node.get("type")
@@ -140,9 +143,14 @@ def default_text(value: Any, unset: str = "`null`") -> str:
     return f"`{value}`"
 
 
-def _section(model: type[BaseModel], field: str) -> type[BaseModel] | None:
+def _section(model: type[BaseModel], field: str, optional: bool = False) -> type[BaseModel] | None:
+    """The section's model of a field that holds one, else None; `optional`: also of a section that may be null
+    (`objective`, which has a row of its own as well)."""
     annotation = model.model_fields[field].annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    for part in (typing.get_args(annotation) if optional else ()) or (annotation,):
+        if isinstance(part, type) and issubclass(part, BaseModel):
+            return part
+    return None
 
 
 def _meaning(model: type[BaseModel], field: str) -> str:
@@ -155,8 +163,8 @@ def _meaning(model: type[BaseModel], field: str) -> str:
 def config_rows(model: type[BaseModel], prefix: str = "") -> list[Row]:
     """The keys of a config section, dotted from the top (`hybrid.sigma`); nested sections are left out."""
     props = model.model_json_schema()["properties"]
-    return [Row(prefix + name, type_text(props[name]), default_text(field.get_default(call_default_factory=True)),
-                _meaning(model, name))
+    return [Row(prefix + name, type_text(props[name]), "required" if field.is_required()
+                else default_text(field.get_default(call_default_factory=True)), _meaning(model, name))
             for name, field in model.model_fields.items() if _section(model, name) is None]
 
 
@@ -183,7 +191,7 @@ def render() -> str:
     defaults = yaml.safe_dump(JobConfig().model_dump(mode="json"), sort_keys=False, default_flow_style=False)
     parts = [INTRO.format(defaults=defaults), "## Top level\n\n" + table(config_rows(JobConfig), "key")]
     for name in JobConfig.model_fields:
-        section = _section(JobConfig, name)
+        section = _section(JobConfig, name, optional=True)
         if section is not None:
             parts.append(f"## `{name}`\n\n{section.__doc__}\n\n" + table(config_rows(section, f"{name}."), "key"))
     others = "\n".join(f"| `{name}` | {default} | {meaning} |" for name, default, meaning in OTHER_VARIABLES)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.outputs import HISTORY_COLUMNS
+from coordinator.outputs import HISTORY_COLUMNS, RETURN_COLUMNS
 
 Row = dict[str, float]
 
@@ -48,13 +48,15 @@ def fetch_history(target: str, server: str | None) -> JobHistory:
 
 
 def rows_from(records: Sequence[Mapping[str, Any]], source: str) -> list[Row]:
-    """History records (CSV strings or JSON numbers, None for a diverged value) as float rows of HISTORY_COLUMNS."""
+    """History records (CSV strings or JSON numbers, None for a diverged value) as float rows of HISTORY_COLUMNS
+    (and RETURN_COLUMNS for a black-box job)."""
     if not records:
         raise ValueError(f"{source}: no finished epoch yet, nothing to plot")
     missing = [c for c in HISTORY_COLUMNS if c not in records[0]]
     if missing:
         raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return [{c: math.nan if r[c] in (None, "") else float(r[c]) for c in HISTORY_COLUMNS} for r in records]
+    columns = HISTORY_COLUMNS + [c for c in RETURN_COLUMNS if c in records[0]]  # a black-box job's
+    return [{c: math.nan if r[c] in (None, "") else float(r[c]) for c in columns} for r in records]
 
 
 def read_history(path: Path) -> list[Row]:
@@ -74,7 +76,9 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
         return [{k: _int_or_float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _int_or_float(text: str) -> int | float:
+def _int_or_float(text: str) -> int | float | None:
+    if text == "":  # a column the job has not (a black-box job's losses and accuracies)
+        return None
     try:
         return int(text)
     except ValueError:

@@ -40,6 +40,10 @@ class Metrics:
         self.train_loss = Gauge("hes_train_loss", "Training-set loss at the last epoch end", ["job"], registry=r)
         self.dev_accuracy = Gauge("hes_dev_accuracy", "Dev-set accuracy at the last epoch end (fraction)",
                                   ["job"], registry=r)
+        self.eval_return = Gauge("hes_eval_return", "A black-box job's mean evaluation return at the last epoch end",
+                                 ["job"], registry=r)
+        self.episodes_rate = Gauge("hes_worker_episodes_per_second", "A black-box job's trial episodes per second "
+                                   "per worker in its last round (0 for a job on a data set)", ["job"], registry=r)
         self.improvements = Counter("hes_stochastic_improvements_total", "Trials that beat the unperturbed "
                                     "gradient (paper Fig. 14)", ["job"], registry=r)
         self.workers = Gauge("hes_workers", "Worker actors of running jobs, by state", ["state"], registry=r)
@@ -70,6 +74,7 @@ class Metrics:
                     self.sent_bytes.labels(job=job_id, kind=kind, direction=direction)
             self.improvements.labels(job=job_id)
             self.progress.labels(job=job_id).set(0)
+            self.episodes_rate.labels(job=job_id).set(0)
 
     def update(self, job_id: str, snapshot: Snapshot, events: Sequence[RoundReport] = ()) -> None:
         """Bring a job's series up to a coordinator status snapshot and observe its round events."""
@@ -90,8 +95,13 @@ class Metrics:
                 self.train_loss.labels(job=job_id).set(train_loss)
             if dev_accuracy is not None:
                 self.dev_accuracy.labels(job=job_id).set(dev_accuracy)
+            if (ret := snapshot.metrics.get("return")) is not None:
+                self.eval_return.labels(job=job_id).set(ret)
             for e in events:
                 self._observe_round(job_id, e)
+                if e.episodes and e.seconds > 0:
+                    workers = max(1, snapshot.workers.alive)
+                    self.episodes_rate.labels(job=job_id).set(e.episodes / e.seconds / workers)
 
     def _observe_round(self, job_id: str, e: RoundReport) -> None:
         """A round's decision rides down with the next round's task, so a round is observed when the next
@@ -143,7 +153,8 @@ class Metrics:
             for kind in BYTE_KINDS:
                 for direction in DIRECTIONS:
                     _discard(self.sent_bytes, job_id, kind, direction)
-            for metric in (self.improvements, self.progress, self.train_loss, self.dev_accuracy):
+            for metric in (self.improvements, self.progress, self.train_loss, self.dev_accuracy, self.eval_return,
+                           self.episodes_rate):
                 _discard(metric, job_id)
 
     def render(self) -> bytes:

@@ -4,7 +4,9 @@
     hes report runs/a runs/b runs/c --out cmp   # several jobs overlaid (service/overlay.py)
     hes report 3f9c0e2a --server http://10.0.0.5:8000 --out plots   # a job of `hes serve` ($HES_API_TOKEN)
 
-Four figures (three for a job without an accuracy, train.loss mse):
+Four figures (three for a job without an accuracy, train.loss mse; a black-box job's return.png in place of the
+loss and the accuracy):
+    return.png            a black-box job's evaluation return per epoch, mean and one standard deviation
     loss.png              train and dev loss per epoch (the paper's Fig. 9)
     accuracy.png          train and dev accuracy per epoch (the paper's Fig. 10)
     bytes_per_round.png   payload bytes per round of each kind, per epoch (log scale)
@@ -60,11 +62,20 @@ def plot_history(rows: Sequence[Row], title: str, loss: str = "cross-entropy los
     epochs = [r["epoch"] for r in rows]
     figs: dict[str, Figure] = {}
 
-    fig, ax = figure(f"Loss - {title}", loss)
-    ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
-    ax.plot(epochs, [r["dev_loss"] for r in rows], marker="o", ms=3, label="dev")
-    ax.legend()
-    figs["loss"] = fig
+    if "return_mean" in rows[0]:  # a black-box job: its return, no loss or accuracy
+        mean, std = [r["return_mean"] for r in rows], [r["return_std"] for r in rows]
+        fig, ax = figure(f"Evaluation return - {title}", "return (evaluation episodes)")
+        ax.plot(epochs, mean, marker="o", ms=3, label="mean")
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2, label="mean +- std")
+        ax.legend()
+        figs["return"] = fig
+    else:
+        fig, ax = figure(f"Loss - {title}", loss)
+        ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
+        ax.plot(epochs, [r["dev_loss"] for r in rows], marker="o", ms=3, label="dev")
+        ax.legend()
+        figs["loss"] = fig
 
     if not all(math.isnan(r["train_accuracy"]) and math.isnan(r["dev_accuracy"]) for r in rows):
         fig, ax = figure(f"Accuracy - {title}", "accuracy")

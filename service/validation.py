@@ -90,7 +90,9 @@ def check_factories(cfg: JobConfig, settings: Settings) -> None:
     HES_ALLOWED_FACTORIES, judged by the name alone (nothing is imported here), and no code of its own
     (cluster.runtime_env would ship and run it)."""
     allowed = settings.allowed_factories
-    for field, name in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory)):
+    objective = cfg.objective.factory if cfg.objective is not None else None
+    for field, name in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory),
+                        ("objective.factory", objective)):
         if name is not None and not factory_allowed(name, allowed):
             raise Refused(f"{field}: {name[:200]!r} is outside the factories this service runs "
                           f"({', '.join(allowed) or 'none'}; HES_ALLOWED_FACTORIES)")

@@ -24,6 +24,11 @@ and an es decision carries one float32 weight per seed of the round (seeds are d
 so with k = 10 a worker sends 7 + 8 + 40 = 55 B up, and receives 6 + 1 + 4 * 5N B down (N workers,
 independent: 27 B at N = 1, 47 B at N = 2, growing with N) or 6 + 1 + 20 = 27 B (shared, whatever N).
 
+A black-box job with objective.normalize (workers/blackbox.py ObsStats) adds its observation statistics, d being
+the observation's length: after a result's costs (status bit 0x40) <H count + (1 + 2d) x f32 = 6 + 8d B, and in an
+es decision (kind byte's top bit) <H count + (1 + 2d) x f32 before the weights, the same 6 + 8d B (CartPole, d = 4:
+38 B each way).
+
 When the job's workers change (one left, or came back), the next task's header carries the live workers
 (flag 4, then <H count and count x <H slot = 2 + 2n B, counted as sync) and they split each minibatch among
 themselves from then on; a `Sync` carries them too (flag 2 of its header), for a worker that missed that task.
@@ -46,6 +51,8 @@ _SEED = struct.Struct("<q")
 _COUNT = struct.Struct("<H")
 _COSTS = struct.Struct("<HHI")
 _STATUS_COSTS = 0x80  # in a stochastic result's status byte: every cost follows, not the best seed
+_STATUS_STATS = 0x40  # after the costs: observation statistics (objective.normalize)
+_DECISION_STATS = 0x80  # in a decision's kind byte: observation statistics precede the array
 DIGEST_BYTES = 8
 _BEATS_CURRENT = 0x8000
 _IMPROVEMENTS_MAX = 0x7FFF
@@ -102,6 +109,7 @@ class Result:
     array: np.ndarray | None = None  # float32 (P,): a gradient sum (full) or parameters (average)
     digest: bytes = b""
     costs: tuple[float, ...] = ()  # every trial's cost (es, guided, shared trials); float32 values
+    stats: tuple[float, ...] = ()  # objective.normalize: the round's observation statistics, float32 values
 
 
 @dataclass(frozen=True)
@@ -112,13 +120,28 @@ class Sync:
     grad: np.ndarray | None
     members: tuple[int, ...] | None = None  # the live workers (None: keep the replica's)
     history: tuple[np.ndarray, ...] = ()  # guided: the last full-round gradients, oldest first
+    obs: np.ndarray | None = None  # objective.normalize: the observation totals (float64, HybridState.obs)
 
 
 def _f32(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f4").tobytes()
 
 
+def _f32_counted(values: np.ndarray | tuple[float, ...]) -> bytes:
+    return _COUNT.pack(len(values)) + _f32(np.asarray(values))
+
+
+def _read_counted(data: bytes | memoryview, at: int) -> tuple[np.ndarray, int]:
+    """(float32 values, offset after them) of a <H count + count x f32 field."""
+    (n,) = _COUNT.unpack_from(data, at)
+    start = at + _COUNT.size
+    return np.frombuffer(bytes(data[start:start + 4 * n]), dtype="<f4").astype(np.float32), start + 4 * n
+
+
 def encode_decision(d: Decision) -> bytes:
+    if d.stats is not None:
+        return bytes([int(d.kind) | _DECISION_STATS]) + _f32_counted(d.stats) + encode_decision(
+            Decision(d.round, d.kind, d.seed, d.array))[1:]
     head = bytes([int(d.kind)])
     if d.kind == DecisionKind.SEED:
         return head + _SEED.pack(d.seed)
@@ -148,13 +171,15 @@ def encode_task(t: Task) -> tuple[bytes, bytes]:
 def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
     rnd, kind, flags = _TASK.unpack_from(header)
     members = _decode_members(header, _TASK.size)[0] if flags & FLAG_MEMBERS else None
-    dkind = DecisionKind(decision[0])
-    seed, array = 0, None
+    dkind = DecisionKind(decision[0] & ~_DECISION_STATS)
+    seed, array, stats, at = 0, None, None, 1
+    if decision[0] & _DECISION_STATS:
+        stats, at = _read_counted(decision, 1)
     if dkind == DecisionKind.SEED:
-        (seed,) = _SEED.unpack(bytes(decision[1:9]))
+        (seed,) = _SEED.unpack(bytes(decision[at:at + 8]))
     elif dkind in ARRAY_DECISIONS:
-        array = _owned(decision, 1)
-    return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array), bool(flags & FLAG_DIGEST),
+        array = _owned(decision, at)
+    return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, seed, array, stats), bool(flags & FLAG_DIGEST),
                 bool(flags & FLAG_PARAMS), members)
 
 
@@ -163,11 +188,15 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None,
     or parameters, kept as an array so that Ray ships its buffer as it is, without a copy into a bytes object;
     the payload is len(head) + array.nbytes. The digest is accounted as sync."""
     costs = r.status == Status.OK and kind == RoundKind.STOCHASTIC and bool(r.costs)
-    out = _RESULT.pack(r.round, r.worker, int(r.status) | (_STATUS_COSTS if costs else 0))
+    stats = costs and bool(r.stats)
+    out = _RESULT.pack(r.round, r.worker, int(r.status) | (_STATUS_COSTS if costs else 0)
+                       | (_STATUS_STATS if stats else 0))
     array = None
     if costs:
         out += _COSTS.pack(len(r.costs), min(r.improvements, 0xFFFF), r.examples)
         out += struct.pack(f"<{len(r.costs)}f", *r.costs)
+        if stats:
+            out += _f32_counted(r.stats)
     elif r.status == Status.OK:
         if kind == RoundKind.STOCHASTIC:
             field = min(r.improvements, _IMPROVEMENTS_MAX) | (_BEATS_CURRENT if r.beats_current else 0)
@@ -189,8 +218,9 @@ def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: Ro
     if status & _STATUS_COSTS:
         n, improvements, examples = _COSTS.unpack_from(head, at)
         costs = struct.unpack_from(f"<{n}f", head, at + _COSTS.size)
-        return Result(rnd, worker, Status(status & ~_STATUS_COSTS), improvements=improvements, examples=examples,
-                      digest=digest, costs=tuple(costs))
+        stats = _read_counted(head, at + _COSTS.size + 4 * n)[0] if status & _STATUS_STATS else ()
+        return Result(rnd, worker, Status(status & ~(_STATUS_COSTS | _STATUS_STATS)), improvements=improvements,
+                      examples=examples, digest=digest, costs=tuple(costs), stats=tuple(float(v) for v in stats))
     if status != Status.OK:
         return Result(rnd, worker, Status(status))
     if kind == RoundKind.STOCHASTIC:
@@ -205,15 +235,18 @@ def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: Ro
 
 
 _SYNC = struct.Struct("<IB")  # version, flags (1: a gradient follows theta, 2: the live workers precede theta,
-_SYNC_GRAD, _SYNC_MEMBERS, _SYNC_HISTORY = 1, 2, 4  # 4: <H count of history gradients after the members)
+_SYNC_GRAD, _SYNC_MEMBERS, _SYNC_HISTORY = 1, 2, 4  # 4: <H count of history gradients after the members,
+_SYNC_OBS = 8  # 8: <H count and count x f64 observation totals after the history count)
 
 
 def encode_sync(s: Sync) -> bytes:
     grad = b"" if s.grad is None else _f32(s.grad)
     flags = ((_SYNC_GRAD if grad else 0) | (_SYNC_MEMBERS if s.members is not None else 0)
              | (_SYNC_HISTORY if s.history else 0))
+    flags |= _SYNC_OBS if s.obs is not None else 0
     history = _COUNT.pack(len(s.history)) if s.history else b""
-    return (_SYNC.pack(s.version, flags) + _encode_members(s.members) + history + _f32(s.theta) + grad
+    obs = b"" if s.obs is None else _COUNT.pack(len(s.obs)) + np.ascontiguousarray(s.obs, dtype="<f8").tobytes()
+    return (_SYNC.pack(s.version, flags) + _encode_members(s.members) + history + obs + _f32(s.theta) + grad
             + b"".join(_f32(h) for h in s.history))
 
 
@@ -224,6 +257,11 @@ def decode_sync(data: bytes) -> Sync:
     if flags & _SYNC_HISTORY:
         (m,) = _COUNT.unpack_from(data, at)
         at += _COUNT.size
+    obs = None
+    if flags & _SYNC_OBS:
+        (n,) = _COUNT.unpack_from(data, at)
+        obs = np.frombuffer(data, dtype="<f8", count=n, offset=at + _COUNT.size).astype(np.float64)
+        at += _COUNT.size + 8 * n
     arr = _owned(data, at)
     parts = 1 + (1 if flags & _SYNC_GRAD else 0) + m
     size = len(arr) // parts
@@ -231,7 +269,7 @@ def decode_sync(data: bytes) -> Sync:
     grad = arr[size:2 * size] if flags & _SYNC_GRAD else None
     first = 2 if flags & _SYNC_GRAD else 1
     history = tuple(arr[(first + j) * size:(first + j + 1) * size] for j in range(m))
-    return Sync(version, theta, grad, members, history)
+    return Sync(version, theta, grad, members, history, obs)
 
 
 def _owned(buffer: bytes | memoryview, offset: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model
 from workers.noise import trial_seed
 from workers.partition import share, share_sizes
-from workers.search import es_costs, round_seeds
+from workers.search import episode_costs, es_costs, round_seeds
 from workers.state import DecisionKind, HybridState, Hyper
 
 
@@ -133,7 +133,7 @@ class Replica:
         grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
         history = tuple(torch.from_numpy(np.array(h, copy=True)).to(self.device) for h in s.history)
         self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad,
-                                 history)
+                                 history, None if s.obs is None else np.array(s.obs, copy=True))
 
     def shard(self, t: int) -> np.ndarray:
         """This worker's examples of round t's minibatch (dirichlet: positions in its own partition)."""
@@ -157,6 +157,12 @@ class Replica:
         if task.kind == RoundKind.APPLY or (task.kind == RoundKind.STOCHASTIC and self.k == 0):
             return Result(t, self.worker, digest=dig)
         search = self.hyper.search
+        if task.kind == RoundKind.STOCHASTIC and search is not None and self.hyper.objective is not None:
+            # a black-box objective: the trials play episodes, no examples; `examples` counts the episodes
+            costs, stats = episode_costs(self.model, st, round_seeds(search, t, self.worker), t, self.worker,
+                                         self.hyper)
+            return Result(t, self.worker, examples=len(costs) * self.hyper.objective.episodes, digest=dig,
+                          costs=tuple(costs), stats=() if stats is None else tuple(float(v) for v in stats))
         if task.kind == RoundKind.STOCHASTIC and search is not None and search.reports_costs:
             # shared trials: the same seeds on every worker, each scored on this worker's shard only; under
             # dirichlet a worker sees only its own share, whatever the trials

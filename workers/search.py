@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.blackbox import ObsStats, Policy, episode_seed, mean_return
 from workers.models import ACTIVATIONS, Model
 from workers.noise import SEED_BITS, lowrank_factors, perturbation_on, trial_seed
 from workers.state import SHARED_WORKER, Decision, HybridState, Hyper, Search
@@ -127,6 +128,34 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
     return reference, costs
 
 
+@torch.no_grad()
+def episode_costs(model: Model, state: HybridState, seeds: list[int], t: int, worker: int,
+                  hyper: Hyper) -> tuple[list[float], np.ndarray | None]:
+    """A black-box objective's round (workers/blackbox.py): the 2 * len(seeds) antithetic trials around theta,
+    in the order +E_0, -E_0, +E_1, ..., each scored by minus its mean return over objective.episodes episodes;
+    a pair's two trials play the same episodes (common random numbers). With objective.normalize also the
+    statistics of the observations the trials saw (ObsStats.round_stats), else None."""
+    spec = hyper.objective
+    assert spec is not None
+    run = spec.runner()
+    stats = ObsStats(state.obs, spec.normalize) if spec.normalize else None
+    c = hyper.shift_scale
+    costs: list[float] = []
+    for i, seed in enumerate(seeds):
+        ce = direction(seed, state, hyper).mul_(c)
+        n = len(ce)
+        episodes = [episode_seed(spec.job_seed, t, worker, i, e) for e in range(spec.episodes)]
+        for sign in (1, -1):
+            trial = state.theta.clone()
+            if sign > 0:
+                trial[:n] -= ce
+            else:
+                trial[:n] += ce
+            ret = mean_return(run, Policy(model, trial, stats), episodes, f"round {t + 1}")
+            costs.append(float(np.float32(-ret)))
+    return costs, None if stats is None else stats.round_stats()
+
+
 def _subspace_mlp_costs(model: Model, base: torch.Tensor, state: HybridState, seeds: list[int], x: torch.Tensor,
                         y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float]]:
     """Guided trials with no isotropic part on the MLP: a trial is base - sum_j a_j g_j, so its first layer's
@@ -193,4 +222,7 @@ def apply_es(state: HybridState, decision: Decision, hyper: Hyper) -> HybridStat
         e = direction(seed, state, hyper, norms)
         e *= hyper.shift_scale * w  # two exactly rounded float32 operations: no fused multiply-add
         out[:len(e)] -= e
-    return replace(state, version=decision.round + 1, theta=out)
+    obs = state.obs
+    if decision.stats is not None:  # float32 sums added in float64: the same bits on every replica
+        obs = (np.zeros(len(decision.stats)) if obs is None else obs) + decision.stats.astype(np.float64)
+    return replace(state, version=decision.round + 1, theta=out, obs=obs)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from workers.blackbox import ObjectiveSpec
 from workers.noise import NoiseSpec
 
 
@@ -92,6 +93,8 @@ class Hyper:
     # every step restores them from theta and every perturbation is zero on them, so they stay bitwise as they were.
     frozen: tuple[int, int] = (0, 0)
     search: Search | None = None  # the round's trials and rule (workers/search.py); None: argmin's as before
+    # a black-box objective (workers/blackbox.py): trials are scored by episode returns, not a batch's loss
+    objective: ObjectiveSpec | None = None
 
     @property
     def shift_scale(self) -> float:
@@ -107,6 +110,8 @@ class HybridState:
     grad: torch.Tensor | None  # (P,) float32, batch-mean; None before the first full round
     # guided: the last hybrid.guided_m full-round gradients, oldest first (the last is `grad`); else empty
     history: tuple[torch.Tensor, ...] = ()
+    # objective.normalize: the observations seen so far as float64 (count, sum (d), sum of squares (d)); else None
+    obs: np.ndarray | None = None
 
 
 class DecisionKind(enum.IntEnum):
@@ -129,3 +134,6 @@ class Decision:
     kind: DecisionKind
     seed: int = 0
     array: np.ndarray | None = None
+    # ES with objective.normalize: the round's observation statistics (count, sums, sums of squares) over every
+    # worker, float32, which every replica adds to its HybridState.obs
+    stats: np.ndarray | None = None

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.accounting import Counters
 from coordinator.config import validate_config
 from coordinator.job import Job
-from coordinator.outputs import OutputError, save_checkpoint, write_history, write_json, write_model
+from coordinator.outputs import CheckpointMeta, OutputError, save_checkpoint, write_history, write_json, write_model
 from service.cli import main as hes
 
 
@@ -38,7 +39,7 @@ def enospc(path: Path, what: str) -> str:
 def test_each_output_writer_leaves_no_tmp_file_and_names_it(tmp_path: Path) -> None:
     writers = [
         ("checkpoint.tmp.npz", "the checkpoint", lambda: save_checkpoint(tmp_path, np.zeros(50_000, np.float32),
-                                                                         None, {"version": 1})),
+                                                                         None, CheckpointMeta(1, [], Counters()))),
         ("result.json.tmp", "result.json", lambda: write_json(tmp_path / "result.json", {"a": 1})),
         ("history.csv.tmp", "history.csv", lambda: write_history(tmp_path / "history.csv", [{"epoch": 1}] * 2000)),
         ("model.safetensors.tmp", "the model",

@@ -12,7 +12,7 @@ import pytest
 import ray
 import torch
 
-from coordinator import ray_pool as ray_pool_module
+from coordinator import membership as membership_module
 from coordinator.config import validate_config
 from coordinator.job import Job
 from coordinator.ray_pool import actor_record, ray_pool
@@ -61,7 +61,7 @@ def wait_alive(actor: Any) -> None:
 def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: Any, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
-    monkeypatch.setattr(ray_pool_module, "REJOIN_POLL_S", 0.0)  # look for the missing worker every round
+    monkeypatch.setattr(membership_module, "REJOIN_POLL_S", 0.0)  # look for the missing worker every round
     head = ray.get_runtime_context().get_node_id()
     seen: dict[str, Any] = {"gradients": {}}
     job = Job(validate_config(cfg()), tmp_path, pool_factory=ray_pool)

@@ -39,7 +39,7 @@ def mnist_folder(tmp: Path) -> Path:
 
 def reports(job: Job) -> list[DataReport]:
     assert isinstance(job.pool, RayPool)
-    return job.pool.data_reports
+    return job.pool.workers.data_reports
 
 
 def test_read_on_each_node_and_shipped_once_per_node_train_bitwise_as_today(ray_cluster: object,

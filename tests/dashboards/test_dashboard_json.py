@@ -24,6 +24,8 @@ CONTRACT = {
     "hes_job_progress_ratio": {"job"},
     "hes_train_loss": {"job"},
     "hes_dev_accuracy": {"job"},
+    "hes_eval_return": {"job"},
+    "hes_worker_episodes_per_second": {"job"},
     "hes_stochastic_improvements_total": {"job"},
     "hes_workers": {"state"},
     "hes_worker_failures_total": set(),
@@ -41,6 +43,9 @@ def exported_series() -> dict[str, set[str]]:
     m.update("job-1", Snapshot(rounds=RoundCounts(full=1), metrics={"train_loss": 1.0, "dev_accuracy": 0.5}),
              [RoundReport(round=0, kind="full", seconds=0.1, up={"full": 8}, down={"full": 8}, improvements=0,
                           loss=1.0)])
+    m.update("job-2", Snapshot(rounds=RoundCounts(stochastic=1), metrics={"return": 500.0}),
+             [RoundReport(round=0, kind="stochastic", seconds=0.5, up={"stochastic": 94}, down={"stochastic": 78},
+                          improvements=0, loss=-500.0, episodes=16)])
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(m.render().decode()):
         for sample in family.samples:
@@ -164,6 +169,8 @@ def test_job_series_are_filtered_by_the_job_variable_under_either_label() -> Non
      r"^histogram_quantile\(0\.95, sum by \(le, kind\) \(rate\(hes_round_duration_seconds_bucket"),
     ("train loss", r"^hes_train_loss\{"),
     ("dev accuracy", r"^hes_dev_accuracy\{"),
+    ("evaluation return", r"^hes_eval_return\{"),
+    ("episodes per second per worker", r"^hes_worker_episodes_per_second\{"),
     ("stochastic improvements per round",
      r"^sum\(rate\(hes_stochastic_improvements_total.*\) / sum\(rate\(hes_rounds_total\{[^}]*kind=\"stochastic\""),
     ("workers alive/restarting", r"^sum by \(state\) \(hes_workers\)$"),
@@ -180,6 +187,19 @@ def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("no prometheus binary (Debian package `prometheus`; .ci/run installs it)")
     with prometheus(tmp_path_factory.mktemp("prom"), []) as url:
         yield url
+
+
+def test_a_black_box_job_shows_its_return_and_episode_rate() -> None:
+    m = Metrics()
+    m.update("bb", Snapshot(metrics={"return": 487.5}),
+             [RoundReport(round=0, kind="stochastic", seconds=2.0, up={}, down={}, improvements=0, loss=-500.0,
+                          episodes=16)])
+    samples = {(s.name, s.labels.get("job")): s.value for f in text_string_to_metric_families(m.render().decode())
+               for s in f.samples}
+    assert samples[("hes_eval_return", "bb")] == 487.5
+    assert samples[("hes_worker_episodes_per_second", "bb")] == 8.0  # 16 episodes / 2 s / 1 worker
+    m.remove("bb")
+    assert "bb" not in m.render().decode()
 
 
 def test_every_query_parses_in_prometheus(empty_prometheus: str) -> None:

@@ -78,6 +78,17 @@ def test_an_allowed_factory_is_admitted_and_checked(settings: Settings, tripwire
     assert tripwire.exists()  # allowed: imported, and refused for what it returned
 
 
+def test_a_black_box_objective_is_refused_outside_the_allow_list_and_admitted_inside(settings: Settings,
+                                                                                      tripwire: Path) -> None:
+    raw = {"objective": {"factory": "hes_tripwire:net", "inputs": 4, "outputs": 2, "rounds_per_epoch": 5},
+           "hybrid": {"mode": "zo", "combine": "es", "k": 4}, "train": {"epochs": 3}, "cluster": {"workers": 2}}
+    assert refused(raw, settings).startswith("objective.factory: 'hes_tripwire:net' is outside the factories")
+    assert not tripwire.exists()
+    allowed = {**raw, "objective": {**raw["objective"], "factory": "examples.control:point_mass"}}
+    cfg, total = admit(validate_config(allowed), settings, CLUSTER)
+    assert total == 15 and cfg.objective is not None
+
+
 def test_an_npz_file_must_lie_inside_the_data_roots(settings: Settings, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     arrays = {"x_train": rng.normal(size=(100, 30)).astype(np.float32), "y_train": rng.integers(0, 2, 100),
@@ -102,7 +113,9 @@ def test_submit_answers_422_naming_the_field(ray_cluster: object, settings: Sett
     try:
         http = TestClient(app)
         for field, body in (("model.factory", {"model": {"arch": "module", "factory": "os:system"}}),
-                            ("data.factory", {"data": {"dataset": "factory", "factory": "subprocess:run"}})):
+                            ("data.factory", {"data": {"dataset": "factory", "factory": "subprocess:run"}}),
+                            ("objective.factory", {"objective": {"factory": "os:system", "inputs": 1, "outputs": 1},
+                                                   "hybrid": {"mode": "zo", "combine": "es", "k": 2}})):
             r = http.post("/v1/jobs", json=body)
             assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}: "), r.text
         assert sum(store.counts().values()) == 0  # nothing queued
