@@ -28,7 +28,12 @@ lint: $(VENV)
 	$(BIN)/mypy
 	$(BIN)/mypy deploy/netlab.py
 
-bench: $(VENV)
+# The bench extra (Ray Train for the network section's DDP rows) on top of the dev install
+$(VENV)/.bench: $(VENV) pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python bench/run.py --mnist $(HES_MNIST_DIR) --out BENCHMARKS.md
 
 # Fault-injection soak on a 3-node Ray cluster behind a real `hes serve` (about 10 minutes): BENCHMARKS.md "Chaos soak"

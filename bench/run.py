@@ -10,8 +10,9 @@ fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seed
 minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes),
 worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute),
 science (issue 15: the IID, non-IID and fine-tuning comparisons of "Beyond the paper", 3 seeds a row on
-the local backend, two jobs side by side; about 70 minutes on 2 cores). With --only, the other sections
-already in --out are kept as they were.
+the local backend, two jobs side by side; about 70 minutes on 2 cores), network (issue 20: the paper MLP over
+namespace hosts with tc-limited links, H-ES against Ray Train's DDP; root, about 40 minutes). With --only,
+the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import accuracy
 import fanout
 import fast_trials
 import gpu_check
+import network
 import noise_speed
 import own_model
 import ray
@@ -59,6 +61,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
                   own_model.run),
     "worker-memory": ("Worker memory: the peak of one worker's round, per mode (issue 15)", worker_memory.run),
     "science": ("Beyond the paper: where seed-only rounds win (issue 15)", science.run),
+    "network": ("Over a real network: a head and 3 worker hosts, links of 1 Gbit/s, 100 Mbit/s and 10 Mbit/s "
+                "(issue 20)", network.run),
 }
 HEADER = """# BENCHMARKS
 

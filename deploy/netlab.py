@@ -5,8 +5,9 @@
     python deploy/netlab.py bytes         (each host's link bytes, from the kernel's counters)
     make net-down
 
-Host i is namespace <prefix>-h<i> with address <subnet>.<i>/24 on veth <prefix>h<i>; the other end,
-<prefix>s<i>, sits on bridge br0 inside namespace <prefix>-sw, so nothing touches the machine's own namespace.
+Host i is namespace <prefix>-h<i> with address <subnet>.<i>/24 on its veth eth0 (every host's interface has that
+name, as on real machines: GLOO_SOCKET_IFNAME=eth0 fits all); the other end, <prefix>s<i>, sits on bridge br0
+inside namespace <prefix>-sw, so nothing touches the machine's own namespace.
 Each end's egress is shaped (tc tbf), which limits the host's link in both directions. Host 1 runs the Ray head
 (token auth, no worker CPUs) and `hes serve`; hosts 2..R run `ray start` worker nodes. Teardown ends exactly the
 processes inside these namespaces (by PID, from `ip netns pids`) and deletes them: never `ray stop`, which would
@@ -29,6 +30,7 @@ from pathlib import Path
 
 RAY_PORT = 6390
 API_PORT = 8000
+HOST_DEVICE = "eth0"  # each host's end of its link
 RATE = re.compile(r"^(none|\d+(\.\d+)?(bit|kbit|mbit|gbit))$")
 
 
@@ -104,7 +106,7 @@ class Lab:
 
     def link_ends(self, i: int) -> list[tuple[str, str]]:
         """(namespace, device) of host i's link: the host's end and the switch's end."""
-        return [(self.host(i), f"{self.prefix}h{i}"), (f"{self.prefix}-sw", f"{self.prefix}s{i}")]
+        return [(self.host(i), HOST_DEVICE), (f"{self.prefix}-sw", f"{self.prefix}s{i}")]
 
     def link_bytes(self, i: int) -> LinkBytes:
         ns, dev = self.link_ends(i)[0]
