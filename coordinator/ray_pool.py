@@ -39,10 +39,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coordinator.accounting import Counters, RoundBytes, count_task, decision_label
 from coordinator.config import JobConfig
-from coordinator.job import partitions, worker_data, worker_k
+from coordinator.job import partitions, worker_k
 from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
-from workers.actor import SHARED, WorkerActor, WorkerSpec
+from coordinator.ship_data import link_bytes, recipe, ship
+from workers.actor import SHARED, WorkerActor, WorkerData, WorkerSpec
 from workers.data import Dataset
 from workers.hybrid import Decision, DecisionKind, Hyper
 from workers.messages import (
@@ -57,6 +58,7 @@ from workers.messages import (
     payload_size,
 )
 from workers.models import Model
+from workers.node_data import DataReport
 from workers.replica import Schedule
 
 __all__ = ["SHM_DISABLE", "ClusterTooSmall", "PoolSettings", "RayPool", "ray_pool", "worker_env"]
@@ -145,12 +147,12 @@ class WorkerLost(RuntimeError):
 
 
 class RayPool:
-    def __init__(self, specs: list[WorkerSpec], data: tuple | list[tuple], cpus: float, gpus: float,
+    def __init__(self, specs: list[WorkerSpec], data: list[WorkerData], cpus: float, gpus: float,
                  counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None,
                  runtime_env: dict | None = None) -> None:
         """`gpus` GPUs for each of the first `gpu_workers` workers (all of them by default), none for the others:
-        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `data`: the training arrays every
-        worker holds, or a list of each worker's own (data.split: dirichlet, each slot its partition).
+        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `data`: how each worker gets its
+        training arrays (coordinator/ship_data.py); the bytes that took are counted once every worker has them.
         `runtime_env`: the job's cluster.runtime_env, uploaded (coordinator/runtime_env.py)."""
         self.n_workers = len(specs)
         self.runtime_env = runtime_env or {}
@@ -170,12 +172,7 @@ class RayPool:
             remove_placement_group(self.pg)
             raise ClusterTooSmall(f"cluster.workers: {len(specs)} workers could not be placed within "
                                   f"{PLACEMENT_TIMEOUT_S:.0f} s (CPUs busy with other jobs?)")
-        if isinstance(data, list):  # each worker's own partition, in the object store once each
-            self.data_refs = [ray.put(d) for d in data]
-            self.counters.dataset_bytes = sum(a.nbytes for d in data for a in d)
-        else:
-            self.data_refs = [ray.put(data)] * len(specs)  # the training set enters the object store once per job
-            self.counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
+        self.data = data  # how each worker gets its training arrays (coordinator/ship_data.py)
         self.shared: dict[int, SharedBuffer] = {}
         if self.settings.shared_memory:
             here = ray.get_runtime_context().get_node_id()
@@ -193,6 +190,8 @@ class RayPool:
         try:
             self.actors = [self._spawn(i) for i in range(len(specs))]
             self._wait_ready()
+            self.data_reports: list[DataReport] = ray.get([a.data.remote() for a in self.actors])
+            self.counters.dataset_bytes = link_bytes(self.data_reports, data, ray.get_runtime_context().get_node_id())
         finally:
             for buf in self.shared.values():  # every actor has mapped its buffer (or failed): the names go
                 buf.unlink()
@@ -223,7 +222,7 @@ class RayPool:
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus[i], "scheduling_strategy": strategy,
                    "max_restarts": -1, "max_task_retries": 0,
                    "runtime_env": with_env_vars(self.runtime_env, worker_env(self.specs[i].model.num_parameters))}
-        return WorkerActor.options(**options).remote(self.specs[i], self.data_refs[i])  # type: ignore[attr-defined]
+        return WorkerActor.options(**options).remote(self.specs[i], self.data[i])  # type: ignore[attr-defined]
 
     overlaps = True  # the workers compute while the coordinator applies its own copy of the last decision
 
@@ -450,10 +449,9 @@ def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule
     specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None)
              for i in range(n)]
-    arrays: tuple | list[tuple] = (data.x_train, data.y_train)
-    if cfg.data.split == "dirichlet":  # a worker receives and keeps only its partition
-        parts = partitions(cfg, data)
-        arrays = [worker_data(cfg, data, parts, i) for i in range(n)]
-    return RayPool(specs, arrays, cfg.cluster.cpus_per_worker,
+    arrays = [data.stored_train] * n
+    if cfg.data.split == "dirichlet":  # a worker is sent only its partition
+        arrays = [data.stored_train.take(p) for p in partitions(cfg, data)]
+    return RayPool(specs, ship(arrays, recipe(cfg)), cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
                    runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))

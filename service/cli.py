@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.config import ConfigError, load_config, preset_names, validate_config
 from coordinator.display import fmt_bytes
-from coordinator.documents import JobResult, JobStatus, Snapshot
+from coordinator.documents import JobResult, JobStatus
 
 if TYPE_CHECKING:
     from service.client import Client
+    from service.schemas import JobOut
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -51,6 +52,17 @@ def summary_lines(result: JobResult) -> list[str]:
         f"seconds: {result.seconds.total:.1f}; replica checks {result.replica_checks.checked}, "
         f"mismatches {result.replica_checks.mismatches}",
     ]
+
+
+def end_lines(job: JobOut) -> list[str]:
+    """How a job of the service ended: its result's summary, or its status and message when it has none."""
+    if job.result is not None:
+        return summary_lines(job.result)
+    return [f"status {job.status} {job.message}".rstrip()]
+
+
+def exit_status(status: JobStatus) -> int:
+    return 0 if status in (JobStatus.SUCCEEDED, JobStatus.STOPPED) else 1
 
 
 @command
@@ -89,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.status == JobStatus.FAILED:
         written = "result.json error.log (no model)"
     print(f"outputs in {out}/: {written}")
-    return 0 if result.status in (JobStatus.SUCCEEDED, JobStatus.STOPPED) else 1
+    return exit_status(result.status)
 
 
 @command
@@ -130,15 +142,11 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.server)
 
 
-def _print_end(job: dict[str, Any]) -> int:
-    """The end of a job document (GET /v1/jobs/{id}): its result's summary; the exit status."""
-    status = JobStatus(job["status"])
-    if job.get("result"):
-        for line in summary_lines(JobResult.model_validate(job["result"])):
-            print(line)
-    else:
-        print(f"status {status} {job.get('message', '')}".rstrip())
-    return 0 if status in (JobStatus.SUCCEEDED, JobStatus.STOPPED) else 1
+def _print_end(job: JobOut) -> int:
+    """Print how a job of the service ended; the exit status."""
+    for line in end_lines(job):
+        print(line)
+    return exit_status(job.status)
 
 
 def _service_call(name: str, fn: Callable[[], int]) -> int:
@@ -162,8 +170,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             apply_override(raw, assignment)
         client = _client(args)
         job = client.submit(raw)
-        print(f"submitted job {job['id']} ({job['name']}): {client.server}/v1/jobs/{job['id']}")
-        return _print_end(watch(client, job["id"])) if args.watch else 0
+        print(f"submitted job {job.id} ({job.name}): {client.server}/v1/jobs/{job.id}")
+        return _print_end(watch(client, job.id)) if args.watch else 0
 
     return _service_call("submit", run)
 
@@ -173,18 +181,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     def run() -> int:
         job = _client(args).job(args.id)
         if args.json:
-            print(json.dumps(job, indent=2))
+            print(job.model_dump_json(indent=2))
             return 0
-        snap = Snapshot.model_validate(job)
-        p = snap.progress
-        print(f"job {job['id']} ({job['name']}): {snap.status} {snap.message}".rstrip())
+        p = job.progress
+        print(f"job {job.id} ({job.name}): {job.status} {job.message}".rstrip())
         print(f"progress: round {p.round}/{p.total_rounds}, epoch {p.epoch}/{p.epochs} ({100 * p.fraction:.1f}%)")
-        if snap.metrics:
-            print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(snap.metrics.items()) if v is not None))
-        print(f"bytes: total {fmt_bytes(snap.bytes.total)}")
-        if snap.restarts:
-            print(f"restarts: {snap.restarts} (from its checkpoint, after its coordinator died)")
-        if job.get("result"):
+        if job.metrics:
+            print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(job.metrics.items()) if v is not None))
+        print(f"bytes: total {fmt_bytes(job.bytes.total)}")
+        if job.restarts:
+            print(f"restarts: {job.restarts} (from its checkpoint, after its coordinator died)")
+        if job.result is not None:
             _print_end(job)
         return 0
 
@@ -202,7 +209,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     def run() -> int:
         job = _client(args).stop(args.id)
-        print(f"job {job['id']}: {job['status']} {job['message']}".rstrip())
+        print(f"job {job.id}: {job.status} {job.message}".rstrip())
         return 0
 
     return _service_call("stop", run)
@@ -213,10 +220,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     def run() -> int:
         page = _client(args).jobs(args.status, args.limit, args.offset)
         print(f"{'id':12}  {'name':24}  {'status':9}  {'progress':>8}  created")
-        for j in page["jobs"]:
-            print(f"{j['id']:12}  {j['name'][:24]:24}  {j['status']:9}  {100 * j['progress']['fraction']:7.1f}%  "
-                  f"{j['times']['created']}")
-        print(f"{len(page['jobs'])} of {page['total']} jobs (offset {page['offset']})")
+        for j in page.jobs:
+            print(f"{j.id:12}  {j.name[:24]:24}  {j.status:9}  {100 * j.progress.fraction:7.1f}%  {j.times.created}")
+        print(f"{len(page.jobs)} of {page.total} jobs (offset {page.offset})")
         return 0
 
     return _service_call("list", run)

@@ -1,7 +1,7 @@
 """HTTP client of `hes serve` for the CLI and the demo: httpx, `--server URL`, token from $HES_API_TOKEN.
 
     client = Client("http://127.0.0.1:8000", token=None)
-    job = client.submit(config_dict); final = watch(client, job["id"])
+    job = client.submit(config_dict); final = watch(client, job.id)   # JobOut, the service's own schema
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 from tqdm import tqdm
 
 from coordinator.display import postfix
-from coordinator.documents import Snapshot
+from service.schemas import HistoryOut, JobOut, JobPage
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -46,20 +46,23 @@ class Client:
             raise ServiceError(f"{r.status_code} {detail}")
         return r
 
-    def submit(self, config: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/v1/jobs", json=config).json()
+    def submit(self, config: dict[str, Any]) -> JobOut:
+        return JobOut.model_validate(self.request("POST", "/v1/jobs", json=config).json())
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/jobs/{job_id}").json()
+    def job(self, job_id: str) -> JobOut:
+        return JobOut.model_validate(self.request("GET", f"/v1/jobs/{job_id}").json())
 
-    def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> JobPage:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status:
             params["status"] = status
-        return self.request("GET", "/v1/jobs", params=params).json()
+        return JobPage.model_validate(self.request("GET", "/v1/jobs", params=params).json())
 
-    def stop(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/jobs/{job_id}/stop").json()
+    def history(self, job_id: str) -> HistoryOut:
+        return HistoryOut.model_validate(self.request("GET", f"/v1/jobs/{job_id}/history").json())
+
+    def stop(self, job_id: str) -> JobOut:
+        return JobOut.model_validate(self.request("POST", f"/v1/jobs/{job_id}/stop").json())
 
     def healthy(self) -> bool:
         try:
@@ -69,24 +72,22 @@ class Client:
 
 
 def watch(client: Client, job_id: str, every: float = 0.5, quiet: bool = False,
-          file: TextIO = sys.stderr) -> dict[str, Any]:
+          file: TextIO = sys.stderr) -> JobOut:
     """Show a progress bar (rounds) until the job ends; the final job document."""
     job = client.job(job_id)
-    snap = Snapshot.model_validate(job)  # a job document holds a snapshot's fields
-    bar = tqdm(total=max(1, snap.progress.total_rounds), unit="round", desc=f"{job['name']} {snap.status}",
+    bar = tqdm(total=max(1, job.progress.total_rounds), unit="round", desc=f"{job.name} {job.status}",
                disable=quiet, file=file, dynamic_ncols=True, mininterval=0.2)
     try:
         while True:
-            p = snap.progress
+            p = job.progress
             if p.total_rounds and bar.total != p.total_rounds:
                 bar.total = p.total_rounds
             bar.n = p.round
-            bar.set_description(f"{job['name']} {snap.status}", refresh=False)
-            bar.set_postfix(postfix(p, snap.metrics, snap.bytes.total), refresh=True)
-            if snap.status.terminal:
+            bar.set_description(f"{job.name} {job.status}", refresh=False)
+            bar.set_postfix(postfix(p, job.metrics, job.bytes.total), refresh=True)
+            if job.status.terminal:
                 return job
             time.sleep(every)
             job = client.job(job_id)
-            snap = Snapshot.model_validate(job)
     finally:
         bar.close()

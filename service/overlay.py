@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def _number(text: str | float | None) -> float:
         return math.nan
 
 
-def series_from(records: Sequence[dict[str, object]], label: str, source: str,
+def series_from(records: Sequence[Mapping[str, object]], label: str, source: str,
                 loss: str = "cross-entropy loss") -> Series:
     if not records:
         raise ValueError(f"{source}: no finished epoch yet, nothing to plot")
@@ -78,10 +78,10 @@ def read_series(target: str, server: str | None) -> Series:
     client = Client(server)
     try:
         job = client.job(target)
-        rows = client.request("GET", f"/v1/jobs/{target}/history").json()["rows"]
+        rows = client.history(target).rows
     finally:
         client.close()
-    config = job.get("config") or {}
+    config = job.config
     return series_from(rows, f"{target} ({describe(config)})", f"job {target}", loss_label(config))
 
 

@@ -176,10 +176,10 @@ def load(target: str, server: str | None) -> tuple[list[Row], str, Path, str]:
     client = Client(server)
     try:
         job = client.job(target)
-        rows = rows_from(client.request("GET", f"/v1/jobs/{target}/history").json()["rows"], f"job {target}")
+        rows = rows_from(client.history(target).rows, f"job {target}")
     finally:
         client.close()
-    return rows, describe(job.get("config") or {}), Path(f"report-{target}"), loss_label(job.get("config") or {})
+    return rows, describe(job.config), Path(f"report-{target}"), loss_label(job.config)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """Data sets for the numerical core: MNIST from IDX files, scikit-learn's digits, a synthetic set.
 
 All loaders return a `Dataset` of float32 images shaped (n, 1, side, side), standardised with the
-training mean and std (one scalar each, as the paper's code did), and int64 labels. A job's own arrays
-(data.dataset npz or factory, workers/user_data.py) come as they are: any input shape, labels or float targets.
+training mean and std (one scalar each, as the paper's code did), and int64 labels; they also keep the training
+arrays as stored (`StoredTrain`: MNIST's uint8 pixels), which is what a worker that cannot read the set on its own
+node is sent. A job's own arrays (data.dataset npz or factory, workers/user_data.py) come as they are: any input
+shape, labels or float targets.
 """
 from __future__ import annotations
 
@@ -39,6 +41,36 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class StoredTrain:
+    """The training arrays in the dtype their source stores them (MNIST's uint8 pixels and labels), and the
+    standardisation that makes them the arrays a replica trains on: `(x.astype(float32) - mean) / std` shaped
+    (n, 1, side, side) and int64 labels, bitwise what split_and_standardise gives. `mean` None: used as they are."""
+    x: np.ndarray
+    y: np.ndarray
+    mean: float | None = None
+    std: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.x.nbytes + self.y.nbytes)
+
+    def take(self, idx: np.ndarray) -> StoredTrain:
+        return StoredTrain(np.ascontiguousarray(self.x[idx]), np.ascontiguousarray(self.y[idx]), self.mean, self.std)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) as a replica trains on them."""
+        if self.mean is None:
+            return self.x, self.y
+        return standardise(self.x, self.mean, self.std), self.y.astype(np.int64)
+
+
+def standardise(a: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Images as float32 (n, 1, side, side), standardised with one scalar mean and std."""
+    side = int(round(np.sqrt(a[0].size)))
+    return np.ascontiguousarray(((a.astype(np.float32) - mean) / std).reshape(len(a), 1, side, side))
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     x_train: np.ndarray  # (n_train, 1, side, side) float32
@@ -47,6 +79,11 @@ class Dataset:
     y_dev: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    stored: StoredTrain | None = None  # the training arrays as stored; None: x_train and y_train are
+
+    @property
+    def stored_train(self) -> StoredTrain:
+        return self.stored or StoredTrain(self.x_train, self.y_train)
 
     @property
     def image_side(self) -> int:
@@ -251,18 +288,16 @@ def split_and_standardise(
     n = len(images)
     _check_dev_size(name, dev_size, n)
     order = np.random.default_rng(seed).permutation(n)
-    x = images[order].astype(np.float32)
-    y = labels[order].astype(np.int64)
+    stored_x, stored_y = images[order], labels[order]
+    x = stored_x.astype(np.float32)
+    y = stored_y.astype(np.int64)
     x_dev, y_dev, x_train, y_train = x[:dev_size], y[:dev_size], x[dev_size:], y[dev_size:]
     mean, std = float(x_train.mean()), float(x_train.std())
     std = std if std > 0 else 1.0
-
-    def prep(a: np.ndarray) -> np.ndarray:
-        side = int(round(np.sqrt(a[0].size)))
-        return np.ascontiguousarray(((a.astype(np.float32) - mean) / std).reshape(len(a), 1, side, side))
-
-    return Dataset(name, prep(x_train), y_train, prep(x_dev), y_dev,
-                   prep(test_images), test_labels.astype(np.int64))
+    stored = StoredTrain(np.ascontiguousarray(stored_x[dev_size:]), np.ascontiguousarray(stored_y[dev_size:]),
+                         mean, std)
+    return Dataset(name, standardise(x_train, mean, std), y_train, standardise(x_dev, mean, std), y_dev,
+                   standardise(test_images, mean, std), test_labels.astype(np.int64), stored)
 
 
 def load_mnist(folder: str | os.PathLike[str], dev_size: int = MNIST_DEV_SIZE, seed: int = 100) -> Dataset:
@@ -299,6 +334,7 @@ def keep_classes(data: Dataset, classes: list[int]) -> Dataset:
     its ten outputs, so a model trained on some digits can be fine-tuned on all). The pixels stay standardised
     with the whole training set's mean and std, so the same image means the same input in both jobs."""
     keep = np.asarray(sorted(classes), dtype=np.int64)
+    stored = None
     if data.y_train.ndim != 1 or not np.issubdtype(data.y_train.dtype, np.integer):
         raise DataError(f"data.classes: {data.name} has no single integer label per example to keep by")
     out = {}
@@ -308,7 +344,9 @@ def keep_classes(data: Dataset, classes: list[int]) -> Dataset:
         if split == "train" and not mask.any():
             raise DataError(f"data.classes: no training example of {data.name} has a label in {sorted(classes)}")
         out[f"x_{split}"], out[f"y_{split}"] = np.ascontiguousarray(x[mask]), y[mask]
-    return Dataset(data.name, **out)
+        if split == "train" and data.stored is not None:
+            stored = data.stored.take(np.flatnonzero(mask))
+    return Dataset(data.name, **out, stored=stored)
 
 
 def default_mnist_dir() -> str | None:
