@@ -99,7 +99,10 @@ def measure(ctx: Context) -> tuple[list[Row], list[str]]:
         netlab.up(lab)
         try:
             for label, preset, sets in ROWS:
-                rows.append(run_row(lab, ctx, label, preset, sets, epochs))
+                try:
+                    rows.append(run_row(lab, ctx, label, preset, sets, epochs))
+                except (RuntimeError, subprocess.TimeoutExpired, netlab.LabError) as e:  # reported in its row
+                    rows.append(Row(label, link, epochs, float("nan"), [], 0, "-", f"FAILED: {str(e)[-300:]}"))
                 loads.append(f"{link} {label}: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
         finally:
             netlab.down(lab.prefix)
@@ -109,13 +112,13 @@ def measure(ctx: Context) -> tuple[list[Row], list[str]]:
 def predicted(row: Row, compute: dict[str, float]) -> float:
     """Compute (the row's seconds per epoch with unlimited links, times its epochs) + busiest bytes / link rate."""
     rate = netlab.rate_bits(row.link) / 8
-    return compute[row.label] * row.epochs + (row.busiest / rate if rate else 0.0)
+    return compute.get(row.label, float("nan")) * row.epochs + (row.busiest / rate if rate else 0.0)
 
 
 def verdict(rows: list[Row]) -> str:
     """Who wins and loses at one link rate: seconds against backprop, the fastest to 90%, the fewest bytes."""
     by = {r.label: r for r in rows}
-    base = by["backprop"].seconds
+    base = by["backprop"].seconds if "backprop" in by else float("nan")
     ratios = ", ".join(f"{r.label} {r.seconds / base:.2f}x" for r in rows if r.label != "backprop")
     reached = [r for r in rows if r.to_reach(0.90) == r.to_reach(0.90)]
     first = min(reached, key=lambda r: r.to_reach(0.90)).label if reached else "no row"
@@ -131,7 +134,7 @@ def secs(x: float) -> str:
 
 
 def render(rows: list[Row], loads: list[str], started: float) -> str:
-    compute = {r.label: r.seconds / r.epochs for r in rows if r.link == "none"}
+    compute = {r.label: r.seconds / r.epochs for r in rows if r.link == "none" and r.status == "SUCCEEDED"}
     out = []
     for link, epochs in LINKS:
         body = []
