@@ -219,13 +219,31 @@ def make_network(lab: Lab) -> None:
 
 
 def start_ray(lab: Lab) -> None:
-    ray = f"{lab.venv}/bin/ray"
-    common = [f"--object-store-memory={lab.object_store_bytes}", "--disable-usage-stats"]
-    lab.run(1, ray, "start", "--head", f"--node-ip-address={lab.ip(1)}", f"--port={RAY_PORT}", "--num-cpus=0",
-            "--include-dashboard=false", f"--temp-dir={lab.state}/ray-h1", *common, timeout=180)
+    lab.run(1, f"{lab.venv}/bin/ray", "start", "--head", f"--node-ip-address={lab.ip(1)}", f"--port={RAY_PORT}",
+            "--num-cpus=0", "--include-dashboard=false", f"--temp-dir={lab.state}/ray-h1", *ray_common(lab),
+            timeout=180)
     for i in range(2, (lab.ray_hosts or lab.hosts) + 1):
-        lab.run(i, ray, "start", f"--address={lab.ray_address}", f"--node-ip-address={lab.ip(i)}",
-                f"--num-cpus={lab.worker_cpus}", f"--temp-dir={lab.state}/ray-h{i}", *common, timeout=180)
+        start_worker_node(lab, i)
+
+
+def ray_common(lab: Lab) -> list[str]:
+    return [f"--object-store-memory={lab.object_store_bytes}", "--disable-usage-stats"]
+
+
+def start_worker_node(lab: Lab, i: int) -> None:
+    lab.run(i, f"{lab.venv}/bin/ray", "start", f"--address={lab.ray_address}", f"--node-ip-address={lab.ip(i)}",
+            f"--num-cpus={lab.worker_cpus}", f"--temp-dir={lab.state}/ray-h{i}", *ray_common(lab), timeout=180)
+
+
+def rejoin(lab: Lab) -> list[int]:
+    """Restart the Ray worker node of every Ray host the head no longer counts alive (Ray ends a raylet it has
+    declared dead, for instance after its link was cut too long); the hosts restarted."""
+    alive = set(healthy(lab)["ips"])  # type: ignore[call-overload]
+    lost = [i for i in range(2, (lab.ray_hosts or lab.hosts) + 1) if lab.ip(i) not in alive]
+    for i in lost:
+        end_processes([lab.host(i)])
+        start_worker_node(lab, i)
+    return lost
 
 
 def start_serve(lab: Lab, wait: float = 120) -> None:
@@ -250,6 +268,14 @@ def down(prefix: str = "hes", grace: float = 5.0) -> None:
     """End every process inside this sandbox's namespaces (SIGTERM, then SIGKILL after `grace` seconds), delete
     the namespaces and the state folder. Processes outside them are never touched."""
     names = namespaces(prefix)
+    end_processes(names, grace)
+    for name in names:
+        sh("ip", "netns", "del", name, check=False)
+    shutil.rmtree(f"/tmp/{prefix}-lab", ignore_errors=True)
+
+
+def end_processes(names: list[str], grace: float = 5.0) -> None:
+    """SIGTERM every process inside these namespaces, SIGKILL what is left after `grace` seconds."""
     deadline = time.monotonic() + grace
     for sig in (signal.SIGTERM, signal.SIGKILL):
         while True:
@@ -264,9 +290,6 @@ def down(prefix: str = "hes", grace: float = 5.0) -> None:
             if sig == signal.SIGTERM and time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-    for name in names:
-        sh("ip", "netns", "del", name, check=False)
-    shutil.rmtree(f"/tmp/{prefix}-lab", ignore_errors=True)
 
 
 def load(prefix: str = "hes") -> Lab:
@@ -278,9 +301,10 @@ def load(prefix: str = "hes") -> Lab:
 
 
 def healthy(lab: Lab) -> dict[str, object]:
-    """The cluster as host 1's Ray sees it: alive nodes and their CPUs (for `status`)."""
+    """The cluster as host 1's Ray sees it: alive nodes, their addresses and CPUs."""
     probe = ("import json,sys\nimport ray\nray.init(address=sys.argv[1], log_to_driver=False)\n"
-             "print(json.dumps({'nodes': sum(n['Alive'] for n in ray.nodes()), "
+             "alive = [n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]\n"
+             "print(json.dumps({'nodes': len(alive), 'ips': alive, "
              "'cpus': ray.cluster_resources().get('CPU', 0)}))")
     out = lab.run(1, f"{lab.venv}/bin/python", "-c", probe, lab.ray_address, timeout=60).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
@@ -298,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serve", action="store_true", help="do not start hes serve on host 1")
     sub.add_parser("down", help="end the sandbox's processes and delete its namespaces")
     sub.add_parser("bytes", help="each host's link bytes (kernel counters)")
+    sub.add_parser("rejoin", help="restart the Ray worker nodes the head no longer counts alive")
     sub.add_parser("status", help="hosts, addresses, alive Ray nodes")
     p = sub.add_parser("link", help="set a host's link rate, or cut and restore it")
     p.add_argument("host", type=int)
@@ -324,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(1, lab.hosts + 1):
                     b = lab.link_bytes(i)
                     print(f"{lab.host(i)} {lab.ip(i)}: tx {b.tx} rx {b.rx}")
+            elif args.cmd == "rejoin":
+                print(f"restarted Ray on hosts {rejoin(lab) or 'none'}")
             elif args.cmd == "link":
                 if args.state in ("up", "down"):
                     lab.set_link(args.host, args.state == "up")
