@@ -132,7 +132,7 @@ def cut_after_first_epoch(lab: netlab.Lab, host: int, seconds: float = 20) -> An
 @pytest.mark.parametrize("host", [3, 1], ids=["worker-host", "head"])
 def test_link_cut_mid_job_ends_cleanly(lab: netlab.Lab, tmp_path: Path, host: int) -> None:
     # Long enough that the cut (20 s, after the first epoch) falls well inside the job.
-    result, seconds = hes_train(lab, tmp_path, *DIGITS, "--set", "train.epochs=60",
+    result, seconds = hes_train(lab, tmp_path, *DIGITS, "--set", "train.epochs=40",
                                 during=cut_after_first_epoch(lab, host))
     assert seconds > 20
     if result["status"] == "SUCCEEDED":
