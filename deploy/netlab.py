@@ -180,12 +180,12 @@ def namespaces(prefix: str) -> list[str]:
 def up(lab: Lab) -> None:
     """Make the hosts, the bridge and the links, then start Ray and `hes serve`. Any earlier sandbox of the same
     prefix is torn down first; on failure this one is torn down too, and LabError says why."""
-    why = why_not_usable()
-    if why:
-        raise LabError(why)
     if lab.hosts < 2:
         raise LabError(f"hosts: {lab.hosts}; a cluster needs at least 2 (the head and one worker host)")
     check_rate(lab.link)
+    why = why_not_usable()
+    if why:
+        raise LabError(why)
     down(lab.prefix)
     try:
         lab.state.mkdir(parents=True)
