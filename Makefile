@@ -1,4 +1,5 @@
-# Entry points: make demo | make test | make lint | make bench | make gpu-check | make net-up | make net-down | make .venv
+# Entry points: make demo | make test | make lint | make docs | make bench | make gpu-check | make net-up | make net-down
+# | make .venv
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ CONSTRAINTS := constraints.txt
 HES_MNIST_DIR ?= $(abspath ../shared/data/mnist)
 export HES_MNIST_DIR
 
-.PHONY: demo test test-fast lint bench chaos gpu-check net-up net-down clean
+.PHONY: demo test test-fast lint docs bench chaos gpu-check net-up net-down clean
 
 $(VENV): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
@@ -27,6 +28,10 @@ lint: $(VENV)
 	$(BIN)/ruff check workers coordinator service tests bench examples deploy
 	$(BIN)/mypy
 	$(BIN)/mypy deploy/netlab.py
+
+# docs/configuration.md from the field descriptions of coordinator/config.py and service/settings.py
+docs: $(VENV)
+	$(BIN)/python -m service.config_docs --out docs/configuration.md
 
 # The bench extra (Ray Train for the network section's DDP rows) on top of the dev install
 $(VENV)/.bench: $(VENV) pyproject.toml $(CONSTRAINTS)

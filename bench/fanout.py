@@ -23,12 +23,9 @@ from common import Context, JobSpec, median, num, run_job, start_local_ray, tabl
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
+from coordinator.parts import JobParts
 from coordinator.ray_pool import RayPool, ray_pool
-from workers.data import Dataset
-from workers.hybrid import Hyper
 from workers.messages import Result, RoundKind, Sync, Task
-from workers.models import Model
-from workers.replica import Schedule
 
 WORKERS = (1, 2, 4, 8, 16, 32)
 RAY_CPUS = 2  # this machine's cores; 32 workers x 1/16 CPU fit on it
@@ -121,9 +118,8 @@ class Point:
 def measure(ctx: Context, n: int) -> Point:
     pools: list[TimedPool] = []
 
-    def factory(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-                counters: Counters) -> TimedPool:
-        pools.append(TimedPool(ray_pool(cfg, data, model, hyper, schedule, counters)))
+    def factory(cfg: JobConfig, parts: JobParts, counters: Counters) -> TimedPool:
+        pools.append(TimedPool(ray_pool(cfg, parts, counters)))
         return pools[-1]
 
     run_job(ctx, SPEC.plus(f"cluster.workers={n}"), pool_factory=factory)  # type: ignore[arg-type]

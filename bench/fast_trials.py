@@ -43,22 +43,14 @@ from common import (
     verdict,
 )
 
-from coordinator.job import build_parts
+from coordinator.parts import build_parts
 from coordinator.ray_pool import ray_pool
 from coordinator.rounds import RoundEvent
-from workers.hybrid import (
-    HybridState,
-    Hyper,
-    batch_cost,
-    batch_loss_and_grad_sum,
-    descend,
-    noise,
-    noise_spec,
-    run_trials,
-    shift,
-)
+from workers.hybrid import batch_cost, batch_loss_and_grad_sum, run_trials
 from workers.models import ACTIVATIONS, Model, convnet, mlp
 from workers.noise import trial_seed
+from workers.state import HybridState, Hyper
+from workers.steps import descend, noise, noise_spec, shift
 
 LOWRANK_LIMIT = 1.5  # issue 13: a lowrank stochastic round <= 1.5x the full round of the same run
 GAUSSIAN_LIMIT = 1.1  # issue 13: a gaussian stochastic round <= 1.1x the plain PyTorch loop
@@ -116,7 +108,8 @@ def _rounds(ctx: Context) -> dict[str, list[float]]:
     for e in lowrank.events[WARMUP_ROUNDS:]:
         out[f"lowrank {e.kind}"].append(e.seconds)
     cfg = spec.config()
-    data, model, hyper, schedule = build_parts(cfg)
+    parts = build_parts(cfg)
+    data, model, hyper, schedule = parts.data, parts.model, parts.hyper, parts.schedule
     plain = PlainTrials(model, torch.from_numpy(model.initial_parameters(cfg.seed)), hyper, cfg.hybrid.k)
     x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
 
@@ -151,7 +144,8 @@ def _batched_vs_loop() -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for label, preset in (("paper MLP 784-300-10, batch 1000", "paper-hes-r2"),
                           ("ConvNet, batch 256", "paper-convnet-assisted")):
-        data, model, hyper, schedule = build_parts(JobSpec(preset).config())
+        parts = build_parts(JobSpec(preset).config())
+        data, model, hyper = parts.data, parts.model, parts.hyper
         x, y = torch.from_numpy(data.x_train[:hyper.batch_size]), torch.from_numpy(data.y_train[:hyper.batch_size])
         theta = torch.from_numpy(model.initial_parameters(100))
         loss_sum, grad_sum = batch_loss_and_grad_sum(model, theta, x, y)

@@ -26,11 +26,8 @@ from common import Context, JobRun, JobSpec, code_version, machine, ms, run_job,
 
 from coordinator.accounting import Counters
 from coordinator.config import JobConfig
+from coordinator.parts import JobParts
 from coordinator.ray_pool import RayPool, ray_pool
-from workers.data import Dataset
-from workers.hybrid import Hyper
-from workers.models import Model
-from workers.replica import Schedule
 
 PAPER = JobSpec("paper-hes-r2", ("train.epochs=1",))
 MIXED = PAPER.plus("cluster.workers=2", "cluster.gpus_per_worker=1", "hybrid.replica_check_every=1")
@@ -55,9 +52,8 @@ def mixed_job(ctx: Context, spec: JobSpec, gpu_workers: int) -> Mixed:
     pools: list[RayPool] = []
     devices: list[str] = []
 
-    def factory(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-                counters: Counters) -> RayPool:
-        pools.append(ray_pool(cfg, data, model, hyper, schedule, counters, gpu_workers=gpu_workers))
+    def factory(cfg: JobConfig, parts: JobParts, counters: Counters) -> RayPool:
+        pools.append(ray_pool(cfg, parts, counters, gpu_workers=gpu_workers))
         devices.extend(str(info["device"]) for info in ray.get([a.info.remote() for a in pools[-1].actors]))
         return pools[-1]
 

@@ -118,9 +118,10 @@ def apply_seconds(family: str, n_workers: int = 2, k: int = 10, repeats: int = 5
     import numpy as np
     import torch
 
-    from workers.hybrid import Decision, DecisionKind, HybridState, Hyper, apply_decision, noise_spec
+    from workers.hybrid import apply_decision
     from workers.models import mlp
-    from workers.search import Search
+    from workers.state import Decision, DecisionKind, HybridState, Hyper, Search
+    from workers.steps import noise_spec
 
     model = mlp(784, [300], "sigmoid", "normal")
     hyper = Hyper(5.0, 1e-4, 1.25, 1000, model.num_weights, noise_spec(model, family, 1), search=Search("es", k=k))
@@ -150,11 +151,13 @@ def frozen_accuracy(spec: JobSpec) -> float:
     """Dev accuracy of the model model.init_from names, on the data of `spec` (the job it would start)."""
     import torch
 
-    from coordinator.job import build_parts, initial_theta
+    from coordinator.job import initial_theta
+    from coordinator.parts import build_parts
     from workers.hybrid import evaluate
 
     cfg = spec.config()
-    data, model, _, _ = build_parts(cfg)
+    parts = build_parts(cfg)
+    data, model = parts.data, parts.model
     acc = evaluate(model, torch.from_numpy(initial_theta(cfg, model)), data.x_dev, data.y_dev)[1]
     assert acc is not None
     return acc

@@ -17,12 +17,13 @@ from common import Context, JobSpec, code, median, ms, quartiles, ratio, run_job
 from torch import nn
 
 from coordinator.accounting import Counters
-from coordinator.job import Progress, build_parts, local_pool
+from coordinator.job import Progress, local_pool
+from coordinator.parts import build_parts
 from coordinator.rounds import RoundEvent, RoundLoop
-from workers.hybrid import HybridState, Hyper
 from workers.messages import RoundKind
 from workers.models import Model
 from workers.noise import perturbation, trial_seed
+from workers.state import HybridState, Hyper
 
 ROUND_LIMIT = 1.3  # issue 2: an engine round <= 1.3x the plain PyTorch work, for both kinds
 TIMED_EPOCHS = 2  # at r=2: 100 rounds, 50 of each kind
@@ -78,7 +79,8 @@ def run(ctx: Context) -> str:
 def _interleaved(ctx: Context) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Engine round seconds and plain-loop seconds per kind, measured alternately in one job."""
     cfg = SPEC.config()
-    data, model, hyper, schedule = build_parts(cfg)
+    parts = build_parts(cfg)
+    data, model, hyper, schedule = parts.data, parts.model, parts.hyper, parts.schedule
     plain = PlainLoop(model, torch.from_numpy(model.initial_parameters(cfg.seed)), hyper, cfg.hybrid.k, cfg.seed)
     x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     engine: dict[str, list[float]] = defaultdict(list)
@@ -104,10 +106,11 @@ def _interleaved(ctx: Context) -> tuple[dict[str, list[float]], dict[str, list[f
 def _profile(ctx: Context) -> dict[str, tuple[pstats.Stats, int]]:
     """cProfile of the engine's round loop (RoundLoop.run_round, in-process pool), one profile per kind."""
     cfg = SPEC.config()
-    data, model, hyper, schedule = build_parts(cfg)
+    parts = build_parts(cfg)
+    model, hyper, schedule = parts.model, parts.hyper, parts.schedule
     state = HybridState(0, torch.from_numpy(model.initial_parameters(cfg.seed)), None)
     loop = RoundLoop(state, hyper, schedule, cfg.hybrid.mode, cfg.hybrid.combine,
-                     local_pool(cfg, data, model, hyper, schedule, Counters()), Counters(),
+                     local_pool(cfg, parts, Counters()), Counters(),
                      cfg.hybrid.replica_check_every)
     profilers = {"full": cProfile.Profile(), "stochastic": cProfile.Profile()}
     counts = {"full": 0, "stochastic": 0}

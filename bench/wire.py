@@ -28,12 +28,10 @@ from ray.cluster_utils import Cluster
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
+from coordinator.parts import JobParts
 from coordinator.ray_pool import RayPool, ray_pool
-from workers.data import Dataset
-from workers.hybrid import DecisionKind, Hyper
 from workers.messages import Result, RoundKind, Sync, Task
-from workers.models import Model
-from workers.replica import Schedule
+from workers.state import DecisionKind
 
 WORKERS = 2
 HYBRID_R = 50  # one full round per 50-round epoch: the rest are stochastic rounds carrying only seeds
@@ -321,9 +319,8 @@ def _capture_job(ctx: Context, spec: JobSpec, node_ports: dict[int, str], head: 
     placement: list[str] = []
     labels = {n["NodeID"]: lbl for n in ray.nodes() for p, lbl in node_ports.items() if n["NodeManagerPort"] == p}
 
-    def factory(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-                counters: Counters) -> CapturingPool:
-        inner = ray_pool(cfg, data, model, hyper, schedule, counters)
+    def factory(cfg: JobConfig, parts: JobParts, counters: Counters) -> CapturingPool:
+        inner = ray_pool(cfg, parts, counters)
         infos = ray.get([a.info.remote() for a in inner.actors])  # waits until every worker holds the data
         placement.extend(labels.get(str(i["node"]), str(i["node"])) for i in infos)
         actor_pids = {int(str(i["pid"])) for i in infos}

@@ -66,16 +66,18 @@ def _measure(preset: str, overrides: list[str]) -> dict[str, object]:
     import torch
 
     from coordinator.config import load_config
-    from coordinator.job import build_parts, make_replica, partitions, worker_k
-    from workers.hybrid import Decision, DecisionKind, batch_loss_and_grad_sum
+    from coordinator.job import make_replica
+    from coordinator.parts import build_parts, worker_k
+    from workers.hybrid import batch_loss_and_grad_sum
     from workers.messages import RoundKind, Sync, Task
+    from workers.state import Decision, DecisionKind
 
     torch.set_num_threads(1)
     cfg = load_config(preset, overrides)
-    data, model, hyper, schedule = build_parts(cfg)
-    parts = partitions(cfg, data) if cfg.data.split == "dirichlet" else None
-    replica = make_replica(cfg, data, model, hyper, schedule, parts, 0)
-    del data  # the worker holds only its own arrays (the replica's)
+    parts = build_parts(cfg)
+    model, schedule = parts.model, parts.schedule
+    replica = make_replica(cfg, parts, 0)
+    del parts  # the worker holds only its own arrays (the replica's)
     gc.collect()
     theta = model.initial_parameters(cfg.seed)
     idx = torch.tensor(replica.shard(0))

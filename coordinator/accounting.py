@@ -5,8 +5,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.hybrid import Decision
     from workers.messages import Task
+    from workers.state import Decision
 
 KINDS = ("full", "stochastic", "sync")
 
@@ -85,8 +85,8 @@ class Counters:
 
 def decision_label(d: Decision, fallback: str) -> str:
     """The kind a task's decision is accounted to: an array (a gradient, parameters) to full, a seed to stochastic."""
-    from workers.hybrid import DecisionKind
     from workers.messages import ARRAY_DECISIONS
+    from workers.state import DecisionKind
 
     if d.kind == DecisionKind.ES:  # a stochastic round's seed weights (es, guided, zo)
         return "stochastic"

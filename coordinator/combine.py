@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.hybrid import Decision, DecisionKind, cost_rank
 from workers.messages import Result, RoundKind
 from workers.noise import trial_seed
-from workers.search import SHARED_WORKER, subspace_coefficients
+from workers.search import subspace_coefficients
+from workers.state import SHARED_WORKER, Decision, DecisionKind, cost_rank
 
 RULES = ("argmin", "notebook", "elitist", "es", "guided")
 WEIGHTS = ("rank", "zscore", "quadratic")

@@ -28,23 +28,41 @@ Factory = Annotated[str, Field(max_length=256, pattern=FACTORY_PATTERN)]
 
 
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "digits", "synthetic", "npz", "factory"] = "digits"
-    # mnist: folder with the four MNIST IDX files (.gz or raw), None: $HES_MNIST_DIR. npz: the .npz file.
-    path: str | None = None
-    # Held out from the training images as dev. None: 10,000 for mnist (the paper), 20% otherwise
-    # (npz and factory: only when they bring no x_dev, y_dev of their own).
-    dev_size: Annotated[int, Field(ge=1)] | None = None
-    # factory: "package.module:function" called with `kwargs`; it returns the arrays an .npz would hold.
-    factory: Factory | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    # How the training set is placed on the workers. iid: every round's minibatch is split among the workers.
-    # dirichlet: each worker slot owns a fixed partition whose label proportions come from Dirichlet(alpha)
-    # (seeded by the job seed) and takes its share of every round's examples from it (workers/partition.py).
-    split: Literal["iid", "dirichlet"] = "iid"
-    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0  # dirichlet only: lower is more skewed
-    # Keep only these labels in train, dev and test (their values unchanged; the model keeps its 10 outputs).
-    # None: every class.
-    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(default=None, min_length=1, max_length=10)
+    """Which data set the job trains on, and how its training set is placed on the workers."""
+
+    dataset: Literal["mnist", "digits", "synthetic", "npz", "factory"] = Field(default="digits", description=(
+        "The data set. `mnist`: the four MNIST IDX files in `data.path` (28x28 images). `digits`: scikit-learn's "
+        "bundled 8x8 digits, nothing to download. `synthetic`: ten classes of noisy 16x16 prototype images, made "
+        "from the seed. `npz`: your own arrays in the .npz file at `data.path` (`x_train`, `y_train`, `x_test`, "
+        "`y_test`, optionally `x_dev`, `y_dev`). `factory`: your own arrays, returned by `data.factory`. The "
+        "built-in image sets are standardised with the training set's mean and std; your own arrays are used "
+        "as given."))
+    path: str | None = Field(default=None, description=(
+        "`mnist`: the folder with the four MNIST IDX files (.gz or raw); null reads `$HES_MNIST_DIR`. `npz`: the "
+        ".npz file (required). The other data sets read no path. Through the service it must lie inside "
+        "`HES_ALLOWED_DATA_ROOTS`."))
+    dev_size: Annotated[int, Field(ge=1)] | None = Field(default=None, description=(
+        "Examples held out from the training images as the dev set (seeded). null: 10,000 for mnist, as the "
+        "paper did, and 20% of the training set otherwise; npz and factory hold out only when they bring no "
+        "`x_dev`, `y_dev` of their own."))
+    factory: Factory | None = Field(default=None, description=(
+        "Dataset `factory` only, and required there: `\"package.module:function\"`, called with `data.kwargs`; "
+        "it returns a mapping of the arrays an .npz would hold. Through the service the module must lie inside "
+        "`HES_ALLOWED_FACTORIES`."))
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Dataset `factory` only: keyword arguments passed to `data.factory` (plain YAML data)."))
+    split: Literal["iid", "dirichlet"] = Field(default="iid", description=(
+        "How the training set is placed on the workers. `iid`: every round's minibatch is split evenly among the "
+        "workers. `dirichlet`: each worker slot owns a fixed partition whose label proportions are drawn from "
+        "Dirichlet(`data.alpha`), seeded by the job's seed, and takes its share of every round's examples from "
+        "it (non-IID workers; workers/partition.py)."))
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(default=1.0, description=(
+        "Split `dirichlet` only: the concentration of each worker's label proportions; lower gives each worker "
+        "fewer dominant labels."))
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(default=None, min_length=1, max_length=10,
+                                                                    description=(
+        "Keep only these labels in train, dev and test, their values unchanged (the model keeps its 10 outputs, "
+        "so a later job can fine-tune it on every class). null: every class."))
 
     @model_validator(mode="after")
     def _path_and_factory(self) -> DataConfig:
@@ -62,25 +80,38 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["mlp", "convnet", "module"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [300], min_length=1,
-                                                                max_length=16)
-    activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
-    # Initial weights: "normal" draws N(0, 1) as the paper's MLP did; "fan_in" scales by 1/sqrt(fan_in).
-    # None: normal for mlp, fan_in for convnet.
-    init: Literal["normal", "fan_in"] | None = None
-    # arch module: "package.module:function" returning a torch.nn.Module, called with `kwargs` (workers/module_model.py)
-    factory: Factory | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    # What the trials perturb (and L2 decays): weights, every parameter of 2 or more dimensions; all, every one.
-    perturb: Literal["weights", "all"] = "weights"
+    """The network: one of the paper's two, or a torch.nn.Module of your own; where it starts and what trains."""
 
-    # A finished job's output folder: start from its model.safetensors instead of the seed's parameters (the
-    # architecture must match, tensor by tensor). None: the seed's initial parameters.
-    init_from: Annotated[str, Field(min_length=1)] | None = None
-    # all: every parameter trains. last: only the last layer's weights and biases change; every update of every
-    # mode (full, stochastic, localsgd) and every trial's perturbation leaves the others bitwise as they were.
-    trainable: Literal["all", "last"] = "all"
+    arch: Literal["mlp", "convnet", "module"] = Field(default="mlp", description=(
+        "`mlp`: fully connected layers of `model.hidden` units, then 10 outputs (the paper's MNIST network is "
+        "784-300-10 with sigmoid). `convnet`: the paper's LeNet-like net, conv 5x5 x6, 2x2 pool, conv 5x5 x16, "
+        "2x2 pool, 120, 84, 10 (images of 16x16 pixels or more). `module`: your own torch.nn.Module, built by "
+        "`model.factory`."))
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [300], min_length=1,
+                                                                max_length=16, description=(
+        "`mlp`: the units of each hidden layer, e.g. `[300]` or `[512, 256]`."))
+    activation: Literal["sigmoid", "tanh", "relu"] = Field(default="sigmoid", description=(
+        "`mlp` and `convnet`: the activation after every layer but the last."))
+    init: Literal["normal", "fan_in"] | None = Field(default=None, description=(
+        "Initial weights (biases start at zero). `normal`: N(0, 1) draws, as the paper's MLP had; `fan_in`: "
+        "N(0, 1) scaled by 1/sqrt(fan_in). null: normal for mlp, fan_in for convnet."))
+    factory: Factory | None = Field(default=None, description=(
+        "Arch `module` only, and required there: `\"package.module:function\"` returning a torch.nn.Module, "
+        "called with `model.kwargs` under the job's seed (workers/module_model.py). BatchNorm is refused; use "
+        "GroupNorm or LayerNorm. Through the service the module must lie inside `HES_ALLOWED_FACTORIES`."))
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Arch `module` only: keyword arguments passed to `model.factory` (plain YAML data)."))
+    perturb: Literal["weights", "all"] = Field(default="weights", description=(
+        "Arch `module` only: what the trials perturb and L2 decays. `weights`: every parameter of 2 or more "
+        "dimensions; `all`: every parameter."))
+    init_from: Annotated[str, Field(min_length=1)] | None = Field(default=None, description=(
+        "A finished job's output folder: start from its model.safetensors instead of the seed's parameters; the "
+        "architecture must match, tensor by tensor. Through the service: a job id, or a folder inside its job "
+        "outputs or data roots. null: the seed's initial parameters."))
+    trainable: Literal["all", "last"] = Field(default="all", description=(
+        "`all`: every parameter trains. `last`: only the last layer's weights and biases change; every update of "
+        "every mode, and every trial's perturbation, leaves the others bitwise as they were. mlp and convnet "
+        "only, and not with `hybrid.combine` es or guided, `hybrid.trials` shared or `hybrid.mode` zo."))
 
     @model_validator(mode="after")
     def _factory_only_for_module(self) -> ModelConfig:
@@ -94,61 +125,100 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: Annotated[int, Field(ge=1, le=100000)] = 30
-    batch_size: Annotated[int, Field(ge=1)] = 1000
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0  # applied to the batch-mean gradient
-    l2: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0e-4  # W -= 2 * lr * l2 * W (weights only)
-    # Reshuffle the training set every epoch (seeded), as most SGD training does. False: the same batch order
-    # every epoch, as the paper's runs had it; with r = 2 the odd batches then never get a gradient of their
-    # own, only trials scored on them, and on MNIST a 2-worker r = 2 job in that order collapsed to 39% dev
-    # accuracy in its last epochs (BENCHMARKS.md, section 7 has five seeds of both orders).
-    shuffle: bool = True
-    # Write checkpoint.npz every this-many rounds as well as at every epoch end; None: at epoch ends only.
-    # A job restarted from a checkpoint recomputes the rounds after it, bitwise as they were (seeded rounds).
-    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
-    # cross_entropy: class labels (N) against logits (N, C), or (N, T) against (N, T, C), mean over T per example;
-    # mse: float targets of the output's shape, mean over an example's entries. Accuracy only for cross_entropy.
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    """The optimisation: epochs, minibatch, learning rate, weight decay, loss and checkpoints."""
+
+    epochs: Annotated[int, Field(ge=1, le=100000)] = Field(default=30, description=(
+        "Passes over the training set. An epoch has training examples // `train.batch_size` minibatches (the "
+        "remainder is left out of that epoch), one round each (two with mode hybrid and r = 1)."))
+    batch_size: Annotated[int, Field(ge=1)] = Field(default=1000, description=(
+        "Examples per round, over all workers together: each worker takes its share of the minibatch."))
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(default=5.0, description=(
+        "Learning rate, applied to the batch-mean gradient: a full round steps by -lr * g. A trial's shift is "
+        "scaled by it too (see `hybrid.sigma`). A job whose loss becomes nan or inf fails naming `train.lr` "
+        "and `hybrid.sigma`."))
+    l2: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(default=1.0e-4, description=(
+        "L2 weight decay, on the weights only (not biases): every step also does W -= 2 * lr * l2 * W, as the "
+        "paper's code did."))
+    shuffle: bool = Field(default=True, description=(
+        "Reshuffle the training set every epoch (seeded), as most SGD training does. false: the same minibatch "
+        "order every epoch, as the paper's runs had it; with hybrid.r = 2 the odd minibatches then never get a "
+        "gradient of their own, only trials scored on them, which can make training unstable (BENCHMARKS.md, "
+        "section 7, compares both orders over five seeds)."))
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(default=None, description=(
+        "Write checkpoint.npz every this many rounds as well as at every epoch end; null: at epoch ends only. A "
+        "job restarted from a checkpoint recomputes the rounds after it, bitwise as they were, so this bounds the "
+        "work a restart repeats."))
+    loss: Literal["cross_entropy", "mse"] = Field(default="cross_entropy", description=(
+        "`cross_entropy`: class labels (N) against logits (N, C), or (N, T) against (N, T, C) with an example's "
+        "loss the mean over its T positions. `mse`: float targets of the output's shape, the mean over an "
+        "example's entries; a job then reports loss only, no accuracy."))
 
 
 class HybridConfig(_Strict):
-    # zo: every round stochastic, no backprop anywhere (forward-only workers); its step is the es estimate alone.
-    mode: Literal["hybrid", "backprop", "stale", "localsgd", "zo"] = "hybrid"
-    r: Annotated[int, Field(ge=1, le=100000)] = 2  # full round when iteration % r == 0
-    k: Annotated[int, Field(ge=1, le=100000)] = 10  # trials per worker per stochastic round
-    # Std of the shift added to the batch-SUMMED gradient (the paper's "sigma^2", see seed/NOTES.md).
-    sigma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.25
-    # argmin: Algorithm 2 as written (apply the best trial). notebook: the paper's code (seed/NOTES.md).
-    # elitist: (1 + lambda) selection, apply the best trial only if it beats the current cost, else keep.
-    # es: antithetic pairs (k / 2 seeds, each tried as +E and -E), every cost weighted (es_weights), the step
-    # moved by es_lr times the weighted sum of the perturbations (coordinator/combine.py, workers/search.py).
-    # guided: es whose perturbations lie in the span of the last guided_m full-round gradients plus an
-    # isotropic part of weight guided_alpha (Guided ES, Maheswaranathan et al. 2019).
-    combine: Literal["argmin", "notebook", "elitist", "es", "guided"] = "argmin"
-    # independent: every worker tries seeds of its own on the whole minibatch. shared: the round's seeds come
-    # from the round alone, every worker scores all of them on its shard, the coordinator adds the costs up.
-    trials: Literal["independent", "shared"] = "independent"
-    # es and guided: the step is -es_lr * (lr * sigma / B) * sum_i w_i E_i / n over the n seeds of the round,
-    # w_i in [-1, 1] (rank weights); es_lr = 1 moves about as far as one trial's shift along the best direction.
-    es_lr: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
-    # rank: centered ranks of all the round's costs (OpenAI ES; blind to the costs' scale, robust to outliers);
-    # zscore: (cost - mean) / (2 std), which keeps how much better a trial was. quadratic (guided only): fit a
-    # quadratic model of the cost in the gradients' span to every cost and step to its minimizer, at most es_lr
-    # times the farthest trial away (a trust region); the weights then make the step exactly that.
-    es_weights: Literal["rank", "zscore", "quadratic"] = "rank"
-    guided_m: Annotated[int, Field(ge=1, le=64)] = 2  # full-round gradients kept for guided trials
-    guided_alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5  # isotropic share of a trial
-    # Every this-many rounds each worker reports a digest of its parameters; 0 turns the check off.
-    replica_check_every: Annotated[int, Field(ge=0)] = 10
-    # A trial's perturbation of the weights: gaussian (every weight its own N(0, 1) draw) or lowrank (per weight
-    # matrix E = A B^T / sqrt(noise_rank), A and B N(0, 1), so every entry has unit variance; workers/noise.py).
-    noise: Literal["gaussian", "lowrank"] = "gaussian"
-    noise_rank: Annotated[int, Field(ge=1, le=4096)] = 1  # rank of lowrank perturbations
-    # One more backprop per stochastic round, in the coordinator: the cosine between the applied step and the
-    # minibatch's true descent direction, and the share of trials that beat the unperturbed step, as per-epoch
-    # history columns diag_cosine and diag_beat_share. Off: nothing is computed.
-    diagnostics: bool = False
+    """The method: which rounds compute a backprop gradient, and how the seed-only rounds search and step."""
 
+    mode: Literal["hybrid", "backprop", "stale", "localsgd", "zo"] = Field(default="hybrid", description=(
+        "`hybrid`: Hybrid-ES, every `hybrid.r`-th round full (backprop), the others stochastic (seeded trials). "
+        "`backprop`: every round full, the reference. `stale`: the control, the other rounds re-apply the last "
+        "backprop gradient with no search. `localsgd`: the peer, each worker steps on its own shard and the "
+        "parameters are averaged every `hybrid.r` rounds. `zo`: every round stochastic, no backprop anywhere "
+        "(forward-only workers), the step the es estimate alone; needs `hybrid.combine` es."))
+    r: Annotated[int, Field(ge=1, le=100000)] = Field(default=2, description=(
+        "The period of full rounds: round t (counted over the whole job from 0) is full when t % r == 0, so "
+        "1/r of the rounds compute a backprop gradient. r = 1 is the paper's Assisted H-ES: every minibatch gets "
+        "a full round that only sets the gradient, then a stochastic round whose trials take the step. "
+        "localsgd: the parameters are averaged after every r-th local step."))
+    k: Annotated[int, Field(ge=1, le=100000)] = Field(default=10, description=(
+        "Trials per worker per stochastic round (K in the paper): seeded perturbations of the last backprop "
+        "gradient, each scored by its loss on the round's minibatch. With `hybrid.trials` shared, the k seeds of "
+        "the round that every worker scores. es and guided try k / 2 seeds as antithetic pairs, so k must be "
+        "even."))
+    sigma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(default=1.25, description=(
+        "The size of a trial's shift: the standard deviation of the N(0, 1) noise added to the batch-SUMMED "
+        "gradient, so a trial moves each weight by lr * sigma / batch_size standard deviations (the paper's "
+        "\"sigma^2\" is this number)."))
+    combine: Literal["argmin", "notebook", "elitist", "es", "guided"] = Field(default="argmin", description=(
+        "How a stochastic round's trials become its step. `argmin`: apply the best trial (the paper's Algorithm "
+        "2 as written). `notebook`: the paper's published code, re-apply the last gradient if any trial beat "
+        "the current cost, else move only the biases. `elitist`: (1 + lambda) selection, apply the best trial "
+        "only if it beats the current cost, else keep the parameters. `es`: antithetic pairs (k / 2 seeds, each "
+        "tried as +E and -E), every cost weighted (`hybrid.es_weights`), the step `hybrid.es_lr` times the "
+        "weighted sum of the perturbations. `guided`: es whose perturbations lie in the span of the last "
+        "`hybrid.guided_m` full-round gradients plus an isotropic part (Guided ES, Maheswaranathan et al. 2019)."))
+    trials: Literal["independent", "shared"] = Field(default="independent", description=(
+        "`independent`: every worker tries seeds of its own on the whole minibatch (on its own partition's share "
+        "under data.split dirichlet). `shared`: the round's seeds come from the round alone, every worker scores "
+        "all k of them on its shard, and the coordinator adds the costs up weighted by examples. shared works "
+        "with combine argmin, es and guided."))
+    es_lr: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(default=1.0, description=(
+        "es and guided: the step is -es_lr * (lr * sigma / B) * sum_i w_i E_i / n over the n seeds of the round, "
+        "w_i in [-1, 1]; es_lr = 1 moves about as far as one trial's shift along the best direction. With "
+        "es_weights quadratic: the trust radius, in units of the farthest trial."))
+    es_weights: Literal["rank", "zscore", "quadratic"] = Field(default="rank", description=(
+        "es and guided: how costs become weights. `rank`: centered ranks of all the round's costs (OpenAI ES; "
+        "blind to the costs' scale, robust to outliers). `zscore`: (cost - mean) / (2 std), which keeps how much "
+        "better a trial was. `quadratic` (guided only): fit a quadratic model of the cost in the gradients' span "
+        "to every cost and step to its minimizer, within the trust radius `hybrid.es_lr`; a round must give at "
+        "least as many costs as the model has numbers."))
+    guided_m: Annotated[int, Field(ge=1, le=64)] = Field(default=2, description=(
+        "guided: how many of the last full-round gradients span the trials' directions (kept in checkpoints)."))
+    guided_alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(default=0.5, description=(
+        "guided: the isotropic share of a trial's perturbation; 0 keeps it inside the gradients' span, 1 makes "
+        "it plain es."))
+    replica_check_every: Annotated[int, Field(ge=0)] = Field(default=10, description=(
+        "Every this many rounds each worker reports an 8-byte digest of its parameters; a worker whose copy "
+        "differs from the coordinator's is resynced (counted as sync bytes). 0 turns the check off."))
+    noise: Literal["gaussian", "lowrank"] = Field(default="gaussian", description=(
+        "A trial's perturbation of the weights. `gaussian`: every weight its own N(0, 1) draw. `lowrank`: per "
+        "weight matrix (a conv kernel as out x in*kh*kw) E = A B^T / sqrt(noise_rank), A and B N(0, 1), so "
+        "every entry has unit variance and a trial draws far fewer numbers (workers/noise.py)."))
+    noise_rank: Annotated[int, Field(ge=1, le=4096)] = Field(default=1, description=(
+        "`lowrank` only: the rank of the perturbations."))
+    diagnostics: bool = Field(default=False, description=(
+        "One more backprop per stochastic round, in the coordinator, to measure the method: the cosine between "
+        "the applied step and the minibatch's true descent direction, and the share of trials that beat the "
+        "unperturbed step, as history.csv columns `diag_cosine` and `diag_beat_share`. false: nothing is "
+        "computed."))
 
     @model_validator(mode="after")
     def _rules_fit(self) -> HybridConfig:
@@ -170,17 +240,29 @@ class HybridConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    workers: Annotated[int, Field(ge=0, le=1024)] = 2  # 0: run in this process, no Ray
-    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1
-    gpus_per_worker: Annotated[float, Field(ge=0, le=64)] = 0
-    address: str | None = None  # Ray address; None starts or joins a local Ray
-    # Passed to Ray for the job's actors (coordinator and workers), e.g. {py_modules: [./mypkg]} or {working_dir: .}
-    # so that model.factory and data.factory import on every node; local paths are uploaded by the driver.
-    runtime_env: dict[str, Any] | None = None
-    # ray: each worker is a Ray actor. local: the `workers` replicas run in this process one after another, each
-    # applying every decision itself as an actor does, so the job ends bitwise equal to the Ray job of the same
-    # config, with the same payload bytes counted (coordinator/pool.py ReplicaPool).
-    backend: Literal["ray", "local"] = "ray"
+    """Where the job runs: how many workers, what each reserves, which Ray, and what code travels with it."""
+
+    workers: Annotated[int, Field(ge=0, le=1024)] = Field(default=2, description=(
+        "Worker replicas; each takes its share of every minibatch. 0: the whole job in this process, no Ray "
+        "(for debugging; `hes train` only)."))
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = Field(default=1, description=(
+        "CPUs Ray reserves for each worker (torch uses that many threads, at least 1). A job needs workers x "
+        "cpus_per_worker CPUs free on the cluster; the service refuses one that cannot fit."))
+    gpus_per_worker: Annotated[float, Field(ge=0, le=64)] = Field(default=0, description=(
+        "GPUs Ray reserves for each worker; a worker given one computes on CUDA. Replicas stay bitwise equal "
+        "across devices; a GPU's trial costs and gradients can differ from a CPU's in the last bits."))
+    address: str | None = Field(default=None, description=(
+        "The Ray cluster to join (`hes train` only; `auto` finds a local `ray start`). null: start a Ray on this "
+        "machine, or join $RAY_ADDRESS. The service refuses it: its jobs run on the service's own cluster "
+        "(`HES_RAY_ADDRESS`)."))
+    runtime_env: dict[str, Any] | None = Field(default=None, description=(
+        "Passed to Ray for the job's actors, e.g. `{py_modules: [./mypkg]}` or `{working_dir: .}`, so that "
+        "model.factory and data.factory import on every node; local paths are uploaded by the driver (`hes "
+        "train` only: the service runs no code sent with a job)."))
+    backend: Literal["ray", "local"] = Field(default="ray", description=(
+        "`ray`: each worker is a Ray actor. `local`: the `cluster.workers` replicas run in this process one "
+        "after another, each applying every decision itself as an actor does, so the job ends bitwise equal to "
+        "the Ray job of the same config with the same payload bytes counted (`hes train` only; no GPUs)."))
 
     @model_validator(mode="after")
     def _local_backend(self) -> ClusterConfig:
@@ -194,8 +276,14 @@ class ClusterConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")] = "job"
-    seed: Annotated[int, Field(ge=0, lt=2**31)] = 100
+    """A training job: its name and seed, and one section each for data, model, train, hybrid and cluster."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")] = Field(default=
+        "job", description="The job's name (letters, digits, `_`, `.` and `-`), shown in logs and stored in its "
+        "model.safetensors.")
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = Field(default=100, description=(
+        "Everything random follows from it: initial parameters, the dev split, minibatch order, every trial's "
+        "seed and the Dirichlet partition. The same config and seed give the same parameters, bit for bit."))
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

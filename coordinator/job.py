@@ -43,25 +43,15 @@ from coordinator.outputs import (
     write_model,
     write_text,
 )
-from coordinator.own_model import make_model
+from coordinator.parts import JobParts, build_parts, worker_k
+from coordinator.pool import LocalPool, ReplicaPool
 from coordinator.rounds import Pool, RoundEvent, RoundLoop
-from workers.data import Dataset, keep_classes, load_dataset
-from workers.hybrid import (
-    Diverged,
-    HybridState,
-    Hyper,
-    batch_loss_and_grad_sum,
-    evaluate,
-    keep_frozen,
-    noise_spec,
-    require_finite,
-    require_finite_parameters,
-)
+from workers.hybrid import batch_loss_and_grad_sum, evaluate
 from workers.messages import RoundKind
 from workers.models import Model
-from workers.partition import dirichlet_partition
-from workers.replica import Replica, Schedule
-from workers.search import Search
+from workers.replica import Replica
+from workers.state import Diverged, HybridState, require_finite, require_finite_parameters
+from workers.steps import keep_frozen
 
 log = logging.getLogger("hes.job")
 
@@ -97,51 +87,6 @@ class Progress:
 
 def replica_checks(c: Counters) -> ReplicaChecks:
     return ReplicaChecks(checked=c.replica_checked, mismatches=c.replica_mismatches)
-
-
-def build_parts(cfg: JobConfig) -> tuple[Dataset, Model, Hyper, Schedule]:
-    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed, cfg.data.factory,
-                        cfg.data.kwargs, cfg.train.loss)
-    if cfg.data.classes is not None:
-        data = keep_classes(data, cfg.data.classes)
-    model = make_model(cfg, data)  # the paper's networks, or model.arch module (coordinator/own_model.py)
-    if cfg.train.batch_size > len(data.x_train):
-        raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(data.x_train)} training "
-                         f"examples of {data.name}")
-    if cfg.cluster.workers > cfg.train.batch_size:
-        raise ValueError(f"cluster.workers: {cfg.cluster.workers} workers cannot share batches of "
-                         f"{cfg.train.batch_size} examples (train.batch_size)")
-    h = cfg.hybrid
-    search = Search(h.combine, h.trials, worker_k(cfg), cfg.seed, h.mode == "zo", h.guided_m, h.guided_alpha, h.es_lr,
-                    h.es_weights)
-    hyper = Hyper(cfg.train.lr, cfg.train.l2, cfg.hybrid.sigma, cfg.train.batch_size, model.num_weights,
-                  noise_spec(model, cfg.hybrid.noise, cfg.hybrid.noise_rank),
-                  frozen=frozen_prefix(model, cfg.model.trainable), search=search)
-    part_sizes = tuple(len(p) for p in partitions(cfg, data)) if cfg.data.split == "dirichlet" else ()
-    schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, cfg.train.batch_size, len(data.x_train), cfg.seed,
-                        cfg.train.shuffle, cfg.data.split, part_sizes)
-    return data, model, hyper, schedule
-
-
-def partitions(cfg: JobConfig, data: Dataset) -> tuple[np.ndarray, ...]:
-    """data.split dirichlet: the training-set indices each worker slot owns (one slot in process, workers: 0)."""
-    return dirichlet_partition(data.y_train, max(1, cfg.cluster.workers), cfg.data.alpha, cfg.seed)
-
-
-def worker_data(cfg: JobConfig, data: Dataset, parts: tuple[np.ndarray, ...] | None,
-                worker: int) -> tuple[np.ndarray, np.ndarray]:
-    """The training arrays worker slot `worker` holds: the whole set (iid), or its partition's (dirichlet)."""
-    if parts is None:
-        return data.x_train, data.y_train
-    return data.x_train[parts[worker]], data.y_train[parts[worker]]
-
-
-def frozen_prefix(model: Model, trainable: str) -> tuple[int, int]:
-    """(leading weights, leading biases) that no update may change: all but the last layer's for `last`."""
-    if trainable == "all":
-        return 0, 0
-    last_w, last_b = math.prod(model.weights[-1].shape), math.prod(model.biases[-1].shape)
-    return model.num_weights - last_w, model.num_parameters - model.num_weights - last_b
 
 
 def initial_theta(cfg: JobConfig, model: Model) -> np.ndarray:
@@ -220,12 +165,7 @@ def failed_result(cfg: JobConfig, progress: Progress, num_parameters: int | None
     return doc
 
 
-def worker_k(cfg: JobConfig) -> int:
-    """Trials per worker per stochastic round: none for the stale control, which does no search."""
-    return 0 if cfg.hybrid.mode == "stale" else cfg.hybrid.k
-
-
-PoolFactory = Callable[[JobConfig, Dataset, Model, Hyper, Schedule, Counters], Pool]
+PoolFactory = Callable[[JobConfig, JobParts, Counters], Pool]
 
 
 class Job:
@@ -235,7 +175,9 @@ class Job:
                  pool_factory: PoolFactory | None = None, restarts: int = 0) -> None:
         self.cfg, self.out = cfg, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.data, self.model, self.hyper, self.schedule = build_parts(cfg)
+        self.parts = build_parts(cfg)
+        self.data, self.model, self.hyper, self.schedule = (self.parts.data, self.parts.model, self.parts.hyper,
+                                                            self.parts.schedule)
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
         self.history: list[dict[str, Any]] = []
@@ -257,7 +199,6 @@ class Job:
         self.pool: Pool | None = None
         self.stop_requested = False
         self._diag: dict[str, list[float]] = {c: [] for c in DIAGNOSTIC_COLUMNS}  # this epoch's stochastic rounds
-        self._parts = partitions(cfg, self.data) if cfg.data.split == "dirichlet" else None
 
     @property
     def state(self) -> HybridState:
@@ -288,7 +229,7 @@ class Job:
         p, c = self.progress, self.progress.counters
         p.status, started = JobStatus.RUNNING, time.perf_counter()
         seconds_before = c.seconds["total"]
-        pool = self.pool = self.pool_factory(self.cfg, self.data, self.model, self.hyper, self.schedule, c)
+        pool = self.pool = self.pool_factory(self.cfg, self.parts, c)
         loop = self._loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode,
                                       self.cfg.hybrid.combine, pool, c, self.cfg.hybrid.replica_check_every)
         rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
@@ -362,9 +303,9 @@ class Job:
 
     def round_examples(self, t: int) -> np.ndarray:
         """The training-set indices of round t's minibatch, every worker's share (dirichlet: from each partition)."""
-        if self._parts is None:
+        if self.parts.partitions is None:
             return self.schedule.batch(t)
-        return np.concatenate([part[self.schedule.own(t, w)] for w, part in enumerate(self._parts)])
+        return np.concatenate([part[self.schedule.own(t, w)] for w, part in enumerate(self.parts.partitions)])
 
     def _diagnose(self, t: int, before: torch.Tensor, improvements: int, workers: int) -> None:
         """hybrid.diagnostics, one stochastic round: one backprop on its minibatch at the parameters it started from.
@@ -412,34 +353,28 @@ class Job:
         return result
 
 
-def local_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-               counters: Counters) -> Pool:
+def local_pool(cfg: JobConfig, parts: JobParts, counters: Counters) -> Pool:
     """The in-process pool: one replica sharing the coordinator's state (workers: 0), or, with cluster.backend
     local, the N replicas of a Ray job run here one after another (coordinator/pool.py ReplicaPool)."""
-    from coordinator.pool import LocalPool, ReplicaPool
-
-    parts = partitions(cfg, data) if cfg.data.split == "dirichlet" else None
     if cfg.cluster.backend == "local" and cfg.cluster.workers >= 1:
         n = cfg.cluster.workers
         # dataset stays 0: the replicas read the data where it was loaded, as Ray workers that can read it on their
         # node do (coordinator/ship_data.py)
-        return ReplicaPool([make_replica(cfg, data, model, hyper, schedule, parts, i) for i in range(n)],
+        return ReplicaPool([make_replica(cfg, parts, i) for i in range(n)],
                            threads=max(1, int(cfg.cluster.cpus_per_worker)))
     # one worker, the only one (whatever cluster.workers says when a caller runs a Ray config in process)
-    if parts is not None and len(parts) > 1:
-        raise ValueError(f"data.split: dirichlet places the data on {len(parts)} workers; run them on Ray or with "
-                         "cluster.backend local, not as one replica in this process")
-    return LocalPool(make_replica(cfg, data, model, hyper, schedule, parts, 0, 1),
-                     shares_state=cfg.hybrid.mode != "localsgd")
+    if parts.partitions is not None and len(parts.partitions) > 1:
+        raise ValueError(f"data.split: dirichlet places the data on {len(parts.partitions)} workers; run them on "
+                         "Ray or with cluster.backend local, not as one replica in this process")
+    return LocalPool(make_replica(cfg, parts, 0, 1), shares_state=cfg.hybrid.mode != "localsgd")
 
 
-def make_replica(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-                 parts: tuple[np.ndarray, ...] | None, worker: int, n_workers: int | None = None) -> Replica:
+def make_replica(cfg: JobConfig, parts: JobParts, worker: int, n_workers: int | None = None) -> Replica:
     """Worker `worker`'s replica as a worker actor makes it: its data, at version 0 from the seed's parameters
     (with model.init_from it has none yet: its first round asks for a sync, counted as sync bytes)."""
-    x, y = worker_data(cfg, data, parts, worker)
-    replica = Replica(model, x, y, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, worker,
-                      n_workers or max(1, cfg.cluster.workers))
+    x, y = parts.worker_data(worker)
+    replica = Replica(parts.model, x, y, parts.hyper, parts.schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine,
+                      worker, n_workers or max(1, cfg.cluster.workers))
     if cfg.model.init_from is None:
-        replica.start(model.initial_parameters(cfg.seed))
+        replica.start(parts.model.initial_parameters(cfg.seed))
     return replica

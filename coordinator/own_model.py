@@ -1,16 +1,15 @@
 """The model a job config names: one of the paper's networks, or the job's own module (model.arch module).
 
 A job's own module or data is checked against the other before any round: the module's output on two training
-examples must fit the targets and the loss (workers/user_data.py `check_fit`).
+examples must fit the targets and the loss (workers/data/arrays.py `check_fit`).
 """
 from __future__ import annotations
 
 from coordinator.config import JobConfig
-from workers.data import DataError, Dataset
+from workers.data import DataError, Dataset, check_fit
 from workers.losses import Loss
 from workers.models import Model, build_model
 from workers.module_model import module_model
-from workers.user_data import check_fit
 
 OWN_DATA = ("npz", "factory")
 

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from coordinator.accounting import RoundBytes, count_task, decision_label
-from workers.hybrid import Decision, DecisionKind
 from workers.messages import (
     Result,
     Status,
@@ -31,6 +30,7 @@ from workers.messages import (
     payload_size,
 )
 from workers.replica import Replica
+from workers.state import Decision, DecisionKind
 
 
 class LocalPool:

@@ -39,13 +39,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coordinator.accounting import Counters, RoundBytes, count_task, decision_label
 from coordinator.config import JobConfig
-from coordinator.job import partitions, worker_k
+from coordinator.parts import JobParts, worker_k
 from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE, SharedBuffer, shared_buffers
 from coordinator.ship_data import link_bytes, recipe, ship
 from workers.actor import SHARED, WorkerActor, WorkerData, WorkerSpec
-from workers.data import Dataset
-from workers.hybrid import Decision, DecisionKind, Hyper
 from workers.messages import (
     Result,
     RoundKind,
@@ -57,9 +55,8 @@ from workers.messages import (
     encode_task,
     payload_size,
 )
-from workers.models import Model
 from workers.node_data import DataReport
-from workers.replica import Schedule
+from workers.state import Decision, DecisionKind
 
 __all__ = ["SHM_DISABLE", "ClusterTooSmall", "PoolSettings", "RayPool", "ray_pool", "worker_env"]
 
@@ -70,7 +67,7 @@ PUT_THRESHOLD = 4096  # decisions larger than this go through the object store o
 #   `max_direct_call_object_size` (100 KiB by default): a write, a seal and a fetch less per full round.
 #   The process that returns reads the setting.
 # - Ray starts worker processes at niceness 15, below everything else on the node; a worker actor IS the
-#   job's compute, so it runs at niceness 0, as Ray's own job drivers do (README, "How a round travels").
+#   job's compute, so it runs at niceness 0, as Ray's own job drivers do (docs/design.md, "How a round travels").
 INLINE_RETURN_LIMIT = 64 << 20
 NOT_NICED = {"RAY_worker_niceness": "0"}  # also the coordinator actor's (coordinator/actor.py)
 
@@ -440,18 +437,18 @@ class RayPool:
         self.shared = {}  # unmapped once the last view of a result is gone (a finished Job keeps its pool)
 
 
-def ray_pool(cfg: JobConfig, data: Dataset, model: Model, hyper: Hyper, schedule: Schedule,
-             counters: Counters, gpu_workers: int | None = None, runtime_env: dict | None = None) -> RayPool:
+def ray_pool(cfg: JobConfig, parts: JobParts, counters: Counters, gpu_workers: int | None = None,
+             runtime_env: dict | None = None) -> RayPool:
     """The Job pool factory for cluster.workers >= 1. `gpu_workers`: only the first so many workers get
     cluster.gpus_per_worker (a mixed job, bench/gpu_check.py); all of them by default. `runtime_env`: the job's
     cluster.runtime_env uploaded already (the coordinator actor's); None uploads it from here."""
     n = cfg.cluster.workers
-    specs = [WorkerSpec(model, hyper, schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
+    specs = [WorkerSpec(parts.model, parts.hyper, parts.schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None)
              for i in range(n)]
-    arrays = [data.stored_train] * n
-    if cfg.data.split == "dirichlet":  # a worker is sent only its partition
-        arrays = [data.stored_train.take(p) for p in partitions(cfg, data)]
-    return RayPool(specs, ship(arrays, recipe(cfg)), cfg.cluster.cpus_per_worker,
+    arrays = [parts.data.stored_train] * n
+    if parts.partitions is not None:  # a worker is sent only its partition
+        arrays = [parts.data.stored_train.take(p) for p in parts.partitions]
+    return RayPool(specs, ship(arrays, recipe(cfg), parts.partitions), cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
                    runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))

@@ -8,10 +8,10 @@ decision to its own state while the workers work, so its own update is off the r
 `RoundLoop.state` is always the state with every decision applied.
 
 Which round the coordinator's update overlaps matters on a small node: a full round is short (one
-gradient, about 18 ms for the paper's MLP), and applying a chosen seed means drawing P normal numbers
-again (about 5 ms), which then competes for the cores with the task's delivery and the worker's gradient.
-So when a full round is followed by a stochastic one (K trials, about 7x longer), the decisions wait and
-are applied under the stochastic round instead (BENCHMARKS.md, section 5).
+gradient), and applying a chosen seed means drawing P normal numbers again, which would then compete for the
+cores with the task's delivery and the worker's gradient. So when a full round is followed by a stochastic
+one (K trials, several times longer), the decisions wait and are applied under the stochastic round instead
+(BENCHMARKS.md, section 5, has the round times).
 """
 from __future__ import annotations
 
@@ -25,18 +25,11 @@ import torch
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.combine import Rules, combine, round_loss, weighted_mean
-from workers.hybrid import (
-    Decision,
-    DecisionKind,
-    Diverged,
-    HybridState,
-    Hyper,
-    apply_decision,
-    keep_frozen,
-    require_finite,
-)
+from workers.hybrid import apply_decision
 from workers.messages import Result, RoundKind, Sync, Task
 from workers.replica import Schedule, digest
+from workers.state import Decision, DecisionKind, Diverged, HybridState, Hyper, require_finite
+from workers.steps import keep_frozen
 
 
 class Pool(Protocol):

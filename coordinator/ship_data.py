@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import ray
 
 from coordinator.config import JobConfig
@@ -29,18 +30,20 @@ def recipe(cfg: JobConfig) -> DataRecipe:
     d = cfg.data
     path = d.path if d.path is not None or d.dataset != "mnist" else default_mnist_dir()
     return DataRecipe(d.dataset, os.path.abspath(path) if path else path, d.dev_size, cfg.seed, d.factory,
-                      dict(d.kwargs or {}), cfg.train.loss, d.classes,
-                      cfg.cluster.workers if d.split == "dirichlet" else 0, d.alpha)
+                      dict(d.kwargs or {}), cfg.train.loss, d.classes)
 
 
-def ship(arrays: list[StoredTrain], how: DataRecipe) -> list[WorkerData]:
-    """Each worker's WorkerData: the recipe, and its arrays put in this node's object store, once per distinct
-    StoredTrain (the same object for every iid worker)."""
+def ship(arrays: list[StoredTrain], how: DataRecipe,
+         parts: tuple[np.ndarray, ...] | None = None) -> list[WorkerData]:
+    """Each worker's WorkerData: the recipe, its dirichlet partition's indices (`parts`, int32: they ride in the
+    actor's arguments, not counted), and its arrays put in this node's object store, once per distinct StoredTrain
+    (the same object for every iid worker)."""
     put: dict[int, tuple[str, ray.ObjectRef]] = {}
     for a in arrays:
         if id(a) not in put:
             put[id(a)] = (digest(a), ray.put(a))
-    return [WorkerData(how, put[id(a)][0], [put[id(a)][1]]) for a in arrays]
+    return [WorkerData(how, put[id(a)][0], [put[id(a)][1]], None if parts is None else parts[i].astype(np.int32))
+            for i, a in enumerate(arrays)]
 
 
 def link_bytes(reports: list[DataReport], shipped: list[WorkerData], here: str) -> int:

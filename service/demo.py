@@ -79,8 +79,8 @@ def newcomer_lines(job: JobOut) -> list[str]:
         seed_only = (b.stochastic.up + b.stochastic.down) / r.rounds.stochastic / n
         lines.append(f"moved     {fmt_bytes(seed_only)} per worker in a seed-only round against {fmt_bytes(full)} in a "
                      f"full round ({full / max(seed_only, 1):,.0f}x less)")
-    lines.append("try next  .venv/bin/hes train --config digits-demo --set hybrid.r=4 --out runs/r4   (more seed-only rounds; "
-                 "hes presets lists the paper's)")
+    lines.append("try next  .venv/bin/hes train --config digits-demo --set hybrid.r=4 --out runs/r4   "
+                 "(more seed-only rounds; .venv/bin/hes presets lists the paper's)")
     return lines
 
 

@@ -14,17 +14,15 @@ jobs it leaves out. When no job has accuracy, the accuracy figures are not writt
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, NullFormatter, PercentFormatter
 
-from service.report import _figure, describe, loss_label
+from service.figures import figure
+from service.history import describe, fetch_history, loss_label
 
 REQUIRED = ("epoch", "bytes_total")
 
@@ -52,7 +50,7 @@ def _number(text: str | float | None) -> float:
         return math.nan
 
 
-def series_from(records: Sequence[Mapping[str, object]], label: str, source: str,
+def series_from(records: Sequence[dict[str, object]], label: str, source: str,
                 loss: str = "cross-entropy loss") -> Series:
     if not records:
         raise ValueError(f"{source}: no finished epoch yet, nothing to plot")
@@ -64,25 +62,10 @@ def series_from(records: Sequence[Mapping[str, object]], label: str, source: str
 
 def read_series(target: str, server: str | None) -> Series:
     """A job folder (or its history.csv), labelled with its folder name and config; else a job id on a server."""
-    path = Path(target)
-    if path.exists() or "/" in target:
-        folder = path if path.is_dir() else path.parent
-        file = folder / "history.csv" if path.is_dir() else path
-        config_file = folder / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        label = f"{folder.name} ({describe(config)})" if config else folder.name
-        with file.open(newline="") as f:
-            return series_from(list(csv.DictReader(f)), label, str(file), loss_label(config))
-    from service.client import Client
-
-    client = Client(server)
-    try:
-        job = client.job(target)
-        rows = client.history(target).rows
-    finally:
-        client.close()
-    config = job.config
-    return series_from(rows, f"{target} ({describe(config)})", f"job {target}", loss_label(config))
+    h = fetch_history(target, server)
+    name = target if h.folder is None else h.folder.name
+    label = f"{name} ({describe(h.config)})" if h.config or h.folder is None else name
+    return series_from(h.records, label, h.source, loss_label(h.config))
 
 
 def _loss_column(s: Series) -> str:
@@ -112,7 +95,7 @@ def plot_overlay(jobs: Sequence[Series]) -> dict[str, Figure]:
             losses = sorted({s.loss for s in shown})  # jobs of different losses share the axis: say so
             loss = losses[0] if len(losses) == 1 else "loss (" + ", ".join(losses) + ": not comparable)" if losses \
                 else "loss"
-            fig, ax = _figure(title, "dev accuracy" if metric == "accuracy" else loss,
+            fig, ax = figure(title, "dev accuracy" if metric == "accuracy" else loss,
                               "epoch" if xname == "epoch" else "payload bytes sent (all workers, up + down)")
             for s in shown:
                 y = s.column("dev_accuracy" if metric == "accuracy" else _loss_column(s))

@@ -14,46 +14,18 @@ Four figures (three for a job without an accuracy, train.loss mse):
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, PercentFormatter
 
-from coordinator.outputs import HISTORY_COLUMNS
+from service.figures import figure, write_report
+from service.history import Row, describe, fetch_history, loss_label, rows_from
 
-Row = dict[str, float]
 KINDS = ("full", "stochastic")
-
-
-def rows_from(records: Sequence[Mapping[str, Any]], source: str) -> list[Row]:
-    """History records (CSV strings or JSON numbers, None for a diverged value) as float rows."""
-    if not records:
-        raise ValueError(f"{source}: no finished epoch yet, nothing to plot")
-    missing = [c for c in HISTORY_COLUMNS if c not in records[0]]
-    if missing:
-        raise ValueError(f"{source}: not a job history (no column {', '.join(missing)})")
-    return [{c: math.nan if r[c] in (None, "") else float(r[c]) for c in HISTORY_COLUMNS} for r in records]
-
-
-def read_history(path: Path) -> list[Row]:
-    """The rows of DIR/history.csv, or of the CSV file `path` itself."""
-    file = path / "history.csv" if path.is_dir() else path
-    with file.open(newline="") as f:
-        return rows_from(list(csv.DictReader(f)), str(file))
-
-
-def describe(config: Mapping[str, Any]) -> str:
-    """A title line from a job config: name, mode, r, K and sigma."""
-    h = config.get("hybrid", {})
-    return f"{config.get('name', 'job')}: {h.get('mode', '?')}, r={h.get('r', '?')}, K={h.get('k', '?')}, " \
-           f"sigma={h.get('sigma', '?')}"
 
 
 def bytes_per_round(rows: Sequence[Row], kind: str) -> list[float]:
@@ -82,36 +54,20 @@ def backprop_baseline(rows: Sequence[Row]) -> list[float]:
     return [(r["rounds_full"] + r["rounds_stochastic"]) * per_full for r in rows]
 
 
-def _figure(title: str, ylabel: str, xlabel: str = "epoch") -> tuple[Figure, Any]:
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    return fig, ax
-
-
-def loss_label(config: Mapping[str, Any]) -> str:
-    """The y label of the loss plot: the job's train.loss."""
-    return {"mse": "mean squared error"}.get(config.get("train", {}).get("loss", ""), "cross-entropy loss")
-
-
 def plot_history(rows: Sequence[Row], title: str, loss: str = "cross-entropy loss") -> dict[str, Figure]:
     """The report figures, by file stem; each curve is one Line2D labelled as in its legend. A job without an
     accuracy (train.loss mse) gets no accuracy figure."""
     epochs = [r["epoch"] for r in rows]
     figs: dict[str, Figure] = {}
 
-    fig, ax = _figure(f"Loss - {title}", loss)
+    fig, ax = figure(f"Loss - {title}", loss)
     ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
     ax.plot(epochs, [r["dev_loss"] for r in rows], marker="o", ms=3, label="dev")
     ax.legend()
     figs["loss"] = fig
 
     if not all(math.isnan(r["train_accuracy"]) and math.isnan(r["dev_accuracy"]) for r in rows):
-        fig, ax = _figure(f"Accuracy - {title}", "accuracy")
+        fig, ax = figure(f"Accuracy - {title}", "accuracy")
         ax.plot(epochs, [r["train_accuracy"] for r in rows], marker="o", ms=3, label="train")
         ax.plot(epochs, [r["dev_accuracy"] for r in rows], marker="o", ms=3, label="dev")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -120,7 +76,7 @@ def plot_history(rows: Sequence[Row], title: str, loss: str = "cross-entropy los
 
     # Nothing moved: an in-process job (cluster.workers: 0) sends no messages.
     moved = rows[-1]["bytes_total"] > 0
-    fig, ax = _figure(f"Payload bytes per round - {title}" + ("" if moved else "\nno payload: the job ran "
+    fig, ax = figure(f"Payload bytes per round - {title}" + ("" if moved else "\nno payload: the job ran "
                       "in-process"), "bytes per round (up + down, all workers)")
     for kind in KINDS:
         if rows[-1][f"rounds_{kind}"] > 0:
@@ -139,7 +95,7 @@ def plot_history(rows: Sequence[Row], title: str, loss: str = "cross-entropy los
     share = sent[-1] / baseline[-1] if baseline[-1] > 0 else math.nan
     summary = (f"sent {sent[-1] / 1e6:.3g} MB = {share:.1%} of the backprop baseline ({baseline[-1] / 1e6:.3g} MB)"
                if moved else "no payload: the job ran in-process")
-    fig, ax = _figure(f"Cumulative payload bytes - {title}\n{summary}", "bytes sent", xlabel="round")
+    fig, ax = figure(f"Cumulative payload bytes - {title}\n{summary}", "bytes sent", xlabel="round")
     ax.plot(rounds, baseline, label="backprop baseline (every round full)", linestyle="--")
     ax.plot(rounds, sent, label="sent (all kinds, sync included)")
     ax.fill_between(rounds, sent, baseline, alpha=0.15, label="saved")
@@ -150,36 +106,14 @@ def plot_history(rows: Sequence[Row], title: str, loss: str = "cross-entropy los
     return figs
 
 
-def write_report(figs: Mapping[str, Figure], out: Path) -> list[Path]:
-    """Save each figure as out/<name>.png; the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, fig in figs.items():
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=120)
-        paths.append(path)
-    return paths
-
-
 def load(target: str, server: str | None) -> tuple[list[Row], str, Path, str]:
     """Rows, title, default output folder and loss label of a job folder (or history.csv), else of a job id on
     a server."""
-    path = Path(target)
-    if path.exists() or "/" in target:  # job ids have no slash; a path that does not exist fails here
-        folder = path if path.is_dir() else path.parent
-        config_file = folder / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        title = describe(config) if config else folder.name
-        return read_history(path), title, folder / "report", loss_label(config)
-    from service.client import Client
-
-    client = Client(server)
-    try:
-        job = client.job(target)
-        rows = rows_from(client.history(target).rows, f"job {target}")
-    finally:
-        client.close()
-    return rows, describe(job.config), Path(f"report-{target}"), loss_label(job.config)
+    h = fetch_history(target, server)
+    rows = rows_from(h.records, h.source)
+    if h.folder is None:
+        return rows, describe(h.config), Path(f"report-{target}"), loss_label(h.config)
+    return rows, describe(h.config) if h.config else h.folder.name, h.folder / "report", loss_label(h.config)
 
 
 def run(args: argparse.Namespace) -> int:

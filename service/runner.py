@@ -9,7 +9,6 @@ lock, so a stop or delete request never waits behind a coordinator that is slow 
 """
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 from coordinator.actor import JobHandle, JobStartError, cluster_resources, find_job, start_job
 from coordinator.config import ConfigError, JobConfig, validate_config
 from coordinator.documents import JobResult, JobStatus, Poll, Snapshot, WorkerCounts, plain, restarts_note
+from service.history import read_records
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import JobRecord, Store, now
@@ -27,22 +27,6 @@ from service.validation import needs
 log = logging.getLogger("hes.service")
 RAY_TIMEOUT_S = 30.0
 _STARTING = ("starting", "restarting")  # messages of a job whose coordinator has not reported RUNNING yet
-
-
-def read_history(out_dir: Path) -> list[dict[str, Any]]:
-    """history.csv as typed rows (ints where the column holds counts)."""
-    path = out_dir / "history.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 class Runner:
@@ -111,7 +95,7 @@ class Runner:
         progress = _merge(rec.progress, snap)
         fields: dict[str, Any] = {"progress": progress}
         if progress.progress.epoch > len(rec.history) or result is not None:
-            fields["history"] = read_history(Path(rec.out_dir))
+            fields["history"] = read_records(Path(rec.out_dir))
         gone = None
         if result is not None:
             fields.update(status=result.status, message=plain(result.message), result=result, finished_at=now())
@@ -203,7 +187,7 @@ class Runner:
     def _fail(self, rec: JobRecord, message: str) -> None:
         self.metrics.finish(rec.id)
         self.store.update(rec.id, status=JobStatus.FAILED, message=message, finished_at=now(),
-                          history=read_history(Path(rec.out_dir)),
+                          history=read_records(Path(rec.out_dir)),
                           result=_ended(rec, JobStatus.FAILED, message))
 
     def _restart_or_fail(self, rec: JobRecord, why: str) -> None:

@@ -28,34 +28,52 @@ def is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HES_", extra="ignore", validate_default=True)
 
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    state_dir: Path = Path("~/.hes")  # holds jobs.db (the job store) and jobs/<id>/ (each job's outputs)
-    api_token: SecretStr | None = None  # when set, /v1/* needs `Authorization: Bearer <token>`
-    # data.path must lie under one of these; empty: <state_dir>/data and $HES_MNIST_DIR when set.
-    allowed_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    max_concurrent_jobs: Annotated[int, Field(ge=1)] = 4  # more are kept PENDING until a slot frees
-    max_k: Annotated[int, Field(ge=1)] = 1000  # hybrid.k above this is refused
-    max_workers_per_job: Annotated[int, Field(ge=1)] = 64
-    max_parameters: Annotated[int, Field(ge=1)] = 50_000_000  # 50M float32 = 200 MB per replica
-    max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
-    # cluster.cpus_per_worker below this is refused: a tiny share would start one process per sliver of a CPU.
-    min_cpus_per_worker: Annotated[float, Field(gt=0)] = 0.5
-    max_total_rounds: Annotated[int, Field(ge=1)] = 2_000_000  # train.epochs x rounds per epoch above this is refused
-    # Submits whose data files are inspected at the same time; another waits this long, then gets 503.
-    max_parallel_admissions: Annotated[int, Field(ge=1)] = 2
-    admission_wait_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
-    # None: start a Ray of our own in this process. Joining a cluster lets jobs outlive a service restart
-    # (a token-auth Ray cluster also needs RAY_AUTH_MODE=token in the service's environment).
-    ray_address: str | None = None
-    ray_num_cpus: Annotated[int, Field(ge=0)] | None = None  # CPUs of that Ray; None: all of this machine
-    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often running jobs are polled
-    # A job whose coordinator dies (actor killed, node lost, service restarted) is restarted from its latest
-    # checkpoint up to this many times, then FAILED.
-    job_max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3
-    # model.factory and data.factory must name a module inside one of these packages (comma-separated module
-    # prefixes); the name is checked before anything is imported. Default: the examples shipped with the project.
-    allowed_factories: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples"])
+    host: str = Field(default="127.0.0.1", description=(
+        "The address `hes serve` listens on. A non-loopback address needs `HES_API_TOKEN`."))
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8000, description="The port `hes serve` listens on.")
+    state_dir: Path = Field(default=Path("~/.hes"), description=(
+        "Holds `jobs.db` (the SQLite job store) and `jobs/<id>/` (each job's outputs); jobs survive a restart."))
+    api_token: SecretStr | None = Field(default=None, description=(
+        "When set, /v1/* needs `Authorization: Bearer <token>` (the `hes` client sends `$HES_API_TOKEN`). Unset "
+        "is allowed on a loopback host only; a blank token is refused."))
+    allowed_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description=(
+        "Folders a job's data.path may point into, separated by the OS path separator (`:`) or as a JSON list. "
+        "Empty: `<state_dir>/data`, and `$HES_MNIST_DIR` when set."))
+    max_concurrent_jobs: Annotated[int, Field(ge=1)] = Field(default=4, description=(
+        "Jobs running at once; more wait PENDING until one ends."))
+    max_k: Annotated[int, Field(ge=1)] = Field(default=1000, description="A job with hybrid.k above this is refused.")
+    max_workers_per_job: Annotated[int, Field(ge=1)] = Field(default=64, description=(
+        "A job with cluster.workers above this is refused."))
+    max_parameters: Annotated[int, Field(ge=1)] = Field(default=50_000_000, description=(
+        "A job whose model has more parameters is refused (every replica holds them as float32: 4 bytes each, "
+        "plus the gradient)."))
+    max_request_bytes: Annotated[int, Field(ge=1024)] = Field(default=64 * 1024, description=(
+        "Request bodies above this size are refused with 413."))
+    min_cpus_per_worker: Annotated[float, Field(gt=0)] = Field(default=0.5, description=(
+        "A job with cluster.cpus_per_worker below this is refused: a tiny share would start one process per "
+        "sliver of a CPU."))
+    max_total_rounds: Annotated[int, Field(ge=1)] = Field(default=2_000_000, description=(
+        "A job with more rounds (train.epochs x rounds per epoch) is refused."))
+    max_parallel_admissions: Annotated[int, Field(ge=1)] = Field(default=2, description=(
+        "Submits whose data files are inspected at the same time; another waits `HES_ADMISSION_WAIT_SECONDS`, "
+        "then gets 503 with Retry-After."))
+    admission_wait_seconds: Annotated[float, Field(gt=0, le=60)] = Field(default=5.0, description=(
+        "How long a submit waits for an admission slot before it gets 503."))
+    ray_address: str | None = Field(default=None, description=(
+        "The Ray cluster to join (`auto`: a local `ray start`). Unset: start a Ray of the service's own, on "
+        "loopback only. Jobs on a joined cluster outlive a service restart (their coordinators are detached "
+        "named actors); a token-auth cluster also needs RAY_AUTH_MODE=token in the service's environment."))
+    ray_num_cpus: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "CPUs of the service's own Ray; unset: all of this machine's."))
+    poll_seconds: Annotated[float, Field(gt=0, le=60)] = Field(default=0.5, description=(
+        "How often running jobs are polled for progress and metrics."))
+    job_max_restarts: Annotated[int, Field(ge=0, le=1000)] = Field(default=3, description=(
+        "A job whose coordinator dies (actor killed, node lost, service restarted) is restarted from its latest "
+        "checkpoint up to this many times, then FAILED."))
+    allowed_factories: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples"], description=(
+        "Comma-separated module prefixes: a job's model.factory and data.factory must name a module inside one "
+        "of them (checked by name, before anything is imported). Default: the examples shipped with the "
+        "project."))
 
     @field_validator("allowed_data_roots", mode="before")
     @classmethod

@@ -3,7 +3,8 @@
 Each raises `Refused` with a message that names the field. The cheap ones come first and read no data: the
 service's limits and whether the Ray cluster can ever hold the job; then the data path and each data file
 (inside the allowed roots, existing); then, with one of a few admission slots (`AdmissionGate`), what the
-core itself would refuse at start, computed from the data files' headers without loading them: batch size,
+core itself would refuse at start (coordinator/parts.py), from the data files' headers and labels without loading
+the images: batch size (after data.classes), workers per batch, the dirichlet partition,
 dev size, image size, the model's size and the job's total rounds.
 """
 from __future__ import annotations
@@ -16,24 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from coordinator.config import JobConfig
-from coordinator.own_model import OWN_DATA, make_model
+from coordinator.parts import check_shares, plan_parts
 from service.settings import Settings
 from workers.data import (
-    NUM_CLASSES,
     DataError,
-    DataFacts,
-    Dataset,
     default_mnist_dir,
-    describe_dataset,
     idx_candidates,
-    load_dataset,
 )
 from workers.factories import factory_allowed
-from workers.models import build_model
-from workers.replica import Schedule
 
 
 class Refused(ValueError):
@@ -79,9 +71,10 @@ def check_limits(cfg: JobConfig, settings: Settings) -> None:
     if c.cpus_per_worker < settings.min_cpus_per_worker:
         raise Refused(f"cluster.cpus_per_worker: {c.cpus_per_worker:g} is below this service's minimum of "
                       f"{settings.min_cpus_per_worker:g} CPUs per worker (HES_MIN_CPUS_PER_WORKER)")
-    if c.workers > cfg.train.batch_size:
-        raise Refused(f"cluster.workers: {c.workers} workers cannot share a batch of {cfg.train.batch_size} "
-                      "examples (train.batch_size)")
+    try:
+        check_shares(cfg)
+    except ValueError as err:
+        raise Refused(str(err)) from None
     if c.address is not None:
         raise Refused("cluster.address: the service runs every job on its own Ray cluster "
                       "(HES_RAY_ADDRESS); leave it null")
@@ -178,35 +171,23 @@ def check_data_files(folder: Path, given: str, roots: list[Path]) -> None:
 
 
 def preflight(cfg: JobConfig, settings: Settings) -> int:
-    """What the job would refuse at its start, from the data's sizes (MNIST: its files' headers, not the
-    images) and the model's layout; the job's total number of rounds."""
-    d, t = cfg.data, cfg.train
+    """What the job would refuse at its start (coordinator/parts.py plan_parts: the same checks, from the data's
+    headers and labels, not its images), and this service's limits on the model and the rounds; the job's total
+    number of rounds."""
+    t = cfg.train
     try:
-        if d.dataset in OWN_DATA:  # an allowed factory's code runs here
-            data = load_dataset(d.dataset, d.path, d.dev_size, cfg.seed, d.factory, d.kwargs, t.loss)
-            model = make_model(cfg, data)
-            facts = DataFacts(data.name, len(data.x_train), len(data.x_dev), len(data.x_test), data.image_side)
-        else:
-            facts = describe_dataset(d.dataset, d.path, d.dev_size, cfg.seed)
-            if cfg.model.arch == "module":  # checked on two blank images of the data set's size, not its files
-                model = make_model(cfg, _blank(facts))
-            else:
-                model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init,
-                                    facts.image_side)
+        plan = plan_parts(cfg)
     except DataError as err:
         msg = str(err)
         raise Refused(msg if _FIELD_PREFIX.match(msg) else f"data.path: {msg}") from None
     except ValueError as err:
         msg = str(err)
         raise Refused(msg if _FIELD_PREFIX.match(msg) else f"config: {msg}") from None
-    if t.batch_size > facts.n_train:
-        raise Refused(f"train.batch_size: {t.batch_size} exceeds the {facts.n_train} training examples of "
-                      f"{facts.name}")
-    if model.num_parameters > settings.max_parameters:
+    if plan.model.num_parameters > settings.max_parameters:
         field = "model.factory" if cfg.model.arch == "module" else "model.hidden"
-        raise Refused(f"{field}: the model would have {model.num_parameters:,} parameters, above this "
+        raise Refused(f"{field}: the model would have {plan.model.num_parameters:,} parameters, above this "
                       f"service's limit of {settings.max_parameters:,} (HES_MAX_PARAMETERS)")
-    schedule = Schedule(cfg.hybrid.mode, cfg.hybrid.r, t.batch_size, facts.n_train, cfg.seed, t.shuffle)
+    schedule = plan.schedule
     if schedule.rounds_per_epoch < 1:
         raise Refused(f"train.batch_size: {t.batch_size} leaves no full batch in an epoch")
     total = t.epochs * schedule.rounds_per_epoch
@@ -214,13 +195,6 @@ def preflight(cfg: JobConfig, settings: Settings) -> int:
         raise Refused(f"train.epochs: {t.epochs} epochs of {schedule.rounds_per_epoch:,} rounds are {total:,} "
                       f"rounds, above this service's limit of {settings.max_total_rounds:,} (HES_MAX_TOTAL_ROUNDS)")
     return total
-
-
-def _blank(facts: DataFacts) -> Dataset:
-    """Two blank images shaped as the built-in data set's, labelled 0 and 9: what a module must take and tell apart."""
-    x = np.zeros((2, 1, facts.image_side, facts.image_side), dtype=np.float32)
-    y = np.array([0, NUM_CLASSES - 1], dtype=np.int64)
-    return Dataset(facts.name, x, y, x, y, x, y)
 
 
 def needs(cfg: JobConfig) -> dict[str, float]:

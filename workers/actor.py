@@ -30,11 +30,11 @@ import ray
 import torch
 
 from workers.data import StoredTrain
-from workers.hybrid import Hyper
 from workers.messages import decode_sync, decode_task, encode_result
 from workers.models import Model
 from workers.node_data import DataRecipe, DataReport, Origin, read_here
 from workers.replica import Replica, Schedule
+from workers.state import Hyper
 
 
 @dataclass(frozen=True)
@@ -55,18 +55,20 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class WorkerData:
-    """How worker slot `worker` gets its training arrays: built from `recipe` on its node when they match `digest`,
-    else `shipped[0]`, a Ray object reference to their StoredTrain. The reference rides in a list so
-    that Ray does not fetch it before the worker asks (it does for a reference passed as an argument itself)."""
+    """How a worker gets its training arrays: built from `recipe` on its node (only the examples `part` indexes,
+    data.split dirichlet) when they match `digest`, else `shipped[0]`, a Ray object reference to their StoredTrain.
+    The reference rides in a list so that Ray does not fetch it before the worker asks (it does for a reference
+    passed as an argument itself)."""
     recipe: DataRecipe
     digest: str
     shipped: list[ray.ObjectRef]
+    part: np.ndarray | None = None
 
 
-def obtain(data: WorkerData, worker: int) -> tuple[StoredTrain, DataReport]:
+def obtain(data: WorkerData) -> tuple[StoredTrain, DataReport]:
     """The worker's arrays and where they came from."""
     node = ray.get_runtime_context().get_node_id()
-    here = read_here(data.recipe, worker, data.digest)
+    here = read_here(data.recipe, data.part, data.digest)
     if isinstance(here, StoredTrain):
         return here, DataReport(Origin.NODE, node, here.nbytes)
     stored: StoredTrain = ray.get(data.shipped[0])
@@ -100,7 +102,7 @@ class WorkerActor:
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"  # Ray gave it a GPU
         if device == "cuda":
             full_float32_on_cuda()
-        stored, self.report = obtain(data, spec.worker)
+        stored, self.report = obtain(data)
         x_train, y_train = stored.arrays()
         # a shipped object stays mapped, so its node's copy stays in the object store for a worker restarted there
         self.pinned = stored if self.report.origin == Origin.SHIPPED else None

@@ -1,5 +1,8 @@
 """The Hybrid-ES update as pure functions over a frozen state (no Ray, no FastAPI).
 
+The types it works on (Hyper, HybridState, Decision) live in workers/state.py, the steps it shares with
+workers/search.py (descend, a seed's noise, shift, a trial's cost) in workers/steps.py.
+
 Units (see seed/NOTES.md): `grad` is the batch-MEAN gradient of the loss (`Model.loss`). The paper's code adds
 sigma * z to the batch-SUMMED weight gradient and multiplies by lr / B, so a trial is
     theta_k = descend(theta, grad) - lr * (sigma / B) * z_k        on the weights, biases untouched,
@@ -26,99 +29,18 @@ into a random walk of the gradient.
 """
 from __future__ import annotations
 
-import enum
-import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from workers.models import Model
-from workers.noise import Factors, NoiseSpec, lowrank_dense, lowrank_factors, perturbation_on
+from workers.noise import lowrank_factors, perturbation_on
+from workers.search import apply_es
+from workers.state import Decision, DecisionKind, HybridState, Hyper, cost_rank
+from workers.steps import batched_lowrank_costs, descend, keep_frozen, mean_cost, noise, shift
 
-if TYPE_CHECKING:
-    from workers.search import Search
-
-CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it (256 kB of float32)
-
-
-class Diverged(ValueError):
-    """The training left the finite numbers: a loss, every trial's cost, a gradient or the parameters are nan
-    or inf. `round` counts rounds from 1 (the round that showed it); `reason` says which number."""
-
-    def __init__(self, round: int, reason: str) -> None:
-        super().__init__(f"diverged at round {round}: {reason}")
-        self.round, self.reason = round, reason
-
-
-def require_finite(value: float, round: int, what: str) -> None:
-    """Raise Diverged when `value` (the loss or cost named by `what`) is nan or inf."""
-    if not math.isfinite(value):
-        raise Diverged(round, f"{what} is {value}")
-
-
-def require_finite_parameters(theta: torch.Tensor, round: int) -> None:
-    finite = torch.isfinite(theta)
-    if not bool(finite.all()):
-        raise Diverged(round, f"{int((~finite).sum())} of {theta.numel()} parameters are nan or inf")
-
-
-def cost_rank(cost: float) -> tuple[bool, float]:
-    """Sort key of trial costs, lowest first: a nan or inf cost ranks after every finite one (nan compares
-    with nothing, so min() would not order it)."""
-    return (False, cost) if math.isfinite(cost) else (True, 0.0)
-
-
-@dataclass(frozen=True)
-class Hyper:
-    lr: float
-    l2: float
-    sigma: float
-    batch_size: int
-    num_weights: int
-    noise: NoiseSpec = NoiseSpec()  # the trials' perturbation family (gaussian unless hybrid.noise says lowrank)
-    # (leading weights, leading biases) that never change (model.trainable: last freezes all but the last layer):
-    # every step restores them from theta and every perturbation is zero on them, so they stay bitwise as they were.
-    frozen: tuple[int, int] = (0, 0)
-    search: Search | None = None  # the round's trials and rule (workers/search.py); None: argmin's as before
-
-    @property
-    def shift_scale(self) -> float:
-        """lr * sigma / B: how far one unit of z moves a weight."""
-        return self.lr * self.sigma / self.batch_size
-
-
-@dataclass(frozen=True)
-class HybridState:
-    """Everything a replica needs: parameters after `version` rounds and the gradient stochastic rounds shift."""
-    version: int
-    theta: torch.Tensor  # (P,) float32
-    grad: torch.Tensor | None  # (P,) float32, batch-mean; None before the first full round
-    # guided: the last hybrid.guided_m full-round gradients, oldest first (the last is `grad`); else empty
-    history: tuple[torch.Tensor, ...] = ()
-
-
-class DecisionKind(enum.IntEnum):
-    NONE = 0  # nothing to apply (version unchanged)
-    GRAD = 1  # full round: descend along `array` (the combined gradient), which becomes the last gradient
-    SEED = 2  # argmin: descend along grad + (sigma / B) * z(seed); grad stays the last backprop gradient
-    STALE = 3  # re-apply the last gradient (mode stale; notebook when a trial beat the current cost)
-    BIAS_ONLY = 4  # notebook when no trial beat the current cost: only the biases move, along the last gradient
-    PARAMS = 5  # localsgd: replace the parameters by `array` (the average of the workers')
-    LOCAL = 6  # localsgd, between averages: every replica stepped on its own shard (coordinator: nothing)
-    SET_GRAD = 7  # Assisted H-ES (r = 1): `array` becomes the gradient the next round's trials shift; no step
-    KEEP = 8  # elitist, when no trial beat the current cost: the parameters survive unchanged
-    ES = 9  # es, guided, zo: `array` holds one weight per seed of the round; step from the weighted perturbations
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a round resolved to; `round` is the round it ends (the replica's version becomes round + 1)."""
-    round: int
-    kind: DecisionKind
-    seed: int = 0
-    array: np.ndarray | None = None
+CHUNK = 1 << 16  # elements per slice when a gaussian trial's step is recomputed beside it: bounds that scratch buffer
 
 
 def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -149,52 +71,7 @@ def batch_loss_and_grad_sum(model: Model, theta: torch.Tensor, x: torch.Tensor, 
 @torch.no_grad()
 def batch_cost(model: Model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean loss of theta on a batch, rounded to float32 as it travels (4 bytes)."""
-    return _cost(model, model.forward(theta, x), y)
-
-
-@torch.no_grad()
-def keep_frozen(out: torch.Tensor, theta: torch.Tensor, hyper: Hyper) -> torch.Tensor:
-    """out (a full parameter vector) with its frozen parts (Hyper.frozen) copied back from theta, in place."""
-    fw, fb = hyper.frozen
-    if fw:
-        out[:fw] = theta[:fw]
-    if fb:
-        nw = hyper.num_weights
-        out[nw:nw + fb] = theta[nw:nw + fb]
-    return out
-
-
-@torch.no_grad()
-def descend(theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper) -> torch.Tensor:
-    """theta - lr * grad, minus 2 * lr * l2 * W on the weights (seed/NOTES.md); frozen parts stay theta's."""
-    out = theta - hyper.lr * grad
-    if hyper.l2:
-        nw = hyper.num_weights
-        out[:nw] -= (2.0 * hyper.lr * hyper.l2) * theta[:nw]
-    return keep_frozen(out, theta, hyper)
-
-
-def noise_spec(model: Model, family: str = "gaussian", rank: int = 1) -> NoiseSpec:
-    """The NoiseSpec of config keys `hybrid.noise` and `hybrid.noise_rank` for `model`'s weight matrices."""
-    return NoiseSpec(family, rank, model.matrices, model.gaussian_tensors if family == "lowrank" else ())
-
-
-def noise(seed: int, hyper: Hyper, device: torch.device) -> torch.Tensor:
-    """The seed's perturbation z of the weight prefix, (num_weights,) float32 with unit-variance entries; a
-    buffer of the caller's own (the gaussian trials write into it)."""
-    z = (lowrank_dense(seed, hyper.noise).to(device) if hyper.noise.family == "lowrank"
-         else perturbation_on(seed, hyper.num_weights, device))  # drawn on the device, the same bits everywhere
-    if hyper.frozen[0]:
-        z[:hyper.frozen[0]] = 0.0  # a frozen weight is never perturbed (x - 0.0 is x, to the bit)
-    return z
-
-
-@torch.no_grad()
-def shift(base: torch.Tensor, z: torch.Tensor, hyper: Hyper) -> torch.Tensor:
-    """base with the weights moved by -lr * (sigma / B) * z."""
-    out = base.clone()
-    out[: hyper.num_weights] -= hyper.shift_scale * z
-    return out
+    return mean_cost(model, model.forward(theta, x), y)
 
 
 @dataclass(frozen=True)
@@ -256,20 +133,16 @@ def _trial_weights(z: torch.Tensor, theta: torch.Tensor, grad: torch.Tensor, hyp
     return z
 
 
-def _cost(model: Model, logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float(np.float32(model.loss.mean(logits, y).item()))
-
-
 def _gaussian_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds: list[int], x: torch.Tensor,
                     y: torch.Tensor, hyper: Hyper) -> tuple[float, list[float]]:
     """(the unperturbed step's cost, each trial's cost), one trial at a time in one buffer besides theta and grad."""
     biases = _step_biases(theta, grad, hyper)
     weights = _trial_weights(torch.zeros_like(theta[:hyper.num_weights]), theta, grad, hyper)  # step - 0 = step
-    reference_cost = _cost(model, model.forward_parts(weights, biases, x), y)
+    reference_cost = mean_cost(model, model.forward_parts(weights, biases, x), y)
     costs: list[float] = []
     for seed in seeds:
         perturbation_on(seed, hyper.num_weights, theta.device, out=weights)  # the last trial's buffer, reused
-        costs.append(_cost(model, model.forward_parts(_trial_weights(weights, theta, grad, hyper), biases, x), y))
+        costs.append(mean_cost(model, model.forward_parts(_trial_weights(weights, theta, grad, hyper), biases, x), y))
     return reference_cost, costs
 
 
@@ -287,27 +160,6 @@ def _lowrank_costs(model: Model, theta: torch.Tensor, grad: torch.Tensor, seeds:
                                                           x, y) for seed in seeds]
     drawn = [lowrank_factors(seed, spec) for seed in seeds]
     return batched_lowrank_costs(model, descend(theta, grad, hyper), x, y, hyper, [(f, False) for f in drawn])
-
-
-def batched_lowrank_costs(model: Model, base: torch.Tensor, x: torch.Tensor, y: torch.Tensor, hyper: Hyper,
-                          slots: list[tuple[Factors, bool]]) -> tuple[float, list[float]]:
-    """(base's cost, each slot's cost) in one batched forward (`Model.forward_trials`): slot 0 is base (zero
-    factors); a slot (factors, negated) has weights base - lr*sigma/B * (+-A) B^T / sqrt(rank), never built.
-    A frozen matrix (Hyper.frozen) gets zero factors in every slot."""
-    spec = hyper.noise
-    frozen_matrix = np.cumsum([rows * cols for rows, cols in spec.matrices]) <= hyper.frozen[0]  # whole matrices
-    factors = []
-    for i, (rows, cols) in enumerate(spec.matrices):
-        a_parts, b_parts = [torch.zeros(rows, spec.rank)], [torch.zeros(cols, spec.rank)]
-        for f, negated in slots:
-            a = torch.zeros(rows, spec.rank) if frozen_matrix[i] else f[i][0]
-            a_parts.append(-a if negated else a)  # negation is exact: -A gives the + c E trial
-            b_parts.append(f[i][1])
-        factors.append((torch.stack(a_parts).to(base.device), torch.stack(b_parts).to(base.device)))
-    logits = model.forward_trials(base, x, factors, hyper.shift_scale / math.sqrt(spec.rank))
-    losses = model.loss.trial_means(logits, y)
-    costs = [float(c) for c in losses.cpu().numpy().astype(np.float32)]
-    return costs[0], costs[1:]
 
 
 @torch.no_grad()
@@ -332,8 +184,6 @@ def apply_decision(state: HybridState, decision: Decision, hyper: Hyper) -> Hybr
         theta = torch.from_numpy(np.array(decision.array, copy=True)).to(state.theta.device)
         return replace(state, version=version, theta=keep_frozen(theta, state.theta, hyper))  # an average's rounding
     if kind == DecisionKind.ES:
-        from workers.search import apply_es  # search builds on this module
-
         return apply_es(state, decision, hyper)
     if state.grad is None:
         raise ValueError(f"decision {kind.name} of round {decision.round} needs a gradient")

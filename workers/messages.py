@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.hybrid import Decision, DecisionKind
+from workers.state import Decision, DecisionKind
 
 _TASK = struct.Struct("<IBB")
 _RESULT = struct.Struct("<IHB")

@@ -60,9 +60,9 @@ class Model:
     @property
     def batches_trials(self) -> bool:
         """Whether the engine evaluates a round's low-rank trials in one `forward_trials` (the MLP), or one
-        dense forward at a time (the ConvNet: its first layer, the one product the trials share, is a small part
-        of its forward, which max-pooling dominates, and its trials' per-trial corrections cost more than that
-        product saves; BENCHMARKS.md, "Fast trials", measures both)."""
+        dense forward at a time (the ConvNet). Batching shares the first layer's product among the trials and
+        adds a correction per trial; that pays only where the first layer is most of the forward, so each
+        architecture takes the way that measured faster (BENCHMARKS.md, "Fast trials")."""
         return self.arch == "mlp"
 
     @property

@@ -4,11 +4,12 @@ A worker first builds its arrays where it runs (`read_here`): it reads data.path
 readable on its node (a shared file system), builds the built-in sets (digits, synthetic) from the job seed, and
 calls a data.factory there (so a factory must import on every node: install it, or ship it with
 cluster.runtime_env; it is then called once per worker, and must return the same arrays each time). Under
-`data.split: dirichlet` it takes its own partition. The result counts only when its digest equals the one the
-coordinator computed from its own copy: a path that holds other data on this node, or a factory that returns other
-arrays, is not trusted. Otherwise the worker is sent the arrays (`StoredTrain`, in their stored dtype, only its
-partition under dirichlet) through Ray's object store, once per node (coordinator/ray_pool.py).
-Either way the replica trains on `StoredTrain.arrays()`, bitwise the arrays of the coordinator's Dataset.
+`data.split: dirichlet` it takes its own partition, whose indices the coordinator sends. The result counts only
+when its digest equals the one the coordinator computed from its own copy: a path that holds other data on this
+node, or a factory that returns other arrays, is not trusted. Otherwise the worker is sent the arrays
+(`StoredTrain`, in their stored dtype, only its partition under dirichlet) through Ray's object store, once per
+node (coordinator/ship_data.py). Either way the replica trains on `StoredTrain.arrays()`, bitwise the arrays of
+the coordinator's Dataset.
 """
 from __future__ import annotations
 
@@ -21,13 +22,11 @@ import numpy as np
 
 from workers.data import DataError, StoredTrain, keep_classes, load_dataset
 from workers.factories import FactoryError
-from workers.partition import dirichlet_partition
 
 
 @dataclass(frozen=True)
 class DataRecipe:
-    """The job's data config, as load_dataset and keep_classes take it; `path` is the coordinator's (absolute).
-    `parts` > 0: data.split dirichlet over that many worker slots, with `alpha`."""
+    """The job's data config, as load_dataset and keep_classes take it; `path` is the coordinator's (absolute)."""
     dataset: str
     path: str | None
     dev_size: int | None
@@ -36,8 +35,6 @@ class DataRecipe:
     kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "cross_entropy"
     classes: list[int] | None = None
-    parts: int = 0
-    alpha: float = 1.0
 
 
 class Origin(StrEnum):
@@ -64,22 +61,20 @@ def digest(stored: StoredTrain) -> str:
     return h.hexdigest()
 
 
-def build(recipe: DataRecipe, worker: int) -> StoredTrain:
-    """Worker slot `worker`'s training arrays as stored, built from the recipe as the coordinator built its own."""
+def build(recipe: DataRecipe, part: np.ndarray | None = None) -> StoredTrain:
+    """The training arrays as stored, built from the recipe as the coordinator built its own; only the examples
+    `part` indexes (a worker slot's dirichlet partition, which the coordinator computes) when given."""
     data = load_dataset(recipe.dataset, recipe.path, recipe.dev_size, recipe.seed, recipe.factory, recipe.kwargs,
                         recipe.loss)
     if recipe.classes is not None:
         data = keep_classes(data, recipe.classes)
-    stored = data.stored_train
-    if recipe.parts:
-        stored = stored.take(dirichlet_partition(data.y_train, recipe.parts, recipe.alpha, recipe.seed)[worker])
-    return stored
+    return data.stored_train if part is None else data.stored_train.take(part)
 
 
-def read_here(recipe: DataRecipe, worker: int, expected: str) -> StoredTrain | str:
+def read_here(recipe: DataRecipe, part: np.ndarray | None, expected: str) -> StoredTrain | str:
     """The arrays built on this node when they match the coordinator's digest; else why not (a short reason)."""
     try:
-        stored = build(recipe, worker)
+        stored = build(recipe, part)
     except (DataError, FactoryError, OSError, ValueError) as err:
         return f"{type(err).__name__}: {str(err)[:300]}"
     if digest(stored) != expected:

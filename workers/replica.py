@@ -20,21 +20,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from workers.hybrid import (
-    DecisionKind,
-    HybridState,
-    Hyper,
-    apply_decision,
-    batch_loss_and_grad_sum,
-    local_step,
-    run_trials,
-    trial_costs,
-)
+from workers.hybrid import apply_decision, batch_loss_and_grad_sum, local_step, run_trials, trial_costs
 from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model
 from workers.noise import trial_seed
 from workers.partition import share, share_sizes
 from workers.search import es_costs, round_seeds
+from workers.state import DecisionKind, HybridState, Hyper
 
 
 @dataclass(frozen=True)

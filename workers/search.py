@@ -25,51 +25,16 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.hybrid import Decision, HybridState, Hyper, _cost, batched_lowrank_costs, descend, noise
 from workers.models import ACTIVATIONS, Model
 from workers.noise import SEED_BITS, lowrank_factors, perturbation_on, trial_seed
-
-SHARED_WORKER = 0xFFFF  # the worker slot of a shared round's seeds (worker slots are u16 below it)
-ANTITHETIC_RULES = ("es", "guided")
-
-
-@dataclass(frozen=True)
-class Search:
-    """How a stochastic round's trials are drawn and what the coordinator does with their costs."""
-    rule: str = "argmin"  # argmin | notebook | elitist | es | guided
-    trials: str = "independent"  # independent | shared
-    k: int = 10  # evaluations per worker per stochastic round
-    job_seed: int = 0
-    zo: bool = False  # mode zo: no gradient, the trials search around theta itself
-    guided_m: int = 2
-    guided_alpha: float = 0.5
-    es_lr: float = 1.0  # the coordinator's (coordinator/combine.py): the replicas get the weights
-    es_weights: str = "rank"
-
-    @property
-    def antithetic(self) -> bool:
-        return self.rule in ANTITHETIC_RULES
-
-    @property
-    def seeds_per_worker(self) -> int:
-        """Seeds one worker tries: k / 2 antithetic pairs (es, guided) or k single trials."""
-        return self.k // 2 if self.antithetic else self.k
-
-    @property
-    def history_m(self) -> int:
-        """Full-round gradients a replica keeps: guided_m for guided, none otherwise."""
-        return self.guided_m if self.rule == "guided" else 0
-
-    @property
-    def reports_costs(self) -> bool:
-        """Workers send every cost up (es, guided, shared) instead of their best seed."""
-        return self.antithetic or self.trials == "shared"
+from workers.state import SHARED_WORKER, Decision, HybridState, Hyper, Search
+from workers.steps import batched_lowrank_costs, descend, mean_cost, noise
 
 
 def round_seeds(search: Search, t: int, worker: int) -> list[int]:
@@ -146,7 +111,7 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
         return _lowrank_pairs(model, base, seeds, x, y, hyper)
     if guided and hyper.search is not None and hyper.search.guided_alpha == 0 and model.arch == "mlp":
         return _subspace_mlp_costs(model, base, state, seeds, x, y, hyper)
-    reference = _cost(model, model.forward(base, x), y)
+    reference = mean_cost(model, model.forward(base, x), y)
     costs: list[float] = []
     norms = [gradient_norm(g) for g in state.history]
     for seed in seeds:
@@ -158,7 +123,7 @@ def es_costs(model: Model, state: HybridState, seeds: list[int], x: torch.Tensor
                 trial[:n] -= ce
             else:
                 trial[:n] += ce
-            costs.append(_cost(model, model.forward(trial, x), y))
+            costs.append(mean_cost(model, model.forward(trial, x), y))
     return reference, costs
 
 
@@ -190,7 +155,7 @@ def _subspace_mlp_costs(model: Model, base: torch.Tensor, state: HybridState, se
             h = F.linear(act(h), w, b)
         return h
 
-    reference = _cost(model, rest(h_base, [0.0] * m), y)
+    reference = mean_cost(model, rest(h_base, [0.0] * m), y)
     costs: list[float] = []
     c = hyper.shift_scale
     for seed in seeds:
@@ -200,7 +165,7 @@ def _subspace_mlp_costs(model: Model, base: torch.Tensor, state: HybridState, se
             h = h_base.clone()
             for a, hg in zip(coef, h_grad, strict=True):
                 h -= a * hg
-            costs.append(_cost(model, rest(h, coef), y))
+            costs.append(mean_cost(model, rest(h, coef), y))
     return reference, costs
 
 

@@ -12,8 +12,9 @@ from fastapi.responses import FileResponse
 
 from coordinator.config import JobConfig
 from coordinator.documents import JobStatus, ProgressInfo, Snapshot
+from service.history import read_records
 from service.metrics import Metrics
-from service.runner import Runner, read_history
+from service.runner import Runner
 from service.schemas import EXAMPLES, ErrorOut, HistoryOut, JobOut, JobPage, finite
 from service.settings import Settings
 from service.store import JobRecord, Store
@@ -118,7 +119,7 @@ def get_job(job_id: str, store: StoreDep) -> JobOut:
 @router.get("/{job_id}/history", response_model=HistoryOut, summary="The per-epoch rows (history.csv)")
 def get_history(job_id: str, store: StoreDep) -> HistoryOut:
     rec = find(store, job_id)
-    rows = rec.history if rec.terminal else read_history(Path(rec.out_dir)) or rec.history
+    rows = rec.history if rec.terminal else read_records(Path(rec.out_dir)) or rec.history
     return HistoryOut(id=rec.id, rows=finite(rows))
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from coordinator.combine import Rules, combine, es_weights, round_loss, shared_costs
-from workers.hybrid import DecisionKind
 from workers.messages import Result, RoundKind
 from workers.noise import trial_seed
-from workers.search import SHARED_WORKER, subspace_coefficients
+from workers.search import subspace_coefficients
+from workers.state import SHARED_WORKER, DecisionKind
 
 NAN = float("nan")
 

@@ -124,8 +124,8 @@ def test_own_model_keys_name_the_field(raw: dict, field: str) -> None:
 def test_issue15_presets_validate_and_finetune_zo_fits_100_bytes() -> None:
     import numpy as np
 
-    from workers.hybrid import Decision, DecisionKind
     from workers.messages import Result, RoundKind, Task, encode_result, encode_task
+    from workers.state import Decision, DecisionKind
 
     seed_only = load_config("seedonly-r4")
     assert (seed_only.hybrid.r, seed_only.cluster.workers, seed_only.data.dataset) == (4, 2, "mnist")

@@ -11,11 +11,12 @@ import torch
 
 from coordinator.accounting import Counters
 from coordinator.config import validate_config
-from coordinator.job import Job, build_parts, local_pool
+from coordinator.job import Job, local_pool
+from coordinator.parts import build_parts
 from coordinator.rounds import RoundLoop
 from service.cli import main as hes
-from workers.hybrid import Diverged, HybridState, require_finite_parameters
 from workers.messages import Result, RoundKind
+from workers.state import Diverged, HybridState, require_finite_parameters
 
 
 def diverging_cfg(**hybrid: object) -> dict:
@@ -56,9 +57,10 @@ def test_hes_train_in_process_reports_the_divergence(tmp_path: Path, capsys: pyt
 def test_a_nan_trial_loses_to_a_finite_one_and_all_nan_is_no_winner(tmp_path: Path) -> None:
     """argmin over the workers' best trials: a nan cost ranks after every finite one (min() cannot order nan)."""
     cfg = validate_config({**diverging_cfg(), "train": {"epochs": 1, "batch_size": 100, "lr": 1.0}})
-    data, model, hyper, schedule = build_parts(cfg)
+    parts = build_parts(cfg)
+    model, hyper, schedule = parts.model, parts.hyper, parts.schedule
     counters = Counters()
-    pool = local_pool(cfg, data, model, hyper, schedule, counters)
+    pool = local_pool(cfg, parts, counters)
     state = HybridState(1, torch.from_numpy(model.initial_parameters(cfg.seed)), None)
     loop = RoundLoop(state, hyper, schedule, "hybrid", "argmin", pool, counters)
     nan = float("nan")

@@ -8,8 +8,8 @@ import torch
 
 from coordinator.accounting import Counters
 from coordinator.config import validate_config
-from coordinator.job import build_parts
-from workers.hybrid import Decision, DecisionKind, batch_loss_and_grad_sum
+from coordinator.parts import build_parts
+from workers.hybrid import batch_loss_and_grad_sum
 from workers.messages import (
     TASK_HEADER_BYTES,
     RoundKind,
@@ -21,6 +21,7 @@ from workers.messages import (
     encode_task,
 )
 from workers.replica import Replica
+from workers.state import Decision, DecisionKind
 
 
 def test_the_live_workers_travel_in_a_task_only_when_they_changed() -> None:
@@ -49,7 +50,8 @@ def test_the_live_workers_shards_cover_the_batch_once_and_sum_to_its_gradient() 
                            "model": {"arch": "mlp", "hidden": [8], "activation": "sigmoid"},
                            "train": {"epochs": 1, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
                            "cluster": {"workers": 3}})
-    data, model, hyper, schedule = build_parts(cfg)
+    parts = build_parts(cfg)
+    data, model, hyper, schedule = parts.data, parts.model, parts.hyper, parts.schedule
     theta = model.initial_parameters(cfg.seed)
     t, replicas = 4, []
     for slot in (0, 2):

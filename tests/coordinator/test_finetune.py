@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from coordinator.config import ConfigError, validate_config
-from coordinator.job import Job, build_parts, initial_theta
+from coordinator.job import Job, initial_theta
+from coordinator.parts import build_parts
 
 FROZEN_MODES = [
     {"mode": "hybrid"},
@@ -33,11 +34,12 @@ def cfg(name: str = "ft", workers: int = 0, backend: str = "ray", **sections: di
 
 
 def test_classes_keep_only_those_labels_with_their_values() -> None:
-    data, model, _, _ = build_parts(validate_config(cfg(data={"classes": [7, 2, 4]})))
+    parts = build_parts(validate_config(cfg(data={"classes": [7, 2, 4]})))
+    data, model = parts.data, parts.model
     for y in (data.y_train, data.y_dev, data.y_test):
         assert set(np.unique(y).tolist()) == {2, 4, 7}
     assert model.biases[-1].shape == (10,)  # ten outputs still
-    whole, _, _, _ = build_parts(validate_config(cfg()))
+    whole = build_parts(validate_config(cfg())).data
     assert len(data.y_train) == int(np.isin(whole.y_train, [2, 4, 7]).sum())
     assert np.array_equal(data.x_train, whole.x_train[np.isin(whole.y_train, [2, 4, 7])])  # same pixels
     with pytest.raises(ConfigError, match="data.classes"):
@@ -51,7 +53,7 @@ def test_init_from_starts_from_a_finished_job(tmp_path: Path) -> None:
     pre = Job(validate_config(cfg("pre", data={"classes": [0, 1, 2, 3, 4]})), tmp_path / "pre")
     assert pre.run().status == "SUCCEEDED"
     c = validate_config(cfg(model={"init_from": str(tmp_path / "pre")}, train={"epochs": 1}))
-    _, model, _, _ = build_parts(c)
+    model = build_parts(c).model
     assert np.array_equal(initial_theta(c, model), pre.state.theta.numpy())
     job = Job(c, tmp_path / "ft")
     assert np.array_equal(job.state.theta.numpy(), pre.state.theta.numpy())
@@ -96,7 +98,8 @@ def test_trainable_last_leaves_every_other_parameter_bitwise(tmp_path: Path, hyb
 def test_a_frozen_backprop_computes_the_last_layer_s_gradient_only() -> None:
     from workers.hybrid import batch_loss_and_grad_sum
 
-    data, model, hyper, _ = build_parts(validate_config(cfg(model={"trainable": "last"})))
+    parts = build_parts(validate_config(cfg(model={"trainable": "last"})))
+    data, model, hyper = parts.data, parts.model, parts.hyper
     theta = torch.from_numpy(model.initial_parameters(1))
     x, y = torch.from_numpy(data.x_train[:50]), torch.from_numpy(data.y_train[:50])
     loss_all, full = batch_loss_and_grad_sum(model, theta, x, y)

@@ -151,8 +151,8 @@ def test_localsgd_final_parameters_hold_every_local_step(tmp_path: Path) -> None
 
 def test_combine_rules_decide_as_documented() -> None:
     from coordinator.combine import Rules, combine  # a pure function: tests/coordinator/test_combine.py has more
-    from workers.hybrid import DecisionKind
     from workers.messages import Result, RoundKind
+    from workers.state import DecisionKind
 
     def decide(rule: str, beats_current: tuple[bool, bool]) -> tuple[DecisionKind, int]:
         results = [Result(3, 0, seed=11, cost=0.5, beats_current=beats_current[0]),

@@ -114,13 +114,15 @@ def test_a_local_replica_that_differs_is_repaired_as_on_ray(tmp_path: Path) -> N
 def test_a_dirichlet_worker_keeps_its_own_share_when_others_leave() -> None:
     """Slots are fixed: when the live workers change, a worker still takes its own partition's share; the missing
     worker's share is skipped."""
-    from coordinator.job import build_parts, make_replica, partitions
-    from workers.hybrid import Decision, DecisionKind
+    from coordinator.job import make_replica
+    from coordinator.parts import build_parts
     from workers.messages import RoundKind, Sync, Task
+    from workers.state import Decision, DecisionKind
 
     c = validate_config(cfg("local", "backprop", "dirichlet"))
-    data, model, hyper, schedule = build_parts(c)
-    rep = make_replica(c, data, model, hyper, schedule, partitions(c, data), 1)
+    parts = build_parts(c)
+    model, schedule = parts.model, parts.schedule
+    rep = make_replica(c, parts, 1)
     theta = model.initial_parameters(c.seed)
     rep.sync(Sync(3, theta, None))
     alone = rep.handle(Task(3, RoundKind.FULL, Decision(2, DecisionKind.NONE), members=(1,)))

@@ -33,11 +33,12 @@ def test_bad_values_name_the_field(hybrid: dict, field: str) -> None:
 
 def test_a_job_config_reaches_the_trials() -> None:
     """`hybrid.noise` and `hybrid.noise_rank` of a job config are what its replicas' trials draw."""
-    from coordinator.job import build_parts
+    from coordinator.parts import build_parts
 
     cfg = validate_config({"data": {"dataset": "digits"}, "model": {"hidden": [16]},
                            "hybrid": {"noise": "lowrank", "noise_rank": 3}})
-    _, model, hyper, _ = build_parts(cfg)
+    parts = build_parts(cfg)
+    model, hyper = parts.model, parts.hyper
     assert (hyper.noise.family, hyper.noise.rank) == ("lowrank", 3) and hyper.noise.matrices == model.matrices
-    _, _, plain, _ = build_parts(validate_config({"data": {"dataset": "digits"}, "model": {"hidden": [16]}}))
+    plain = build_parts(validate_config({"data": {"dataset": "digits"}, "model": {"hidden": [16]}})).hyper
     assert plain.noise.family == "gaussian"

@@ -85,7 +85,8 @@ def test_a_regression_reports_loss_only(tmp_path: Path) -> None:
     assert doc["final"]["train_accuracy"] is None
     with (tmp_path / "out" / "history.csv").open() as f:
         assert [row["dev_accuracy"] for row in csv.DictReader(f)] == ["", "", ""]
-    from service.report import plot_history, read_history
+    from service.history import read_history
+    from service.report import plot_history
 
     figs = plot_history(read_history(tmp_path / "out"), "reg")
     assert "accuracy" not in figs and "loss" in figs  # a loss-only job has no accuracy plot

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from coordinator.config import validate_config
-from coordinator.job import Job, partitions
+from coordinator.job import Job
 from coordinator.ray_pool import RayPool, ray_pool
 from coordinator.ship_data import link_bytes, recipe, ship
 from tests.workers.test_data import write_idx
@@ -55,7 +55,7 @@ def test_read_on_each_node_and_shipped_once_per_node_train_bitwise_as_today(ray_
     assert np.array_equal(on_node.state.theta.numpy(), local.state.theta.numpy())
 
     shipped = Job(validate_config(cfg(folder, 3)), tmp_path / "shipped", pool_factory=ray_pool)
-    stored = shipped.data.stored
+    stored = shipped.parts.data.stored
     assert stored is not None and stored.x.dtype == np.uint8
     shutil.rmtree(folder)  # the coordinator has read it; the workers' nodes no longer can
     r_shipped = shipped.run()
@@ -76,7 +76,8 @@ def test_dirichlet_ships_each_worker_only_its_partition(ray_cluster: object, tmp
     job = Job(validate_config(cfg(folder, 2, split="dirichlet")), tmp_path / "ray", pool_factory=ray_pool)
     shutil.rmtree(folder)
     r = job.run()
-    parts = partitions(job.cfg, job.data)
+    parts = job.parts.partitions
+    assert parts is not None
     here = ray.get_runtime_context().get_node_id()
     got = reports(job)
     assert [g.origin for g in got] == [Origin.SHIPPED] * 2

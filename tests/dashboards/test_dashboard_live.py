@@ -24,7 +24,8 @@ import pytest
 from promql import free_port, hes_scrape_job, load_dashboard, panel_targets, prometheus, query, substitute
 
 from service.cli import main
-from service.report import plot_history, rows_from
+from service.history import rows_from
+from service.report import plot_history
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from coordinator.config import ConfigError, validate_config
+from coordinator.parts import build_parts
 from service.app import create_app
 from service.runner import Runner
 from service.settings import Settings
@@ -59,6 +60,22 @@ def test_mnist_sizes_come_from_the_headers(settings: Settings, tmp_path: Path) -
         "data.dev_size: 50 must be at least 1 and below the 50 training images of mnist")
     assert refused({**MNIST, "model": {"arch": "convnet"}}, settings).startswith(
         "model.arch: convnet needs images of at least 16x16 pixels, the data has 8x8")
+
+
+@pytest.mark.parametrize("change", [
+    {"data": {**MNIST["data"], "classes": [0, 1]}},  # 10 a batch, fewer training examples of 0 and 1
+    {"train": {"epochs": 3, "batch_size": 3}, "cluster": {"workers": 4}},  # more workers than a batch has examples
+])
+def test_admission_and_job_start_refuse_the_same_configs(settings: Settings, tmp_path: Path,
+                                                         change: dict[str, Any]) -> None:
+    """Admission reads the headers and labels, the job loads the images; both build the parts in one place
+    (coordinator/parts.py), so they refuse with the same message."""
+    at_submit = refused({**MNIST, **change}, settings, {"CPU": 4.0})
+    data = {**MNIST["data"], **change.get("data", {}), "path": str(tmp_path / "data" / "mnist")}
+    with pytest.raises(ValueError) as at_start:
+        build_parts(validate_config({**MNIST, **change, "data": data}))
+    assert at_submit == str(at_start.value)
+    assert at_submit.startswith(("train.batch_size: 10 exceeds the", "cluster.workers: 4 workers cannot share"))
 
 
 def test_capacity_is_refused_before_any_data_is_read(settings: Settings, tmp_path: Path) -> None:

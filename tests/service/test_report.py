@@ -11,7 +11,8 @@ from coordinator.config import validate_config
 from coordinator.outputs import HISTORY_COLUMNS, write_history
 from coordinator.train import train
 from service.cli import main
-from service.report import backprop_baseline, bytes_per_round, plot_history, read_history
+from service.history import read_history
+from service.report import backprop_baseline, bytes_per_round, plot_history
 
 PNGS = ("loss", "accuracy", "bytes_per_round", "cumulative_bytes")
 

@@ -6,20 +6,10 @@ import math
 import numpy as np
 import torch
 
-from workers.hybrid import (
-    Decision,
-    DecisionKind,
-    HybridState,
-    Hyper,
-    apply_decision,
-    batch_cost,
-    batch_loss_and_grad_sum,
-    descend,
-    noise,
-    run_trials,
-    shift,
-)
+from workers.hybrid import apply_decision, batch_cost, batch_loss_and_grad_sum, run_trials
 from workers.models import mlp
+from workers.state import Decision, DecisionKind, HybridState, Hyper
+from workers.steps import descend, noise, shift
 
 
 def setup(sigma: float = 1.0, lr: float = 0.5):

@@ -12,23 +12,13 @@ import pytest
 import torch
 
 from workers.data import load_dataset
-from workers.hybrid import (
-    Decision,
-    DecisionKind,
-    HybridState,
-    Hyper,
-    apply_decision,
-    batch_cost,
-    descend,
-    noise,
-    noise_spec,
-    run_trials,
-    shift,
-)
+from workers.hybrid import apply_decision, batch_cost, run_trials
 from workers.messages import RoundKind, Task
 from workers.models import Model, convnet, mlp
 from workers.noise import NoiseSpec, lowrank_dense, lowrank_factors, perturbation
 from workers.replica import Replica, Schedule
+from workers.state import Decision, DecisionKind, HybridState, Hyper
+from workers.steps import descend, noise, noise_spec, shift
 
 PAPER = NoiseSpec("lowrank", 1, mlp(784, [300]).matrices)  # (300, 784), (10, 300)
 SNIPPET = ("import hashlib,sys; from workers.noise import NoiseSpec, lowrank_dense; "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.hybrid import Decision, DecisionKind
 from workers.messages import (
     Result,
     RoundKind,
@@ -19,6 +18,7 @@ from workers.messages import (
     encode_task,
     payload_size,
 )
+from workers.state import Decision, DecisionKind
 
 
 @pytest.mark.parametrize("params", [238_510, 2_385_010])

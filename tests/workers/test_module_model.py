@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from workers.factories import FactoryError, factory_allowed
-from workers.hybrid import HybridState, Hyper, apply_decision, batch_loss_and_grad_sum, noise, noise_spec, run_trials
+from workers.hybrid import apply_decision, batch_loss_and_grad_sum, run_trials
 from workers.losses import Loss
 from workers.module_model import module_model
 from workers.noise import perturbation
+from workers.state import HybridState, Hyper
+from workers.steps import noise, noise_spec
 
 
 class Mixed(nn.Module):
@@ -114,7 +116,7 @@ def test_the_allow_list_reads_the_name_only() -> None:
 @pytest.mark.parametrize("family", ["gaussian", "lowrank"])
 def test_a_round_of_trials_and_its_decision_agree(family: str) -> None:
     """The best trial's seed rebuilds parameters whose cost is bitwise the cost the trial reported."""
-    from workers.hybrid import Decision, DecisionKind
+    from workers.state import Decision, DecisionKind
 
     model = module_model(FACTORIES["mixed"], {}, "all", seed=0)
     hyper = Hyper(0.1, 1e-4, 1.0, 6, model.num_weights, noise_spec(model, family, 2))

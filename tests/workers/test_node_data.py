@@ -50,10 +50,10 @@ def test_a_node_builds_what_the_coordinator_built(tmp_path: Path) -> None:
     ds = keep_classes(load_mnist(tmp_path, dev_size=20, seed=3), [0, 1, 2, 3, 4, 5])
     assert ds.stored is not None
     parts = dirichlet_partition(ds.y_train, 3, 0.5, 3)
-    recipe = DataRecipe("mnist", str(tmp_path), 20, 3, classes=[0, 1, 2, 3, 4, 5], parts=3, alpha=0.5)
-    for w, p in enumerate(parts):
+    recipe = DataRecipe("mnist", str(tmp_path), 20, 3, classes=[0, 1, 2, 3, 4, 5])
+    for p in parts:
         mine = ds.stored.take(p)
-        got = read_here(recipe, w, digest(mine))
+        got = read_here(recipe, p.astype(np.int32), digest(mine))
         assert not isinstance(got, str) and got.x.dtype == np.uint8 and got.x.tobytes() == mine.x.tobytes()
         assert got.arrays()[0].tobytes() == ds.x_train[p].tobytes()
 
@@ -65,12 +65,12 @@ def test_npz_and_factory_are_built_on_the_node(tmp_path: Path) -> None:
     np.savez(tmp_path / "own.npz", **arrays)
     ds = load_dataset("npz", str(tmp_path / "own.npz"), None, 1)
     assert ds.stored is None and ds.stored_train.x.dtype == np.uint8  # a job's own arrays stay as they are
-    got = read_here(DataRecipe("npz", str(tmp_path / "own.npz"), None, 1), 0, digest(ds.stored_train))
+    got = read_here(DataRecipe("npz", str(tmp_path / "own.npz"), None, 1), None, digest(ds.stored_train))
     assert not isinstance(got, str) and got.arrays()[0].tobytes() == ds.x_train.tobytes()
     kwargs = {"path": str(tmp_path / "bc.npz")}
     fac = load_dataset("factory", None, None, 1, "examples.tabular:breast_cancer", kwargs)
     recipe = DataRecipe("factory", None, None, 1, "examples.tabular:breast_cancer", kwargs)
-    assert build(recipe, 0).x.tobytes() == fac.x_train.tobytes()
+    assert build(recipe).x.tobytes() == fac.x_train.tobytes()
 
 
 def test_a_node_that_cannot_build_the_data_says_why(tmp_path: Path) -> None:
@@ -80,11 +80,11 @@ def test_a_node_that_cannot_build_the_data_says_why(tmp_path: Path) -> None:
     ds = load_mnist(tmp_path / "a", dev_size=10, seed=1)
     assert ds.stored is not None
     want = digest(ds.stored)
-    assert not isinstance(read_here(DataRecipe("mnist", str(tmp_path / "a"), 10, 1), 0, want), str)
-    other = read_here(DataRecipe("mnist", str(tmp_path / "b"), 10, 1), 0, want)  # another file at the path
+    assert not isinstance(read_here(DataRecipe("mnist", str(tmp_path / "a"), 10, 1), None, want), str)
+    other = read_here(DataRecipe("mnist", str(tmp_path / "b"), 10, 1), None, want)  # another file at the path
     assert isinstance(other, str) and "differs from the coordinator's" in other
     shutil.rmtree(tmp_path / "a")  # the path as a node without the coordinator's file system sees it
-    gone = read_here(DataRecipe("mnist", str(tmp_path / "a"), 10, 1), 0, want)
+    gone = read_here(DataRecipe("mnist", str(tmp_path / "a"), 10, 1), None, want)
     assert isinstance(gone, str) and gone.startswith("DataError: ") and "missing" in gone
-    missing = read_here(DataRecipe("factory", None, None, 1, "no_such_module:data"), 0, want)
+    missing = read_here(DataRecipe("factory", None, None, 1, "no_such_module:data"), None, want)
     assert isinstance(missing, str) and "cannot import 'no_such_module'" in missing

@@ -5,8 +5,9 @@ import math
 
 import torch
 
-from workers.hybrid import HybridState, Hyper, cost_rank, run_trials
+from workers.hybrid import run_trials
 from workers.models import mlp
+from workers.state import HybridState, Hyper, cost_rank
 
 
 def test_trials_that_all_overflow_report_their_nan_cost() -> None:

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from coordinator.config import validate_config
-from coordinator.job import build_parts, partitions, worker_data
-from workers.hybrid import Decision, DecisionKind, batch_loss_and_grad_sum, local_step, run_trials
+from coordinator.parts import build_parts
+from workers.hybrid import batch_loss_and_grad_sum, local_step, run_trials
 from workers.messages import RoundKind, Sync, Task
 from workers.noise import trial_seed
 from workers.partition import dirichlet_partition, label_skew, share_sizes
 from workers.replica import Replica
 from workers.search import es_costs, round_seeds
+from workers.state import Decision, DecisionKind
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=3000)
 
@@ -52,13 +53,13 @@ def cfg(mode: str, workers: int = 3) -> dict:
 def test_a_worker_holds_its_partition_only_and_every_round_uses_its_own_share() -> None:
     torch.set_num_threads(1)
     c = validate_config(cfg("hybrid"))
-    data, model, hyper, schedule = build_parts(c)
-    parts = partitions(c, data)
-    assert schedule.part_sizes == tuple(len(p) for p in parts)
+    built = build_parts(c)
+    data, model, hyper, schedule, parts = built.data, built.model, built.hyper, built.schedule, built.partitions
+    assert parts is not None and schedule.part_sizes == tuple(len(p) for p in parts)
     theta = model.initial_parameters(c.seed)
     grad = np.full_like(theta, 0.01)
     for w in range(3):
-        x, y = worker_data(c, data, parts, w)
+        x, y = built.worker_data(w)
         rep = Replica(model, x, y, hyper, schedule, c.seed, 3, "argmin", w, 3)
         assert np.array_equal(rep.x.numpy(), data.x_train[parts[w]])  # only its partition's arrays
         for t in (0, 1, 7):
@@ -78,7 +79,8 @@ def test_a_worker_holds_its_partition_only_and_every_round_uses_its_own_share() 
             assert (trial.seed, trial.cost) == (out.seed, out.cost)
         # localsgd: the local step descends on the same share
         lc = validate_config(cfg("localsgd"))
-        _, _, lhyper, lsched = build_parts(lc)
+        local = build_parts(lc)
+        lhyper, lsched = local.hyper, local.schedule
         rep = Replica(model, x, y, lhyper, lsched, c.seed, 3, "argmin", w, 3)
         rep.sync(Sync(2, theta, None))
         res = rep.handle(Task(2, RoundKind.LOCAL, Decision(1, DecisionKind.NONE)))
@@ -91,7 +93,7 @@ def test_a_worker_holds_its_partition_only_and_every_round_uses_its_own_share() 
 
 def test_a_round_of_all_workers_takes_the_batch_size_from_their_partitions() -> None:
     c = validate_config(cfg("backprop", workers=4))
-    data, _, _, schedule = build_parts(c)
+    schedule = build_parts(c).schedule
     for t in range(schedule.rounds_per_epoch * 2):
         assert sum(len(schedule.own(t, w)) for w in range(4)) == 90
     # a partition smaller than its share of an epoch is walked again: every example it has is used
@@ -107,7 +109,8 @@ def test_the_coordinator_knows_each_round_s_examples(tmp_path: object) -> None:
 
     c = validate_config(cfg("hybrid"))
     job = Job(c, str(tmp_path))
-    parts = partitions(c, job.data)
+    parts = job.parts.partitions
+    assert parts is not None
     for t in (0, 5):
         idx = job.round_examples(t)
         assert len(idx) == 90
@@ -120,13 +123,13 @@ def test_es_trials_of_a_dirichlet_worker_are_scored_on_its_own_share() -> None:
     raw = cfg("hybrid")
     raw["hybrid"] = {**raw.get("hybrid", {}), "combine": "es", "k": 4}
     c = validate_config(raw)
-    data, model, hyper, schedule = build_parts(c)
+    built = build_parts(c)
+    model, hyper, schedule = built.model, built.hyper, built.schedule
     assert hyper.search is not None
-    parts = partitions(c, data)
     theta = model.initial_parameters(c.seed)
     grad = np.full_like(theta, 0.01)
     for w in range(3):
-        x, y = worker_data(c, data, parts, w)
+        x, y = built.worker_data(w)
         rep = Replica(model, x, y, hyper, schedule, c.seed, 4, "es", w, 3)
         rep.sync(Sync(1, theta, grad))
         res = rep.handle(Task(1, RoundKind.STOCHASTIC, Decision(0, DecisionKind.NONE)))

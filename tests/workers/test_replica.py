@@ -6,10 +6,10 @@ import torch
 
 import workers.hybrid as hybrid
 from workers.data import load_dataset
-from workers.hybrid import Decision, DecisionKind, HybridState, Hyper
 from workers.messages import RoundKind, Sync, Task
 from workers.models import build_model
 from workers.replica import Replica, Schedule
+from workers.state import Decision, DecisionKind, HybridState, Hyper
 
 
 def two_replicas() -> tuple[Replica, Replica, Schedule]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.hybrid import Decision, DecisionKind, HybridState, Hyper, apply_decision, batch_cost, descend, noise_spec
+from workers.hybrid import apply_decision, batch_cost
 from workers.messages import (
     Result,
     RoundKind,
@@ -24,16 +24,9 @@ from workers.messages import (
 )
 from workers.models import mlp
 from workers.replica import Replica, Schedule
-from workers.search import (
-    SHARED_WORKER,
-    Search,
-    apply_es,
-    decision_seeds,
-    direction,
-    es_costs,
-    gradient_norm,
-    round_seeds,
-)
+from workers.search import apply_es, decision_seeds, direction, es_costs, gradient_norm, round_seeds
+from workers.state import SHARED_WORKER, Decision, DecisionKind, HybridState, Hyper, Search
+from workers.steps import descend, noise_spec
 
 
 def setup(family: str = "gaussian", rule: str = "es", zo: bool = False, alpha: float = 0.5, m: int = 2,
@@ -183,7 +176,7 @@ def test_shared_trials_score_the_shard_and_report_examples() -> None:
     base = descend(state.theta, state.grad, hyper)
     idx = torch.tensor(schedule.batch(1))
     seed = round_seeds(hyper.search, 1, 0)[2]
-    from workers.hybrid import noise, shift
+    from workers.steps import noise, shift
     whole = batch_cost(model, shift(base, noise(seed, hyper, base.device), hyper), x[idx], y[idx])
     assert (out[0].costs[2] * 10 + out[1].costs[2] * 10) / 20 == pytest.approx(whole, rel=1e-5)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.data import DataError, Dataset
+from workers.data.dataset import DataError, Dataset
 from workers.factories import load_factory
 from workers.models import Model
 

@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from workers.data import DataError, load_dataset
+from workers.data import DataError, check_fit, from_arrays, load_dataset, load_npz
 from workers.module_model import module_model
-from workers.user_data import check_fit, from_arrays, load_npz
 
 
 def arrays(n: int = 40, features: int = 30, classes: int = 2, **extra: Any) -> dict[str, np.ndarray]:
