@@ -11,9 +11,9 @@ minutes), own-model (issue 14: the examples/ jobs against backprop, stale and lo
 worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute),
 science (issue 15: the IID, non-IID and fine-tuning comparisons of "Beyond the paper", 3 seeds a row on
 the local backend, two jobs side by side; about 70 minutes on 2 cores), blackbox (issue 23: CartPole-v1 and
-Acrobot-v1 on 1, 2, 4 Ray workers against a plain OpenAI-ES loop and EvoTorch's PGPE; about 15 minutes).
-With --only, the other sections
-already in --out are kept as they were.
+Acrobot-v1 on 1, 2, 4 Ray workers against a plain OpenAI-ES loop and EvoTorch's PGPE; about 17 minutes),
+network (issue 20: the paper MLP over namespace hosts with tc-limited links, H-ES against Ray Train's DDP; root,
+about 40 minutes). With --only, the other sections already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import blackbox
 import fanout
 import fast_trials
 import gpu_check
+import network
 import noise_speed
 import own_model
 import ray
@@ -63,6 +64,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "worker-memory": ("Worker memory: the peak of one worker's round, per mode (issue 15)", worker_memory.run),
     "science": ("Beyond the paper: where seed-only rounds win (issue 15)", science.run),
     "blackbox": ("Black-box objectives: a policy trained by its episode returns (issue 23)", blackbox.run),
+    "network": ("Over a real network: a head and 3 worker hosts, links of 1 Gbit/s, 100 Mbit/s and 10 Mbit/s "
+                "(issue 20)", network.run),
 }
 HEADER = """# BENCHMARKS
 

@@ -30,7 +30,7 @@ class Counters:
     rounds: dict[str, int] = field(default_factory=lambda: {"full": 0, "stochastic": 0})
     up: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     down: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    dataset_bytes: int = 0  # the one-time transfer of the training data into the object store
+    dataset_bytes: int = 0  # the training data shipped to the workers' nodes (coordinator/ship_data.py)
     seconds: dict[str, float] = field(default_factory=lambda: {"full_rounds": 0.0, "stochastic_rounds": 0.0,
                                                                 "evaluation": 0.0, "total": 0.0})
     replica_checked: int = 0
@@ -69,7 +69,7 @@ class Counters:
         return "; ".join(notes)
 
     def bytes_doc(self) -> dict[str, Any]:
-        """The `bytes` section of result.json (DESIGN.md), plus the dataset's one-time transfer."""
+        """The `bytes` section of result.json (DESIGN.md), plus the data set shipped to the workers' nodes."""
         doc: dict[str, Any] = {k: {"up": self.up[k], "down": self.down[k]} for k in ("full", "stochastic")}
         doc["sync"] = self.up["sync"] + self.down["sync"]
         doc["total"] = sum(self.up.values()) + sum(self.down.values())

@@ -42,8 +42,8 @@ class Flow(_Doc):
 
 
 class ByteCounts(_Doc):
-    """Payload bytes by round kind and direction (DESIGN.md's result.json), plus the data set's one-time
-    transfer into the object store."""
+    """Payload bytes by round kind and direction (DESIGN.md's result.json), plus what the links carried of the
+    data set for the workers (coordinator/ship_data.py: 0 when each worker read it on its node)."""
     full: Flow = Field(default_factory=Flow)
     stochastic: Flow = Field(default_factory=Flow)
     sync: int = 0

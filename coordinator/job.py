@@ -392,8 +392,8 @@ def local_pool(cfg: JobConfig, parts: JobParts, counters: Counters) -> Pool:
     local, the N replicas of a Ray job run here one after another (coordinator/pool.py ReplicaPool)."""
     if cfg.cluster.backend == "local" and cfg.cluster.workers >= 1:
         n = cfg.cluster.workers
-        # what a Ray job puts in the object store for its workers (coordinator/ray_pool.py), counted the same
-        counters.dataset_bytes = sum(a.nbytes for i in range(n) for a in parts.worker_data(i))
+        # dataset stays 0: the replicas read the data where it was loaded, as Ray workers that can read it on their
+        # node do (coordinator/ship_data.py)
         return ReplicaPool([make_replica(cfg, parts, i) for i in range(n)],
                            threads=max(1, int(cfg.cluster.cpus_per_worker)))
     # one worker, the only one (whatever cluster.workers says when a caller runs a Ray config in process)

@@ -44,7 +44,8 @@ from coordinator.ray_workers import (
 )
 from coordinator.runtime_env import resolve
 from coordinator.shared_buffers import SHM_DISABLE
-from workers.actor import WorkerSpec
+from coordinator.ship_data import recipe, ship
+from workers.actor import WorkerData, WorkerSpec
 from workers.messages import Result, RoundKind, Status, Sync, Task
 
 __all__ = ["NOT_NICED", "SHM_DISABLE", "ActorRecord", "ClusterTooSmall", "PoolSettings", "RayPool", "actor_record",
@@ -85,7 +86,7 @@ class Sent:
 class RayPool(PoolCore):
     overlaps = True  # the workers compute while the coordinator applies its own copy of the last decision
 
-    def __init__(self, specs: list[WorkerSpec], data: tuple | list[tuple], cpus: float, gpus: float,
+    def __init__(self, specs: list[WorkerSpec], data: list[WorkerData], cpus: float, gpus: float,
                  counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None,
                  runtime_env: dict | None = None) -> None:
         """The worker actors (coordinator/ray_workers.py RayWorkers: `data`, `gpus`, `gpu_workers` and
@@ -212,9 +213,9 @@ def ray_pool(cfg: JobConfig, parts: JobParts, counters: Counters, gpu_workers: i
     specs = [WorkerSpec(parts.model, parts.hyper, parts.schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
                         max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None)
              for i in range(n)]
-    arrays: tuple | list[tuple] = parts.worker_data(0)
-    if parts.partitions is not None:  # a worker receives and keeps only its partition
-        arrays = [parts.worker_data(i) for i in range(n)]
-    return RayPool(specs, arrays, cfg.cluster.cpus_per_worker,
+    arrays = [parts.data.stored_train] * n
+    if parts.partitions is not None:  # a worker is sent only its partition
+        arrays = [parts.data.stored_train.take(p) for p in parts.partitions]
+    return RayPool(specs, ship(arrays, recipe(cfg), parts.partitions), cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
                    runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))

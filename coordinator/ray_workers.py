@@ -17,7 +17,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from coordinator.accounting import Counters
 from coordinator.runtime_env import with_env_vars
 from coordinator.shared_buffers import SharedBuffer, shared_buffers
-from workers.actor import SHARED, WorkerActor, WorkerSpec
+from coordinator.ship_data import link_bytes
+from workers.actor import SHARED, WorkerActor, WorkerData, WorkerSpec
+from workers.node_data import DataReport
 
 # Two Ray settings for the worker actors' processes alone (the cluster's other tasks keep Ray's defaults):
 # - A worker's answer to a full round (its summed gradient, 4P bytes) rides inline in the reply to the
@@ -56,12 +58,12 @@ def actor_record(actor: ray.actor.ActorHandle) -> ActorRecord:
 
 
 class RayWorkers:
-    def __init__(self, specs: list[WorkerSpec], data: tuple | list[tuple], cpus: float, gpus: float,
+    def __init__(self, specs: list[WorkerSpec], data: list[WorkerData], cpus: float, gpus: float,
                  counters: Counters, shared_memory: bool = True, gpu_workers: int | None = None,
                  runtime_env: dict | None = None) -> None:
         """`gpus` GPUs for each of the first `gpu_workers` workers (all of them by default), none for the others:
-        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `data`: the training arrays every
-        worker holds, or a list of each worker's own (data.split: dirichlet, each slot its partition).
+        a worker computes on CUDA when Ray gives it a GPU (workers/actor.py). `data`: how each worker gets its
+        training arrays (coordinator/ship_data.py); the bytes that took are counted once every worker has them.
         `runtime_env`: the job's cluster.runtime_env, uploaded (coordinator/runtime_env.py)."""
         self.runtime_env = runtime_env or {}
         self.specs, self.cpus = specs, cpus
@@ -79,12 +81,7 @@ class RayWorkers:
             remove_placement_group(self.pg)
             raise ClusterTooSmall(f"cluster.workers: {len(specs)} workers could not be placed within "
                                   f"{PLACEMENT_TIMEOUT_S:.0f} s (CPUs busy with other jobs?)")
-        if isinstance(data, list):  # each worker's own partition, in the object store once each
-            self.data_refs = [ray.put(d) for d in data]
-            counters.dataset_bytes = sum(a.nbytes for d in data for a in d)
-        else:
-            self.data_refs = [ray.put(data)] * len(specs)  # the training set enters the object store once per job
-            counters.dataset_bytes = sum(a.nbytes for a in data) * len(specs)
+        self.data = data
         self.shared: dict[int, SharedBuffer] = {}
         if shared_memory:
             here = ray.get_runtime_context().get_node_id()
@@ -96,6 +93,8 @@ class RayWorkers:
         try:
             self.actors = [self._spawn(i) for i in range(len(specs))]
             self._wait_ready()
+            self.data_reports: list[DataReport] = ray.get([a.data.remote() for a in self.actors])
+            counters.dataset_bytes = link_bytes(self.data_reports, data, ray.get_runtime_context().get_node_id())
         finally:
             for buf in self.shared.values():  # every actor has mapped its buffer (or failed): the names go
                 buf.unlink()
@@ -118,7 +117,7 @@ class RayWorkers:
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus[i], "scheduling_strategy": strategy,
                    "max_restarts": -1, "max_task_retries": 0,
                    "runtime_env": with_env_vars(self.runtime_env, worker_env(self.specs[i].model.num_parameters))}
-        return WorkerActor.options(**options).remote(self.specs[i], self.data_refs[i])  # type: ignore[attr-defined]
+        return WorkerActor.options(**options).remote(self.specs[i], self.data[i])  # type: ignore[attr-defined]
 
     def replace_actor(self, i: int) -> None:
         """A new actor for slot i, whose actor died for good; it waits for its bundle's node."""

@@ -33,6 +33,7 @@ NOT_RUN: list[tuple[str, str]] = [
     (r"^make (\.venv|lint|docs)\b", "builds the environment this test runs in; CI runs make lint, a test the docs"),
     (r"^make (bench|chaos|gpu-check)\b", "benchmarks of an hour and more on MNIST; they write BENCHMARKS.md"),
     (r"^make net-(up|down)\b", "needs root and network namespaces; tests/deploy's network tests build their own"),
+    (r"deploy/netlab\.py", "works on the sandbox of make net-up (root); tests/deploy/test_network.py covers it"),
     (r"HES_MNIST_DIR", "needs MNIST, which the repository does not ship"),
     (r"--config (paper-[\w-]+|seedonly-r4|noniid-r4|finetune-zo)\b", "an MNIST preset: needs MNIST"),
     (r"resnet_mnist", "trains on MNIST"),

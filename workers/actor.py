@@ -15,6 +15,9 @@ coordinator/shared_buffers.py): it then writes a full round's gradient (or an av
 and returns `SHARED` in place of the array; the bytes are the same, counted the same, but they skip Ray's
 serialization and the reply's 4P bytes through gRPC. When the buffer cannot be opened (a restarted actor:
 the coordinator has unlinked its name by then), the worker returns the array through Ray as any other.
+
+A worker builds its training arrays on its own node when it can, or takes the shipped ones (workers/node_data.py,
+`WorkerData`).
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ import numpy as np
 import ray
 import torch
 
+from workers.data import StoredTrain
 from workers.messages import decode_sync, decode_task, encode_result
 from workers.models import Model
+from workers.node_data import DataRecipe, DataReport, Origin, read_here
 from workers.replica import Replica, Schedule
 from workers.state import Hyper
 
@@ -46,6 +51,28 @@ class WorkerSpec:
     shared: str | None = None  # a file of 4P bytes in /dev/shm for the results' arrays (same node only)
     # Start at version 0 from the seed's parameters; False (model.init_from): no state until the first sync
     from_seed: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerData:
+    """How a worker gets its training arrays: built from `recipe` on its node (only the examples `part` indexes,
+    data.split dirichlet) when they match `digest`, else `shipped[0]`, a Ray object reference to their StoredTrain.
+    The reference rides in a list so that Ray does not fetch it before the worker asks (it does for a reference
+    passed as an argument itself)."""
+    recipe: DataRecipe
+    digest: str
+    shipped: list[ray.ObjectRef]
+    part: np.ndarray | None = None
+
+
+def obtain(data: WorkerData) -> tuple[StoredTrain, DataReport]:
+    """The worker's arrays and where they came from."""
+    node = ray.get_runtime_context().get_node_id()
+    here = read_here(data.recipe, data.part, data.digest)
+    if isinstance(here, StoredTrain):
+        return here, DataReport(Origin.NODE, node, here.nbytes)
+    stored: StoredTrain = ray.get(data.shipped[0])
+    return stored, DataReport(Origin.SHIPPED, node, stored.nbytes, here)
 
 
 SHARED: Literal["shared"] = "shared"  # in a step's reply: the array is in the shared buffer
@@ -81,12 +108,15 @@ class WorkerInfo:
 
 @ray.remote
 class WorkerActor:
-    def __init__(self, spec: WorkerSpec, data: tuple[np.ndarray, np.ndarray]) -> None:
+    def __init__(self, spec: WorkerSpec, data: WorkerData) -> None:
         torch.set_num_threads(max(1, spec.threads))
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"  # Ray gave it a GPU
         if device == "cuda":
             full_float32_on_cuda()
-        x_train, y_train = data
+        stored, self.report = obtain(data)
+        x_train, y_train = stored.arrays()
+        # a shipped object stays mapped, so its node's copy stays in the object store for a worker restarted there
+        self.pinned = stored if self.report.origin == Origin.SHIPPED else None
         self.replica = Replica(spec.model, x_train, y_train, spec.hyper, spec.schedule, spec.job_seed, spec.k,
                                spec.combine, spec.worker, spec.n_workers, device)
         if spec.from_seed:
@@ -111,3 +141,6 @@ class WorkerActor:
     def info(self) -> WorkerInfo:
         return WorkerInfo(os.getpid(), ray.get_runtime_context().get_node_id(), self.device,
                           None if self.replica.state is None else self.replica.state.version, self.shared is not None)
+
+    def data(self) -> DataReport:
+        return self.report

@@ -70,7 +70,7 @@ def test_two_workers_bytes_and_spread(ray_cluster: object, tmp_path: Path, monke
     assert p is not None and abs(f.up / (n * rounds.full * p * 4) - 1) <= 0.02
     assert abs(f.down / (n * rounds.full * p * 4) - 1) <= 0.02
     assert r.replica_checks.checked > 0 and r.replica_checks.mismatches == 0
-    assert r.bytes.dataset > 0
+    assert r.bytes.dataset == 0  # digits is built on each node: nothing shipped
     assert len({i.node for i in nodes}) == 2  # SPREAD over the two nodes
     # the worker on this process's node returns its arrays through shared memory, the other through Ray;
     # the buffers' names are gone once the actors have started

@@ -1,7 +1,8 @@
 """The data a job config names (coordinator/config.py DataConfig): one dispatcher over the built-in sets
 (workers/data/builtin.py, MNIST through workers/data/idx.py) and a job's own arrays (workers/data/arrays.py).
 
-Built-in sets come standardised as (n, 1, side, side) float32 images with int64 labels; a job's own arrays
+Built-in sets come standardised as (n, 1, side, side) float32 images with int64 labels, keeping their training
+arrays as stored (`StoredTrain`: what a worker that cannot read the set on its node is sent); a job's own arrays
 (data.dataset npz or factory) come as they are: any input shape, labels or float targets.
 """
 from __future__ import annotations
@@ -18,13 +19,13 @@ from workers.data.builtin import (
     make_synthetic,
     mnist_folder,
 )
-from workers.data.dataset import NUM_CLASSES, DataError, DataFacts, Dataset, keep_classes
+from workers.data.dataset import NUM_CLASSES, DataError, DataFacts, Dataset, StoredTrain, keep_classes
 from workers.data.idx import MnistHeaders, idx_candidates, inspect_mnist_folder, read_bounded, read_mnist_folder
 
-__all__ = ["MNIST_DEV_SIZE", "NUM_CLASSES", "DataError", "DataFacts", "Dataset", "MnistHeaders", "check_fit",
-           "default_mnist_dir", "describe_dataset", "from_arrays", "idx_candidates", "inspect_mnist_folder",
-           "keep_classes", "load_dataset", "load_digits", "load_factory_data", "load_mnist", "load_npz",
-           "make_synthetic", "read_bounded", "read_mnist_folder"]
+__all__ = ["MNIST_DEV_SIZE", "NUM_CLASSES", "DataError", "DataFacts", "Dataset", "MnistHeaders", "StoredTrain",
+           "check_fit", "default_mnist_dir", "describe_dataset", "from_arrays", "idx_candidates",
+           "inspect_mnist_folder", "keep_classes", "load_dataset", "load_digits", "load_factory_data", "load_mnist",
+           "load_npz", "make_synthetic", "read_bounded", "read_mnist_folder"]
 
 def load_dataset(dataset: str, path: str | None, dev_size: int | None, seed: int, factory: str | None = None,
                  kwargs: dict[str, Any] | None = None, loss: str = "cross_entropy") -> Dataset:

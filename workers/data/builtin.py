@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from workers.data.dataset import NUM_CLASSES, DataError, DataFacts, Dataset
+from workers.data.dataset import NUM_CLASSES, DataError, DataFacts, Dataset, StoredTrain, standardise
 from workers.data.idx import inspect_mnist_folder, read_mnist_folder
 
 MNIST_DEV_SIZE = 10000  # held out from the training images, as in the paper
@@ -33,18 +33,16 @@ def split_and_standardise(
     n = len(images)
     check_dev_size(name, dev_size, n)
     order = shuffled(n, seed)
-    x = images[order].astype(np.float32)
-    y = labels[order].astype(np.int64)
+    stored_x, stored_y = images[order], labels[order]
+    x = stored_x.astype(np.float32)
+    y = stored_y.astype(np.int64)
     x_dev, y_dev, x_train, y_train = x[:dev_size], y[:dev_size], x[dev_size:], y[dev_size:]
     mean, std = float(x_train.mean()), float(x_train.std())
     std = std if std > 0 else 1.0
-
-    def prep(a: np.ndarray) -> np.ndarray:
-        side = int(round(np.sqrt(a[0].size)))
-        return np.ascontiguousarray(((a.astype(np.float32) - mean) / std).reshape(len(a), 1, side, side))
-
-    return Dataset(name, prep(x_train), y_train, prep(x_dev), y_dev,
-                   prep(test_images), test_labels.astype(np.int64))
+    stored = StoredTrain(np.ascontiguousarray(stored_x[dev_size:]), np.ascontiguousarray(stored_y[dev_size:]),
+                         mean, std)  # what a worker that cannot read the set on its node is sent
+    return Dataset(name, standardise(x_train, mean, std), y_train, standardise(x_dev, mean, std), y_dev,
+                   standardise(test_images, mean, std), test_labels.astype(np.int64), stored)
 
 
 def load_mnist(folder: str | os.PathLike[str], dev_size: int = MNIST_DEV_SIZE, seed: int = 100) -> Dataset:

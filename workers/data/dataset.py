@@ -16,6 +16,36 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class StoredTrain:
+    """The training arrays in the dtype their source stores them (MNIST's uint8 pixels and labels), and the
+    standardisation that makes them the arrays a replica trains on: `(x.astype(float32) - mean) / std` shaped
+    (n, 1, side, side) and int64 labels, bitwise what split_and_standardise gives. `mean` None: used as they are."""
+    x: np.ndarray
+    y: np.ndarray
+    mean: float | None = None
+    std: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.x.nbytes + self.y.nbytes)
+
+    def take(self, idx: np.ndarray) -> StoredTrain:
+        return StoredTrain(np.ascontiguousarray(self.x[idx]), np.ascontiguousarray(self.y[idx]), self.mean, self.std)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) as a replica trains on them."""
+        if self.mean is None:
+            return self.x, self.y
+        return standardise(self.x, self.mean, self.std), self.y.astype(np.int64)
+
+
+def standardise(a: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Images as float32 (n, 1, side, side), standardised with one scalar mean and std."""
+    side = int(round(np.sqrt(a[0].size)))
+    return np.ascontiguousarray(((a.astype(np.float32) - mean) / std).reshape(len(a), 1, side, side))
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     x_train: np.ndarray  # (n_train, 1, side, side) float32
@@ -24,6 +54,11 @@ class Dataset:
     y_dev: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    stored: StoredTrain | None = None  # the training arrays as stored; None: x_train and y_train are
+
+    @property
+    def stored_train(self) -> StoredTrain:
+        return self.stored or StoredTrain(self.x_train, self.y_train)
 
     @property
     def image_side(self) -> int:
@@ -56,7 +91,8 @@ def keep_classes(data: Dataset, classes: list[int]) -> Dataset:
     for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         out[f"x_{split}"], out[f"y_{split}"] = np.ascontiguousarray(x[masks[split]]), y[masks[split]]
-    return Dataset(data.name, **out)
+    stored = data.stored.take(np.flatnonzero(masks["train"])) if data.stored is not None else None
+    return Dataset(data.name, **out, stored=stored)
 
 
 @dataclass(frozen=True)
