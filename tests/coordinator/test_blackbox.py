@@ -18,7 +18,7 @@ from service.cli import summary_lines
 from service.history import read_history
 from service.report import plot_history
 from workers.blackbox import CLIP, EVAL_ROUND, ObsStats, Policy, episode_seed
-from workers.hybrid import Decision, DecisionKind
+from workers.state import Decision, DecisionKind
 from workers.messages import (
     Result,
     RoundKind,
