@@ -18,7 +18,6 @@ from service.cli import summary_lines
 from service.history import read_history
 from service.report import plot_history
 from workers.blackbox import CLIP, EVAL_ROUND, ObsStats, Policy, episode_seed
-from workers.state import Decision, DecisionKind
 from workers.messages import (
     Result,
     RoundKind,
@@ -32,6 +31,7 @@ from workers.messages import (
     encode_task,
 )
 from workers.models import mlp
+from workers.state import Decision, DecisionKind
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
