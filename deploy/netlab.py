@@ -10,8 +10,8 @@ name, as on real machines: GLOO_SOCKET_IFNAME=eth0 fits all); the other end, <pr
 inside namespace <prefix>-sw, so nothing touches the machine's own namespace.
 Each end's egress is shaped (tc tbf), which limits the host's link in both directions. Host 1 runs the Ray head
 (token auth, no worker CPUs) and `hes serve`; hosts 2..R run `ray start` worker nodes. Teardown ends exactly the
-processes inside these namespaces (by PID, from `ip netns pids`) and deletes them: never Ray's machine-wide stop command, which would
-stop every Ray on the machine.
+processes inside these namespaces (by PID, from `ip netns pids`) and deletes them: never Ray's machine-wide stop
+command, which would stop every Ray on the machine.
 """
 from __future__ import annotations
 
