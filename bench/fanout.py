@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import ray
-from common import Context, JobSpec, median, num, run_job, start_local_ray, table
+from common import Context, JobSpec, ObservedPool, median, num, run_job, start_local_ray, table
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.parts import JobParts
 from coordinator.ray_pool import RayPool, ray_pool
-from workers.messages import Result, RoundKind, Sync, Task
+from workers.messages import Result, RoundKind, Task
 
 WORKERS = (1, 2, 4, 8, 16, 32)
 RAY_CPUS = 2  # this machine's cores; 32 workers x 1/16 CPU fit on it
@@ -50,38 +48,32 @@ def process_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-@dataclass
-class TimedPool:
-    """A RayPool whose send and collect record wall and CPU seconds per round (stochastic rounds only)."""
-    pool: RayPool
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-    up: list[int] = field(default_factory=list)  # bytes up per worker per round
-    down: list[int] = field(default_factory=list)
-    workers_cpu: list[float] = field(default_factory=list)  # CPU seconds of all the worker processes in the round
-    pids: list[int] = field(default_factory=list)
+class TimedPool(ObservedPool[RayPool]):
+    """A RayPool whose rounds record wall and CPU seconds and bytes per worker (stochastic rounds only)."""
 
-    @property
-    def n_workers(self) -> int:
-        return self.pool.n_workers
+    def __init__(self, inner: RayPool) -> None:
+        super().__init__(inner)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.up: list[int] = []  # bytes up per worker per round
+        self.down: list[int] = []
+        self.workers_cpu: list[float] = []  # CPU seconds of all the worker processes in the round
+        self.pids: list[int] = []
 
-    @property
-    def overlaps(self) -> bool:
-        return self.pool.overlaps
-
-    def send(self, task: Task) -> tuple[Any, float, float, float]:
+    def sending(self, task: Task) -> tuple[float, float, float]:
         if not self.pids:
-            self.pids = [info.pid for info in ray.get([a.info.remote() for a in self.pool.actors])]
+            self.pids = [info.pid for info in ray.get([a.info.remote() for a in self.inner.actors])]
         workers_cpu = process_seconds(self.pids)  # read outside the round's window
-        wall, cpu = time.perf_counter(), time.thread_time()
-        return self.pool.send(task), wall, cpu, workers_cpu
+        return time.perf_counter(), time.thread_time(), workers_cpu
 
-    def collect(self, sent: tuple[Any, float, float, float], task: Task,
-                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        inner, wall, cpu, workers_cpu = sent
+    def collecting(self, task: Task, mark: tuple[float, float, float]) -> tuple[float, float, float, float]:
+        wall, cpu, workers_cpu = mark
         cpu_send = time.thread_time() - cpu  # the settle between send and collect is the round loop's, not ours
-        cpu = time.thread_time()
-        results, rb = self.pool.collect(inner, task, state)
+        return wall, cpu_send, time.thread_time(), workers_cpu
+
+    def collected(self, task: Task, mark: tuple[float, float, float, float], results: list[Result],
+                  rb: RoundBytes) -> None:
+        wall, cpu_send, cpu, workers_cpu = mark
         if task.kind == RoundKind.STOCHASTIC and not task.want_digest:
             n = len(results)
             self.wall.append(time.perf_counter() - wall)
@@ -89,19 +81,6 @@ class TimedPool:
             self.up.append((rb.up["stochastic"] + rb.up["sync"]) // n)
             self.down.append((rb.down["stochastic"] + rb.down["sync"]) // n)
             self.workers_cpu.append(process_seconds(self.pids) - workers_cpu)
-        return results, rb
-
-    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        return self.collect(self.send(task), task, state)
-
-    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
-        self.pool.resync(worker, state, rb)
-
-    def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
-        return self.pool.rerun(worker, task, rb)
-
-    def close(self) -> None:
-        self.pool.close()
 
 
 @dataclass(frozen=True)
@@ -122,7 +101,7 @@ def measure(ctx: Context, n: int) -> Point:
         pools.append(TimedPool(ray_pool(cfg, parts, counters)))
         return pools[-1]
 
-    run_job(ctx, SPEC.plus(f"cluster.workers={n}"), pool_factory=factory)  # type: ignore[arg-type]
+    run_job(ctx, SPEC.plus(f"cluster.workers={n}"), pool_factory=factory)
     p = pools[0]
     wall, cpu, workers = p.wall[WARMUP_ROUNDS:], p.cpu[WARMUP_ROUNDS:], p.workers_cpu[WARMUP_ROUNDS:]
     return Point(n, 1000 * median(wall), 1000 * median(cpu), 1000 * sum(workers) / len(workers) / n, max(p.up),
