@@ -58,7 +58,7 @@ class Group:
         timeout = datetime.timedelta(seconds=JOIN_TIMEOUT_S)
         self.store = store if store is not None else dist.TCPStore(spec.host, spec.port, None, False, timeout,
                                                                    use_libuv=False)
-        options = dist.ProcessGroupGloo._Options()
+        options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # torch ships no stub for it
         options._timeout = timeout  # the join: every rank must arrive
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=own_host)]
         prefixed = dist.PrefixStore(f"hes/{spec.generation}", self.store)
@@ -69,7 +69,7 @@ class Group:
         """Sum `values` (a CPU float32 tensor) over the group in place; (bytes sent, bytes received) by this rank.
         CollectiveFailed when a peer died or did not answer within the operation timeout."""
         try:
-            self.pg.allreduce([values]).wait()
+            self.pg.allreduce([values]).wait()  # type: ignore[attr-defined]
         except RuntimeError as e:
             raise CollectiveFailed(f"allreduce of group {self.spec.generation} (rank {self.spec.rank} of "
                                    f"{self.spec.size}): {str(e).splitlines()[0][:200]}") from None
