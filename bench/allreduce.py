@@ -156,13 +156,15 @@ def rounds_table(rows: Sequence[Row], link: str) -> str:
     for r in sorted((r for r in rows if r.link == link), key=lambda r: r.workers):
         name = r.label if r.label != DDP else "Ray Train DDP"
         if r.status != "SUCCEEDED":
-            body.append([r.workers, f"{name} ({r.status})", *["n/a"] * 6])
+            body.append([r.workers, f"{name} ({r.status})", *["n/a"] * 7])
             continue
+        ddp = find(rows, DDP, link, r.workers)
         body.append([r.workers, name, r.rounds, f"{1000 * per_round(r):.0f} ms",
+                     f"{ratio(per_round(r), per_round(ddp)):.2f}x" if ddp else "n/a",
                      f"{mb(bytes_per_round(r))} ({r.busiest_host})", f"{vectors(r):.2f}", mb(ring_per_round(r)),
                      f"{r.seconds:.1f}"])
-    return table(["N", "full rounds via", "rounds", "s per full round", "busiest link per round", "in 4P",
-                  "ring sent per worker per round", "job seconds"], body)
+    return table(["N", "full rounds via", "rounds", "s per full round", "vs DDP's step", "busiest link per round",
+                  "in 4P", "ring sent per worker per round", "job seconds"], body)
 
 
 def tta_table(rows: Sequence[Row], epochs: int) -> str:
@@ -194,7 +196,8 @@ def render(got: Measured, plan: Plan, started: float) -> str:
         "busier direction carried the most bytes during the whole job (kernel counters; start-up, the "
         "evaluations' state reads and Ray's own traffic included), over the full rounds; *in 4P*: the same in "
         "parameter vectors. *ring sent per worker per round*: result.json `bytes.ring.full.sent / N / rounds` "
-        f"(allreduce only). {plan.round_epochs} epoch(s) of digits 0 and 1.\n" +
+        "(allreduce only). *job seconds*: result.json `seconds.total` (workers' start-up included); DDP: from its "
+        f"first step. {plan.round_epochs} epoch(s) of digits 0 and 1.\n" +
         (f"Not measured in this run: {', '.join(skipped)}.\n" if skipped else ""),
     ]
     for link in plan.links:
@@ -203,7 +206,7 @@ def render(got: Measured, plan: Plan, started: float) -> str:
                  + "\n")
     if plan.tta_rows:
         parts.append(f"### Part 2: time to {100 * TTA_TARGET:.0f}% dev, {TTA_WORKERS} workers at {TTA_LINK}, all of "
-                     f"MNIST, {plan.tta_epochs} epochs\n\nH-ES rows with `cluster.full_rounds=allreduce`. Dev "
+                     f"MNIST, {plan.tta_epochs} epoch(s)\n\nH-ES rows with `cluster.full_rounds=allreduce`. Dev "
                      "accuracy is measured after each epoch: a time to 95% is the end of the first epoch that "
                      "reached it. H-ES seconds are result.json's (from the job's start, workers' start-up "
                      "included); DDP's from its first step.\n\n" + tta_table(got.tta, plan.tta_epochs) + "\n")
