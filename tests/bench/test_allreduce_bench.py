@@ -66,3 +66,5 @@ def test_render_writes_both_parts_loads_and_what_was_left_out() -> None:
     assert "| localsgd r=4 | not reached in 12 epochs | 94.80% | 90.0 |" in text
     assert "100mbit N=2 server: 1.0, 1.0, 1.0 / 1.5, 1.1, 1.0" in text
     assert "P = 1,000 parameters" in text
+    assert ("Per full round, on the busiest link: at N = 2 allreduce takes 0.36x the server's seconds and 0.65x its "
+            "bytes, 1.11x DDP's seconds and 1.18x its bytes.") in text
