@@ -259,6 +259,13 @@ class ClusterConfig(_Strict):
         "Passed to Ray for the job's actors, e.g. `{py_modules: [./mypkg]}` or `{working_dir: .}`, so that "
         "model.factory and data.factory import on every node; local paths are uploaded by the driver (`hes "
         "train` only: the service runs no code sent with a job)."))
+    relays: bool | Literal["auto"] = Field(default="auto", description=(
+        "Fan each round out through a relay actor per node (no CPU of its own): the coordinator makes one Ray "
+        "call per node per round instead of one per worker, and the relay returns its node's replies together; "
+        "bytes and results are the same. It adds one hop to every round, so `auto` turns relays on only when a "
+        "node holds at least 4 of the job's workers, where the calls saved cost the coordinator more than the hop "
+        "(BENCHMARKS.md, \"Fan-out\"). A relay that dies is made again; its workers are recovered as after any "
+        "failed call."))
     backend: Literal["ray", "local"] = Field(default="ray", description=(
         "`ray`: each worker is a Ray actor. `local`: the `cluster.workers` replicas run in this process one "
         "after another, each applying every decision itself as an actor does, so the job ends bitwise equal to "
