@@ -12,6 +12,7 @@ soft node affinity, so that a relay for a node that has just gone is placed else
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,13 +47,20 @@ class Failed:
 Reply = tuple[bytes, Any, bytes]  # a WorkerActor.step reply, as the relay got it
 
 
+@dataclass(frozen=True)
+class RelayInfo:
+    """What a relay says of itself: its process and node."""
+    pid: int
+    node: str
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class RelayActor:
     def __init__(self) -> None:
         self.handles: dict[int, ray.actor.ActorHandle] = {}
 
-    def ready(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+    def info(self) -> RelayInfo:
+        return RelayInfo(os.getpid(), ray.get_runtime_context().get_node_id())
 
     # No task events for the round calls, as WorkerActor.step (one GCS report per call otherwise).
     @ray.method(enable_task_events=False)
@@ -113,7 +121,7 @@ class Relays:
     def start(self, live: list[int]) -> None:
         """Make the relays of the nodes the `live` workers are on and wait until each answers."""
         self._group(live)
-        ray.get([self._relay(node).actor.ready.remote() for node in self.groups])
+        ray.get([self._relay(node).actor.info.remote() for node in self.groups])
 
     def _group(self, live: list[int]) -> None:
         nodes = placement_group_table(self.pg)["bundles_to_node_id"]
