@@ -2,6 +2,9 @@
 and a relay killed mid-job changes neither."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +51,16 @@ def test_relays_change_no_bit_and_no_byte_and_call_once_per_node(ray_cluster: ob
     assert isinstance(direct.pool, RayPool) and direct.pool.last_calls == 3
 
 
-def test_a_killed_relay_fails_nothing_and_changes_no_bit(ray_cluster: object, tmp_path: Path) -> None:
+def test_a_killed_relay_and_a_hung_worker_change_no_bit(ray_cluster: object, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay killed twice fails nothing (its workers are probed, resynced and rerun; none died); a worker that
+    hangs behind a relay is marked so by it, killed by the pool and restarted, as with direct calls."""
     clean = Job(validate_config(cfg(True)), tmp_path / "clean", pool_factory=ray_pool)
     clean.run()
+    monkeypatch.setenv("HES_WORKER_TIMEOUT_S", "5")  # read when the pool is made
     killed: list[ray.actor.ActorHandle] = []
     later: list[ray.actor.ActorHandle] = []
+    stopped: list[int] = []
 
     def kill(event, progress) -> None:  # type: ignore[no-untyped-def]
         pool = job.pool
@@ -61,13 +69,21 @@ def test_a_killed_relay_fails_nothing_and_changes_no_bit(ray_cluster: object, tm
             relay = next(iter(pool.relays.relays.values()))
             ray.kill(relay.actor, no_restart=True)
             killed.append(relay.actor)
+        if event.round == 5:  # SIGSTOP: the process lives but answers nothing, as a wedged worker would
+            stopped.append(ray.get(pool.actors[1].info.remote()).pid)
+            os.kill(stopped[-1], signal.SIGSTOP)
         if event.round == 12:
             later.extend(relay.actor for relay in pool.relays.relays.values())
 
     job = Job(validate_config(cfg(True)), tmp_path / "killed", pool_factory=ray_pool)
-    r = job.run(on_round=kill)
-    assert r.status == "SUCCEEDED" and len(killed) == 2
-    assert r.worker_failures == 0  # the workers lived: recovered without a death counted
+    try:
+        r = job.run(on_round=kill)
+    finally:
+        for pid in stopped:  # let it die if the pool did not kill it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert r.status == "SUCCEEDED" and len(killed) == 2 and stopped
+    assert r.worker_failures == 1  # the hung worker, killed by the pool; the relays' workers lived
     assert r.replica_checks.mismatches == 0
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
     # the killed relays were made again: a relay per node, none of them a killed one
