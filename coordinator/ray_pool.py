@@ -6,6 +6,8 @@ a large decision (a full round's gradient) is `ray.put` once and its reference p
 but every worker still receives it, so it counts once per worker, e.g. 238,510 params * 4 B = 954,040 B
 (+ 1 B kind) per worker. Ray's own framing is not payload; `make bench` measures it on the wire.
 Workers on the coordinator's own node return their arrays through shared memory (coordinator/shared_buffers.py).
+With cluster.relays, `send` makes one call per node, to its relay (coordinator/relays.py), which returns its
+workers' replies together; a worker whose call failed there is recovered as one whose direct call failed.
 
 Faults. Worker actors restart as often as they die (`max_restarts=-1`); a restarted one comes back at version 0
 and is resynced (bytes counted as sync); its deaths are counted by the membership. A worker that does not answer a
