@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import ObjectLostError, RayActorError, RayError
 from ray.util.placement_group import PlacementGroup, placement_group_table
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+# What a lost actor or node raises (a dead actor, or a reply lost with its node); any other error, such as a
+# worker's own exception, fails the round as a direct call's would
+LOST = (RayActorError, ObjectLostError)
 RELAY_MARGIN_S = 30.0  # a relay answers within the workers' call timeout plus this, or it is taken for lost
 AUTO_MIN_PER_NODE = 4  # cluster.relays auto: relays once a node holds this many of the job's workers
 
@@ -85,7 +88,7 @@ class RelayActor:
                 continue
             try:
                 out.append(ray.get(ref))
-            except RayError as e:
+            except LOST as e:
                 out.append(Failed(False, type(e).__name__))
         return out
 
@@ -179,7 +182,7 @@ class Relays:
         try:
             if ready:
                 return ray.get(ref)
-        except RayError:  # its actor died (RayActorError), or its node (ObjectLostError, ...)
+        except LOST:  # the relay died, or its node
             pass
         relay = self.relays.pop(node, None)
         if relay is not None:
