@@ -197,6 +197,9 @@ def render(points: list[Point]) -> str:
     verdict = "meets" if r_cpu <= RELAY_SLOPE_TARGET_MS else "misses"
     proc_verdict = "meets" if r_proc <= RELAY_SLOPE_TARGET_MS else "misses"
     last = max(points, key=lambda p: p.workers)
+    direct = {p.workers: p for p in points if not p.relays}
+    ratios = ", ".join(f"{p.wall_ms / direct[p.workers].wall_ms:.2f}x at {p.per_node} per node"
+                       for p in points if p.relays and p.workers in direct)
     return "\n".join([
         f"`{SPEC.hes_command()} --set cluster.workers=N --set cluster.relays=false|true` on a "
         f"`ray.cluster_utils.Cluster` of {NODES} nodes of {NODE_CPUS} logical CPU each on this machine "
@@ -225,7 +228,9 @@ def render(points: list[Point]) -> str:
         f"calls: the target of at most {RELAY_SLOPE_TARGET_MS} ms (issue 21) **{verdict}** for the thread and "
         f"**{proc_verdict}** for the process. What the coordinator still pays per worker is decoding and "
         "accounting its reply; the calls, one per node, no longer grow with N. The relays do the per-worker "
-        "calls instead, each on its own node, in parallel across nodes. The round times are not a cluster's: "
+        "calls instead, each on its own node, in parallel across nodes. A round through relays took "
+        f"{ratios} of the direct round's time: where a node holds one worker a relay saves no call and only "
+        "adds its hop. The round times are not a cluster's: "
         f"every node's workers and relays share this machine's {MACHINE_CPUS} cores (a direct round's slope "
         f"{b_wall:.3f} ms against the {SLOPE_TARGET_MS} ms target of issue 13), and a relay adds one hop to every "
         "round, which is why `cluster.relays: auto` leaves them off until a node holds several workers.",

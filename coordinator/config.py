@@ -262,10 +262,11 @@ class ClusterConfig(_Strict):
     relays: bool | Literal["auto"] = Field(default="auto", description=(
         "Fan each round out through a relay actor per node (no CPU of its own): the coordinator makes one Ray "
         "call per node per round instead of one per worker, and the relay returns its node's replies together; "
-        "bytes and results are the same. It adds one hop to every round, so `auto` turns relays on only when a "
-        "node holds at least 4 of the job's workers, where the calls saved cost the coordinator more than the hop "
-        "(BENCHMARKS.md, \"Fan-out\"). A relay that dies is made again; its workers are recovered as after any "
-        "failed call."))
+        "bytes and results are the same. A relay adds one hop to every round and moves the calls to its own "
+        "process, so `auto` turns relays on only when the workers span several nodes and one of them holds at least "
+        "4 workers: there the relays halve the coordinator's CPU per round and shorten it (BENCHMARKS.md, "
+        "\"Fan-out\"); with one worker per node they only add the hop. A relay that dies is made again; its workers "
+        "are recovered as after any failed call."))
     backend: Literal["ray", "local"] = Field(default="ray", description=(
         "`ray`: each worker is a Ray actor. `local`: the `cluster.workers` replicas run in this process one "
         "after another, each applying every decision itself as an actor does, so the job ends bitwise equal to "

@@ -29,13 +29,15 @@ AUTO_MIN_PER_NODE = 4  # cluster.relays auto: relays once a node holds this many
 
 
 def use_relays(setting: bool | str, nodes: list[str | None]) -> bool:
-    """cluster.relays for workers placed on `nodes` (each worker's): auto turns them on when the calls they save
-    outweigh the hop they add, i.e. once some node holds AUTO_MIN_PER_NODE workers (BENCHMARKS.md, "Fan-out")."""
+    """cluster.relays for workers placed on `nodes` (each worker's). auto turns them on where the calls they save
+    outweigh the hop they add (BENCHMARKS.md, "Fan-out"): the workers span several nodes, whose relays then
+    fan out side by side, and some node holds AUTO_MIN_PER_NODE of them. On one node a relay only moves the
+    calls to another process on the same cores."""
     if setting == "auto":
         per_node: dict[str | None, int] = {}
         for node in nodes:
             per_node[node] = per_node.get(node, 0) + 1
-        return max(per_node.values(), default=0) >= AUTO_MIN_PER_NODE
+        return len(per_node) > 1 and max(per_node.values()) >= AUTO_MIN_PER_NODE
     return bool(setting)
 
 

@@ -50,5 +50,6 @@ def test_slopes_and_verdicts() -> None:
     text = fanout.render(points)
     assert "**0.020 ms per added worker**" in text and "against 0.250 ms" in text
     assert "**meets** for the thread" in text and "| 32 | relays | 8 | 4 |" in text
+    assert "1.00x at 1 per node" in text
     slow = [point(n, relays, 0.5 + 0.1 * n) for n in fanout.WORKERS for relays in (False, True)]
     assert "**misses** for the thread" in fanout.render(slow)

@@ -93,6 +93,7 @@ def test_a_killed_relay_and_a_hung_worker_change_no_bit(ray_cluster: object, tmp
 def test_auto_turns_relays_on_where_a_node_holds_enough_workers() -> None:
     assert not use_relays("auto", ["a", "b", "a"])
     assert use_relays("auto", ["a"] * AUTO_MIN_PER_NODE + ["b"])
+    assert not use_relays("auto", ["a"] * 32)  # one node: a relay would only add a hop
     assert use_relays(True, ["a", "b"]) and not use_relays(False, ["a"] * 8)
     assert validate_config(cfg(False)).cluster.relays is False
     assert validate_config(small_config()).cluster.relays == "auto"
