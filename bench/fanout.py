@@ -9,7 +9,7 @@ time is split into the coordinator's own CPU time (encoding, submitting, decodin
 seconds, and the process's, which adds Ray's own threads sending and receiving) and the rest (waiting for the
 replies). The slopes over N, in ms per added worker, say what a 1,000-worker job would pay.
 
-Run alone:  .venv/bin/python bench/run.py --mnist ../shared/data/mnist --only fanout   (about 10 minutes)
+Run alone:  .venv/bin/python bench/run.py --mnist ../shared/data/mnist --only fanout   (about 6 minutes)
 """
 from __future__ import annotations
 
