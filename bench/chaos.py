@@ -38,11 +38,12 @@ import ray._private.ray_constants as ray_constants
 from common import code_version, machine, num, signed, table
 from ray._raylet import Config as RayConfig
 from ray.cluster_utils import Cluster
+from sections import wrap, write_section
 
 from coordinator.local_ray import LOCAL_ONLY_ENV
 
 TITLE = "Chaos soak"
-BLOCK = re.compile(r"<!-- bench:chaos -->\n.*?<!-- /bench:chaos -->\n", re.DOTALL)
+KEY = "chaos"  # the section's key in BENCHMARKS.md
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 NODE_CPUS = 2
 NODES = 3  # the head and two more; the coordinators live on the head (the service's node), workers anywhere
@@ -600,7 +601,7 @@ def render(report: Report, command: str, started_at: datetime.datetime, version:
     if report.log_lines:
         body += "\n\nThe service's log (restarts, reattachments, failures):\n\n```\n" + "\n".join(
             _cell(line)[:300] for line in report.log_lines) + "\n```"
-    return f"<!-- bench:chaos -->\n{head}{body}\n<!-- /bench:chaos -->\n"
+    return wrap(KEY, head + body)
 
 
 def summary(report: Report, expected: int) -> str:
@@ -641,14 +642,6 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_section(path: Path, block: str) -> None:
-    """Replace this section in `path` (or append it), leaving every other byte of the file as it was.
-    (bench/run.py's merge() rebuilds the file from its own sections only, so it cannot hold this one.)"""
-    text = path.read_text() if path.is_file() else ""
-    text = BLOCK.sub(lambda _: block, text, count=1) if BLOCK.search(text) else text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="BENCHMARKS.md", help="the Markdown file whose Chaos soak section is written")
@@ -664,11 +657,10 @@ def main(argv: list[str] | None = None) -> int:
         soak(plan, report)
         block, ok = render(report, command, started_at, version, before), True
     except Exception:  # the section says the soak failed, with why; the exit status too
-        block = (f"<!-- bench:chaos -->\n## {TITLE}\n\n- command: `{command}`\n- ran: {started_at:%Y-%m-%d %H:%M:%S %Z}"
-                 f"\n- code: {version}\n\n**The soak failed**; the error:\n\n```\n{traceback.format_exc()}```\n"
-                 "<!-- /bench:chaos -->\n")
+        block = wrap(KEY, f"## {TITLE}\n\n- command: `{command}`\n- ran: {started_at:%Y-%m-%d %H:%M:%S %Z}\n"
+                          f"- code: {version}\n\n**The soak failed**; the error:\n\n```\n{traceback.format_exc()}```")
         ok = False
-    write_section(Path(args.out), block)
+    write_section(Path(args.out), KEY, block)
     say(f"wrote {args.out}" + ("" if ok else "; the soak failed"))
     return 0 if ok else 1
 

@@ -1,4 +1,5 @@
-"""Shared pieces of `make bench`: the run context, machine facts, running one job, statistics, Markdown.
+"""Shared pieces of `make bench`: the run context, machine facts, running one job, a pool observed round by round,
+statistics, Markdown.
 
 Every figure that reaches BENCHMARKS.md comes out of a function in this folder during the run that
 writes it; the only constants are the paper's published figures and the issues' targets, each cited.
@@ -14,16 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import ray
 import torch
 
+from coordinator.accounting import RoundBytes
 from coordinator.config import JobConfig, load_config
 from coordinator.documents import FinalMetrics, JobResult, JobStatus
 from coordinator.job import Job, PoolFactory, Progress
-from coordinator.rounds import RoundEvent
+from coordinator.rounds import Pool, RoundEvent
+from workers.messages import Result, Sync, Task
 
 PAPER_EPOCHS = 30  # the paper's MNIST runs: 30 epochs of 50 minibatches of 1000
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +149,68 @@ def run_jobs_side_by_side(ctx: Context, specs: Sequence[JobSpec], processes: int
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread) as pool:
         return list(pool.map(fn, [ctx] * len(specs), specs))
+
+
+P = TypeVar("P", bound=Pool)
+
+
+class ObservedPool(Generic[P]):
+    """A pool that passes every member of the Pool protocol (coordinator/rounds.py) on to `inner` and calls its
+    hooks around each round; a section's subclass overrides the hooks with what it records."""
+
+    def __init__(self, inner: P) -> None:
+        self.inner = inner
+        self.n_workers, self.overlaps = inner.n_workers, inner.overlaps
+
+    @property
+    def alive(self) -> int:
+        return self.inner.alive
+
+    @property
+    def restarting(self) -> int:
+        return self.inner.restarting
+
+    def sending(self, task: Task) -> Any:
+        """Before `task` goes out; what it returns is handed to `collecting`."""
+        return None
+
+    def collecting(self, task: Task, mark: Any) -> Any:
+        """Before the results are fetched (the round loop's own work comes between send and collect); what it
+        returns is handed to `collected`."""
+        return mark
+
+    def collected(self, task: Task, mark: Any, results: list[Result], rb: RoundBytes) -> None:
+        """After the round's results and bytes are in."""
+
+    def closing(self) -> None:
+        """Before the inner pool closes (it closes even when this raises)."""
+
+    def send(self, task: Task) -> tuple[Any, Any]:
+        mark = self.sending(task)
+        return mark, self.inner.send(task)
+
+    def collect(self, sent: tuple[Any, Any], task: Task,
+                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        mark, inner_sent = sent
+        mark = self.collecting(task, mark)
+        results, rb = self.inner.collect(inner_sent, task, state)
+        self.collected(task, mark, results, rb)
+        return results, rb
+
+    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
+        return self.collect(self.send(task), task, state)
+
+    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
+        self.inner.resync(worker, state, rb)
+
+    def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
+        return self.inner.rerun(worker, task, rb)
+
+    def close(self) -> None:
+        try:
+            self.closing()
+        finally:
+            self.inner.close()
 
 
 def start_local_ray(num_cpus: int) -> None:

@@ -16,20 +16,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from common import Context, JobSpec, median, num, run_job, table
+from common import Context, JobSpec, ObservedPool, median, num, run_job, table
 from ray.cluster_utils import Cluster
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.parts import JobParts
 from coordinator.ray_pool import RayPool, ray_pool
-from workers.messages import Result, RoundKind, Sync, Task
+from workers.messages import Result, RoundKind, Task
 
 WORKERS = (4, 8, 16, 32)  # 1, 2, 4 and 8 per node
 NODES = 4  # issue 21: 32 workers on 4 hosts
@@ -58,69 +58,53 @@ def process_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-@dataclass
-class TimedPool:
-    """A RayPool whose send and collect record wall and CPU seconds per round (stochastic rounds only)."""
-    pool: RayPool
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)  # the coordinator's thread
-    process_cpu: list[float] = field(default_factory=list)  # the coordinator's process: its thread and Ray's
-    up: list[int] = field(default_factory=list)  # bytes up per worker per round
-    down: list[int] = field(default_factory=list)
-    workers_cpu: list[float] = field(default_factory=list)  # CPU seconds of all the worker processes in the round
-    relays_cpu: list[float] = field(default_factory=list)  # CPU seconds of all the relay processes in the round
-    calls: list[int] = field(default_factory=list)  # the coordinator's remote calls per round
-    pids: list[int] = field(default_factory=list)
-    relay_pids: list[int] = field(default_factory=list)
+class TimedPool(ObservedPool[RayPool]):
+    """A RayPool whose rounds record wall and CPU seconds, the coordinator's calls and the bytes per worker
+    (stochastic rounds only)."""
 
-    @property
-    def n_workers(self) -> int:
-        return self.pool.n_workers
+    def __init__(self, inner: RayPool) -> None:
+        super().__init__(inner)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []  # the coordinator's thread
+        self.process_cpu: list[float] = []  # the coordinator's process: its thread and Ray's
+        self.up: list[int] = []  # bytes up per worker per round
+        self.down: list[int] = []
+        self.workers_cpu: list[float] = []  # CPU seconds of all the worker processes in the round
+        self.relays_cpu: list[float] = []  # CPU seconds of all the relay processes in the round
+        self.calls: list[int] = []  # the coordinator's remote calls per round
+        self.pids: list[int] = []
+        self.relay_pids: list[int] = []
 
-    @property
-    def overlaps(self) -> bool:
-        return self.pool.overlaps
-
-    def send(self, task: Task) -> tuple[Any, float, float, float, float, float, float]:
+    def sending(self, task: Task) -> tuple[float, ...]:
         if not self.pids:
-            self.pids = [info.pid for info in ray.get([a.info.remote() for a in self.pool.actors])]
-            relays = [] if self.pool.relays is None else [r.actor for r in self.pool.relays.relays.values()]
+            self.pids = [info.pid for info in ray.get([a.info.remote() for a in self.inner.actors])]
+            relays = [] if self.inner.relays is None else [r.actor for r in self.inner.relays.relays.values()]
             self.relay_pids = [info.pid for info in ray.get([a.info.remote() for a in relays])]
         workers_cpu, relays_cpu = process_seconds(self.pids), process_seconds(self.relay_pids)  # outside the round
-        wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
-        inner = self.pool.send(task)
-        return inner, wall, cpu, process, time.thread_time(), workers_cpu, relays_cpu
+        return time.perf_counter(), time.thread_time(), time.process_time(), workers_cpu, relays_cpu
 
-    def collect(self, sent: tuple[Any, float, float, float, float, float, float], task: Task,
-                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        inner, wall, cpu, process, sent_at, workers_cpu, relays_cpu = sent
-        cpu_send = sent_at - cpu
-        cpu = time.thread_time()
-        settle = cpu - sent_at  # the round loop's work between send and collect, not the fan-out's
-        results, rb = self.pool.collect(inner, task, state)
+    def send(self, task: Task) -> tuple[Any, Any]:
+        mark, inner = super().send(task)
+        return (*mark, time.thread_time()), inner  # the calls are out: what follows is the round loop's own work
+
+    def collecting(self, task: Task, mark: tuple[float, ...]) -> tuple[float, ...]:
+        wall, cpu, process, workers_cpu, relays_cpu, sent_at = mark
+        now = time.thread_time()
+        settle = now - sent_at  # the round loop's work between send and collect, not the fan-out's
+        return wall, sent_at - cpu, now, process + settle, workers_cpu, relays_cpu
+
+    def collected(self, task: Task, mark: tuple[float, ...], results: list[Result], rb: RoundBytes) -> None:
+        wall, cpu_send, cpu, process, workers_cpu, relays_cpu = mark
         if task.kind == RoundKind.STOCHASTIC and not task.want_digest:
             n = len(results)
             self.wall.append(time.perf_counter() - wall)
             self.cpu.append(cpu_send + time.thread_time() - cpu)
-            self.process_cpu.append(time.process_time() - process - settle)
+            self.process_cpu.append(time.process_time() - process)
             self.up.append((rb.up["stochastic"] + rb.up["sync"]) // n)
             self.down.append((rb.down["stochastic"] + rb.down["sync"]) // n)
             self.workers_cpu.append(process_seconds(self.pids) - workers_cpu)
             self.relays_cpu.append(process_seconds(self.relay_pids) - relays_cpu)
-            self.calls.append(self.pool.last_calls)
-        return results, rb
-
-    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        return self.collect(self.send(task), task, state)
-
-    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
-        self.pool.resync(worker, state, rb)
-
-    def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
-        return self.pool.rerun(worker, task, rb)
-
-    def close(self) -> None:
-        self.pool.close()
+            self.calls.append(self.inner.last_calls)
 
 
 @dataclass(frozen=True)
@@ -147,9 +131,9 @@ def measure(ctx: Context, n: int, relays: bool) -> Point:
         return pools[-1]
 
     spec = SPEC.plus(f"cluster.workers={n}", f"cluster.relays={'true' if relays else 'false'}")
-    run_job(ctx, spec, pool_factory=factory)  # type: ignore[arg-type]
+    run_job(ctx, spec, pool_factory=factory)
     p = pools[0]
-    nodes = p.pool.workers.nodes()
+    nodes = p.inner.workers.nodes()
     per_node = max(nodes.count(node) for node in set(nodes))
     w = slice(WARMUP_ROUNDS, None)
     return Point(n, relays, per_node, max(p.calls[w]), 1000 * median(p.wall[w]), 1000 * median(p.cpu[w]),

@@ -8,25 +8,20 @@ per stochastic round; peak memory of a stochastic round against a forward-only p
 """
 from __future__ import annotations
 
-import gc
 import json
 import math
 import multiprocessing
-import os
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from common import (
-    ROOT,
     Context,
     JobRun,
     JobSpec,
@@ -42,6 +37,7 @@ from common import (
     table,
     verdict,
 )
+from peak_memory import in_fresh_process, peak_of
 
 from coordinator.parts import build_parts
 from coordinator.ray_pool import ray_pool
@@ -262,29 +258,14 @@ MEMORY_WORK = ("forward", "gaussian", "gaussian, dense trials", "lowrank", "lowr
 
 def _memory() -> dict[str, dict[str, float]]:
     """Peak resident bytes above the start of each piece of work, each in a fresh process (see _measure)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
-    out: dict[str, dict[str, float]] = {}
-    for case in MEMORY_CASES:
-        out[case] = {}
-        for what in MEMORY_WORK:
-            done = subprocess.run([sys.executable, __file__, "memory", case, what], capture_output=True, text=True,
-                                  env=env, check=True)
-            out[case][what] = json.loads(done.stdout)["peak_bytes"]
-    return out
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    return {case: {what: json.loads(in_fresh_process(__file__, ["memory", case, what],
+                                                     f"peak memory of {case}, {what}"))["peak_bytes"]
+                   for what in MEMORY_WORK} for case in MEMORY_CASES}
 
 
 def _measure(case: str, what: str) -> float:
-    """In this fresh process: the work once as a warm-up (libraries allocate their buffers once), then the peak
-    resident set (VmHWM, reset through /proc/self/clear_refs) above the resident set before the work, on one thread.
-    With a fixed mmap threshold (the parent sets MALLOC_MMAP_THRESHOLD_) every buffer over 64 kB is mapped when
-    allocated and unmapped when freed, so the resident set follows the live tensors, torch's and NumPy's alike."""
+    """In this fresh process (bench/peak_memory.py): the work once as a warm-up (libraries allocate their buffers
+    once), then its peak resident set above the resident set before it, on one thread."""
     torch.set_num_threads(1)
     model = {"mlp300": mlp(784, [300]), "mlp3000": mlp(784, [3000]), "convnet": convnet(28)}[case]
     n = MEMORY_CASES[case][1]
@@ -302,11 +283,7 @@ def _measure(case: str, what: str) -> float:
         "lowrank": lambda: run_trials(model, state, seeds, x, y, hyper),
     }.get(what, lambda: _dense_loop(model, state, seeds, x, y, hyper))
     work()
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_bytes("VmRSS")
-    work()
-    return float(_status_bytes("VmHWM") - before)
+    return peak_of(work).above_start
 
 
 # --- rendering --------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 import ray
 import torch
 from common import Context, JobRun, JobSpec, code_version, machine, ms, run_job, table
+from sections import wrap, write_section
 
 from coordinator.accounting import Counters
 from coordinator.config import JobConfig
@@ -128,15 +129,7 @@ def block(ctx: Context) -> tuple[str, bool]:
     head = (f"## GPU check\n\n- command: `{ctx.command}` (`make gpu-check`)\n"
             f"- ran: {started:%Y-%m-%d %H:%M:%S %Z} to {finished:%H:%M:%S} on {platform.node()}\n"
             f"- code: {version}\n- machine at the start: {before}\n- machine at the end: {machine()}\n\n")
-    return f"<!-- bench:gpu -->\n{head}{body}\n<!-- /bench:gpu -->\n", FAILED not in body
-
-
-def splice(text: str, section: str) -> str:
-    """`text` with its "gpu" block replaced by `section` (or `section` appended); every other line kept."""
-    start, end = "<!-- bench:gpu -->\n", "<!-- /bench:gpu -->\n"
-    if start in text and end in text:
-        return text[:text.index(start)] + section + text[text.index(end) + len(end):]
-    return text.rstrip("\n") + "\n\n" + section
+    return wrap("gpu", head + body), FAILED not in body
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hes-gpu-check-") as work:
         ctx = Context(mnist, Path(work), shlex.join([Path(sys.executable).name, *sys.argv]), 1)
         section, ok = block(ctx)
-    out.write_text(splice(out.read_text() if out.is_file() else "# BENCHMARKS\n", section))
+    write_section(out, "gpu", section)
     where = f"ran on {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no CUDA GPU here"
     print(f"gpu-check: {where}; wrote {out}" + ("" if ok else f"; {FAILED}"), file=sys.stderr)
     return 0 if ok else 1

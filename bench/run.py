@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import torch
 import wire
 import worker_memory
 from common import PAPER_EPOCHS, Context, code_version, machine
+from sections import wrap, write_section
 
 SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "table": ("1. The paper's table on MNIST (in process)", accuracy.run),
@@ -68,21 +68,6 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "network": ("Over a real network: a head and 3 worker hosts, links of 1 Gbit/s, 100 Mbit/s and 10 Mbit/s "
                 "(issue 20)", network.run),
 }
-HEADER = """# BENCHMARKS
-
-Written by `make bench` (`bench/run.py`) from the numbers it measured; every section says how it was run,
-when, and on what. The machine is shared (2 cores, other engineers' test suites running), so timings
-are compared only side by side within one run, as medians and ratios.
-"""
-BLOCK = re.compile(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
-
-
-def merge(path: Path, new: dict[str, str]) -> str:
-    """The file with the `new` sections replaced (or added), the others kept, in the canonical order."""
-    blocks = {m.group(1): m.group(0) for m in BLOCK.finditer(path.read_text())} if path.is_file() else {}
-    blocks.update(new)
-    others = [key for key in blocks if key not in SECTIONS]  # written by other scripts: make chaos, make gpu-check
-    return HEADER + "".join("\n" + blocks[key] for key in [*(k for k in SECTIONS if k in blocks), *others])
 
 
 def section(key: str, ctx: Context) -> tuple[str, bool]:
@@ -100,7 +85,7 @@ def section(key: str, ctx: Context) -> tuple[str, bool]:
             f"- command: `{ctx.command}` (this section alone: add `--only {key}`)\n"
             f"- ran: {started:%Y-%m-%d %H:%M:%S %Z} to {finished:%H:%M:%S} ({time.perf_counter() - t0:.0f} s)\n"
             f"- code: {version}\n- machine at the start: {before}\n- machine at the end: {machine()}\n\n")
-    return f"<!-- bench:{key} -->\n{head}{body}\n<!-- /bench:{key} -->\n", ok
+    return wrap(key, head + body), ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in (k for k in SECTIONS if k in keys):
             print(f"bench: {key} ...", file=sys.stderr, flush=True)
             block, ok = section(key, ctx)
-            out.write_text(merge(out, {key: block}))  # written after every section: a late failure loses nothing
+            write_section(out, key, block, list(SECTIONS))  # after every section: a late failure loses nothing
             if not ok:
                 failed.append(key)
                 print(f"bench: {key} failed, see {out}", file=sys.stderr, flush=True)

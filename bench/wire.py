@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 import ray
-from common import Context, JobSpec, code, ms, num, ratio, run_job, table
+from common import Context, JobSpec, ObservedPool, code, ms, num, ratio, run_job, table
 from ray.cluster_utils import Cluster
 
 from coordinator.accounting import Counters, RoundBytes
 from coordinator.config import JobConfig
 from coordinator.parts import JobParts
 from coordinator.ray_pool import RayPool, ray_pool
-from workers.messages import Result, RoundKind, Sync, Task
+from workers.messages import Result, RoundKind, Task
 from workers.state import DecisionKind
 
 WORKERS = 2
@@ -196,37 +196,23 @@ def _role(pid: int, raylets: dict[int, str], actor_pids: set[int]) -> str:
     return "GCS" if comm == "gcs_server" else "other Ray process"
 
 
-class CapturingPool:
+class CapturingPool(ObservedPool[RayPool]):
     """The Ray pool, plus: tshark from the first round on, a time stamp per round, an idle baseline at close."""
 
     def __init__(self, inner: RayPool, capture: Capture, rescan: Callable[[], Processes]) -> None:
-        self.inner, self.capture, self.rescan = inner, capture, rescan
-        self.n_workers, self.overlaps = inner.n_workers, inner.overlaps
+        super().__init__(inner)
+        self.capture, self.rescan = capture, rescan
         self.stamps: list[Stamp] = []
         self.idle: tuple[float, float] = (0.0, 0.0)
         self.processes = Processes()
 
-    def send(self, task: Task) -> tuple[float, Any]:
-        start = time.time()
-        return start, self.inner.send(task)
+    def sending(self, task: Task) -> float:
+        return time.time()
 
-    def collect(self, sent: tuple[float, Any], task: Task,
-                state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        start, inner_sent = sent
-        results, rb = self.inner.collect(inner_sent, task, state)
-        self.stamps.append(Stamp(task.round, task.kind, task.decision.kind, start, time.time(), rb.total))
-        return results, rb
+    def collected(self, task: Task, mark: float, results: list[Result], rb: RoundBytes) -> None:
+        self.stamps.append(Stamp(task.round, task.kind, task.decision.kind, mark, time.time(), rb.total))
 
-    def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
-        return self.collect(self.send(task), task, state)
-
-    def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
-        self.inner.resync(worker, state, rb)
-
-    def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result:
-        return self.inner.rerun(worker, task, rb)
-
-    def close(self) -> None:
+    def closing(self) -> None:
         try:
             self.processes = self.rescan()  # every connection of the job is still open here
             time.sleep(SETTLE_S)
@@ -236,7 +222,6 @@ class CapturingPool:
             self.idle = (idle_start, time.time())
         finally:
             self.capture.stop()
-            self.inner.close()
 
 
 @dataclass

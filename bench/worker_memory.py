@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used: the measuring process loads neither Ray nor the bench's helpers
-    from common import Context, JobSpec
+from peak_memory import ROOT, in_fresh_process, peak_of
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:  # imported where used: the measuring process loads neither Ray nor common.py
+    from common import Context, JobSpec
 
 MODES = ("backprop", "stale", "hybrid", "localsgd")
 
@@ -44,20 +42,9 @@ class WorkerMemory:
 
 def peak_worker_memory(spec: JobSpec) -> WorkerMemory:
     """Worker 0's peak memory per kind of round for the job `spec` names, in a fresh process."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, __file__, "measure", spec.preset, *spec.overrides], capture_output=True,
-                          text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker memory of `{spec.hes_command()}` failed: {done.stderr[-2000:]}")
-    doc = json.loads(done.stdout)
+    doc = json.loads(in_fresh_process(__file__, ["measure", spec.preset, *spec.overrides],
+                                      f"worker memory of `{spec.hes_command()}`"))
     return WorkerMemory(doc["by_kind"], doc["resident"])
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _measure(preset: str, overrides: list[str]) -> dict[str, object]:
@@ -92,15 +79,13 @@ def _measure(preset: str, overrides: list[str]) -> dict[str, object]:
         task = Task(t, RoundKind[name.upper()], Decision(t - 1, DecisionKind.NONE))
         if name == "stochastic" and worker_k(cfg) == 0:
             continue  # the stale control's workers do nothing in a stochastic round
-        for measured in (False, True):
-            replica.sync(Sync(t, np.array(theta), np.array(grad)))
-            gc.collect()
-            if measured:
-                Path("/proc/self/clear_refs").write_text("5")
-                before = _status_bytes("VmRSS")
-            replica.handle(task)
-        out[name] = float(_status_bytes("VmHWM") - before)
-        peak_resident = max(peak_resident, _status_bytes("VmHWM"))
+        replica.sync(Sync(t, np.array(theta), np.array(grad)))
+        gc.collect()
+        replica.handle(task)  # the warm-up
+        replica.sync(Sync(t, np.array(theta), np.array(grad)))
+        peak = peak_of(partial(replica.handle, task))
+        out[name] = peak.above_start
+        peak_resident = max(peak_resident, peak.resident)
     return {"by_kind": out, "resident": float(peak_resident)}
 
 

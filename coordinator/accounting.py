@@ -13,9 +13,13 @@ KINDS = ("full", "stochastic", "sync")
 
 @dataclass
 class RoundBytes:
-    """Payload bytes one round moved, summed over workers, by the kind they are accounted to."""
+    """Payload bytes one round moved, summed over workers, by the kind they are accounted to; and, with
+    cluster.full_rounds allreduce, the bytes the workers' ring sent and received among them (never through the
+    coordinator)."""
     up: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     down: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    ring_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    ring_received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
     def add(self, kind: str, direction: str, n: int) -> None:
         getattr(self, direction)[kind] += n
@@ -31,6 +35,8 @@ class Counters:
     up: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     down: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     dataset_bytes: int = 0  # the training data shipped to the workers' nodes (coordinator/ship_data.py)
+    ring_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # allreduce, all workers
+    ring_received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     seconds: dict[str, float] = field(default_factory=lambda: {"full_rounds": 0.0, "stochastic_rounds": 0.0,
                                                                 "evaluation": 0.0, "total": 0.0})
     replica_checked: int = 0
@@ -46,6 +52,8 @@ class Counters:
         for k in KINDS:
             self.up[k] += rb.up[k]
             self.down[k] += rb.down[k]
+            self.ring_sent[k] += rb.ring_sent[k]
+            self.ring_received[k] += rb.ring_received[k]
 
     def add_round(self, kind: str, rb: RoundBytes, seconds: float, improvements: int) -> None:
         self.rounds[kind] += 1
@@ -74,6 +82,7 @@ class Counters:
         doc["sync"] = self.up["sync"] + self.down["sync"]
         doc["total"] = sum(self.up.values()) + sum(self.down.values())
         doc["dataset"] = self.dataset_bytes
+        doc["ring"] = {k: {"sent": self.ring_sent[k], "received": self.ring_received[k]} for k in ("full",)}
         return doc
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +90,7 @@ class Counters:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Counters:
-        return cls(**d)
+        return cls(**d)  # a checkpoint from before the ring counters takes their defaults
 
 
 def decision_label(d: Decision, fallback: str) -> str:

@@ -38,6 +38,7 @@ class Rules:
     es_lr: float = 1.0
     es_weights: str = "rank"  # rank | zscore | quadratic
     job_seed: int = 0  # shared argmin names the winning seed, derived like the workers' (workers/search.py)
+    allreduce: bool = False  # cluster.full_rounds allreduce: the workers summed full rounds and averages themselves
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -61,8 +62,12 @@ def combine(t: int, kind: RoundKind, results: list[Result], rules: Rules, subspa
         raise RuntimeError(f"round {t}: no worker returned a result")
     if kind == RoundKind.FULL:
         step = DecisionKind.SET_GRAD if rules.assisted else DecisionKind.GRAD
+        if rules.allreduce:  # every replica holds the batch-mean gradient already
+            return Decision(t, step, reduced=True)
         return Decision(t, step, array=weighted_mean(results, by_examples=False))
     if kind == RoundKind.AVERAGE:
+        if rules.allreduce:
+            return Decision(t, DecisionKind.PARAMS, reduced=True)
         return Decision(t, DecisionKind.PARAMS, array=weighted_mean(results, by_examples=True))
     if kind == RoundKind.LOCAL:
         return Decision(t, DecisionKind.LOCAL)

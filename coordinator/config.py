@@ -267,6 +267,14 @@ class ClusterConfig(_Strict):
         "4 workers: there the relays halve the coordinator's CPU per round and shorten it (BENCHMARKS.md, "
         "\"Fan-out\"); with one worker per node they only add the hop. A relay that dies is made again; its workers "
         "are recovered as after any failed call."))
+    full_rounds: Literal["server", "allreduce"] = Field(default="server", description=(
+        "How full rounds (and localsgd averages) travel. `server`: every worker sends its gradient to the "
+        "coordinator, which sends the mean back (2 x workers x 4P bytes through the coordinator's link per round). "
+        "`allreduce`: the workers sum them among themselves in a gloo ring (about 2 x 4P bytes on each worker's "
+        "link, whatever the number of workers); the coordinator receives only the losses and sends the seeds, and "
+        "reads the parameters from a worker when it evaluates, checkpoints or repairs one. A worker that dies or "
+        "loses its link ends the collective within HES_COLLECTIVE_TIMEOUT_S (30 s) and the round is redone over "
+        "the live workers. Needs the `ray` backend."))
     backend: Literal["ray", "local"] = Field(default="ray", description=(
         "`ray`: each worker is a Ray actor. `local`: the `cluster.workers` replicas run in this process one "
         "after another, each applying every decision itself as an actor does, so the job ends bitwise equal to "
@@ -278,6 +286,9 @@ class ClusterConfig(_Strict):
             raise ValueError("cluster.gpus_per_worker: the local backend computes on this process's CPU")
         if self.backend == "local" and self.address is not None:
             raise ValueError("cluster.address: the local backend runs no Ray; leave the address unset")
+        if self.full_rounds == "allreduce" and (self.backend == "local" or self.workers == 0):
+            raise ValueError("cluster.full_rounds: allreduce runs among Ray worker actors; it needs cluster.backend "
+                             "ray and cluster.workers >= 1")
         if self.backend == "local" and self.runtime_env is not None:
             raise ValueError("cluster.runtime_env: the local backend runs no Ray; the factories import in this process")
         return self

@@ -41,6 +41,16 @@ class Flow(_Doc):
     down: int = 0
 
 
+class RingFlow(_Doc):
+    """Bytes the workers' allreduce (cluster.full_rounds allreduce) sent and received among them, all workers'."""
+    sent: int = 0
+    received: int = 0
+
+
+class RingBytes(_Doc):
+    full: RingFlow = Field(default_factory=RingFlow)
+
+
 class ByteCounts(_Doc):
     """Payload bytes by round kind and direction (DESIGN.md's result.json), plus what the links carried of the
     data set for the workers (coordinator/ship_data.py: 0 when each worker read it on its node)."""
@@ -49,6 +59,7 @@ class ByteCounts(_Doc):
     sync: int = 0
     total: int = 0
     dataset: int = 0
+    ring: RingBytes = Field(default_factory=RingBytes)  # not in total: it never crosses the coordinator's link
 
 
 class RoundCounts(_Doc):

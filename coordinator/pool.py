@@ -33,6 +33,10 @@ class LocalPool:
         self.shares_state = shares_state
 
     overlaps = False  # one thread: nothing runs while the replica works
+    reduces = False  # no allreduce in this process
+
+    def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
+        raise RuntimeError("the in-process pool keeps the coordinator's state: there is nothing to pull")
 
     def send(self, task: Task) -> Task:
         return task  # the work happens in collect, after the coordinator has applied the last decision

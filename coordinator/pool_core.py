@@ -41,7 +41,11 @@ def decode_counted(reply: Reply, kind: RoundKind, rb: RoundBytes) -> Result:
     head, array, digest = reply
     rb.add(kind.label, "up", messages.payload_size(head, array))
     rb.add("sync", "up", len(digest))
-    return messages.decode_result(head, array, digest, kind)
+    res = messages.decode_result(head, array, digest, kind)
+    if res.ring is not None:  # what the worker's allreduce moved among the workers
+        rb.ring_sent[kind.label] += res.ring[0]
+        rb.ring_received[kind.label] += res.ring[1]
+    return res
 
 
 class PoolCore:
@@ -52,6 +56,11 @@ class PoolCore:
 
     n_workers: int
     live: list[int]
+    reduces = False  # cluster.full_rounds allreduce (coordinator/ray_pool.py): pull reads the replicas' state
+
+    def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
+        raise RuntimeError(f"{type(self).__name__} keeps no state apart from the coordinator's: nothing to pull")
+
     @property
     def recovering(self) -> int:
         """Workers being waited for after a death (RayPool); none in this process."""

@@ -19,6 +19,13 @@ worker is redone on the new split, so every example of the batch counts once; a 
 over the live workers' trials). A worker whose actor is back rejoins at the next round: it is synced (counted as
 sync) and the shards are re-split. `alive` and `restarting` count the live workers and the others (recovering, or
 waiting for a node).
+
+Allreduce (cluster.full_rounds allreduce). The live workers form a gloo group (workers/collective.py) before the
+first full round and again whenever the live workers change or a collective failed: the first live worker opens a
+store on a free port of its node, every live worker joins it, a new generation each time. A full round (or a
+localsgd average) returns only scalars; the arrays stay on the workers. A round whose collective failed (a worker
+died, hung or came back) is redone by every live worker over a new group, after the dead one recovered or left and
+the restarted ones were given the state (read from a live replica, `pull`).
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError  # RayActorError: ActorDiedError, ActorUnavailableError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError  # RayActorError: ActorDied..., ActorUnavailable...
 
 from coordinator.accounting import Counters, RoundBytes, decision_label
 from coordinator.config import JobConfig
@@ -50,12 +57,14 @@ from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE
 from coordinator.ship_data import recipe, ship
 from workers.actor import WorkerData, WorkerSpec
-from workers.messages import Result, RoundKind, Status, Sync, Task
+from workers.collective import JOIN_TIMEOUT_S, GroupSpec
+from workers.messages import Result, RoundKind, Status, Sync, Task, decode_sync
 
 __all__ = ["NOT_NICED", "SHM_DISABLE", "ActorRecord", "ClusterTooSmall", "PoolSettings", "RayPool", "actor_record",
            "ray_pool", "worker_env"]
 
 PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
+REDUCED_KINDS = (RoundKind.FULL, RoundKind.AVERAGE)  # the rounds allreduce sums among the workers
 
 
 @dataclass(frozen=True)
@@ -63,17 +72,24 @@ class PoolSettings:
     """What the pool reads from the coordinator's environment, once, when it is made."""
     call_timeout_s: float = 600.0  # HES_WORKER_TIMEOUT_S: a worker that has not answered a call by then is hung
     shared_memory: bool = True  # HES_SHM_DISABLE=1 turns the co-located workers' buffers off
+    # HES_COLLECTIVE_TIMEOUT_S: how long one allreduce waits for a peer that hangs or lost its link
+    collective_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> PoolSettings:
-        raw = env.get("HES_WORKER_TIMEOUT_S", "600")
-        try:
-            timeout = float(raw)
-        except ValueError:
-            timeout = math.nan
-        if not timeout > 0 or math.isinf(timeout):
-            raise ValueError(f"HES_WORKER_TIMEOUT_S: {raw!r} is not a number of seconds above 0")
-        return cls(timeout, env.get(SHM_DISABLE, "") in ("", "0"))
+        return cls(_seconds(env, "HES_WORKER_TIMEOUT_S", "600"), env.get(SHM_DISABLE, "") in ("", "0"),
+                   _seconds(env, "HES_COLLECTIVE_TIMEOUT_S", "30"))
+
+
+def _seconds(env: Mapping[str, str], name: str, default: str) -> float:
+    raw = env.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{name}: {raw!r} is not a number of seconds above 0")
+    return value
 
 
 Reply = tuple[bytes, np.ndarray | str | None, bytes]  # what WorkerActor.step returns (str: in the shared buffer)
@@ -103,6 +119,9 @@ class RayPool(PoolCore):
         self.membership = Membership(self.workers, counters)
         self.live = self.membership.live  # the same list: the membership changes it in place
         self._members_sent = tuple(self.live)  # the live workers as the workers last heard them
+        self.reduces = any(sp.allreduce for sp in specs)
+        self._group: tuple[int, ...] | None = None  # allreduce: the members of the workers' group, when formed
+        self._generation = 0
         self.calls = self.last_calls = 0  # the remote calls `send` made: in all, and for the last round
         self.relays: Relays | None = None
         if use_relays(relays, self.workers.nodes()):
@@ -128,6 +147,8 @@ class RayPool(PoolCore):
         The bytes sent are counted here."""
         self.membership.begin_round(task.round)
         task = self._with_members(task)
+        if self.reduces and task.kind in REDUCED_KINDS:
+            self._form_group()
         rb = RoundBytes()
         header, decision = encode_counted(task, rb, decision_label(task.decision, task.kind.label), len(self.live))
         arg = ray.put(decision) if len(decision) > PUT_THRESHOLD else decision
@@ -154,23 +175,71 @@ class RayPool(PoolCore):
         it. A full round that lost a worker is redone by the workers left, on the new split of the batch."""
         task, rb = sent.task, sent.rb
         refs = sent.refs
+        reduced = self.reduces and task.kind in REDUCED_KINDS
+        failures = 0
         while True:
             before = list(self.live)
             replies, late = self._gather(refs)
-            results = {}
+            results, failed = {}, False
             for i in (refs.slots if isinstance(refs, RelayCalls) else list(refs)):
                 ref = refs.get(i) if isinstance(refs, dict) else None
                 res = self._collect(i, ref, task, rb, replies.get(i), 0.0 if i in late else None)
+                if reduced and res is not None and res.status != Status.OK:
+                    failed = True  # the whole round is redone together: a lone rerun would wait for its peers
+                    if res.status == Status.NEED_SYNC:
+                        self._resync(i, state(), rb)
+                    continue
                 res = self._repaired(i, res, task, state, rb)
                 if res is not None:
                     results[i] = res
             if not self.live:
                 raise RuntimeError(f"round {task.round + 1}: every worker has left the job (no node for them)")
-            if self.live == before or task.kind != RoundKind.FULL:
+            if not failed and (self.live == before or task.kind != RoundKind.FULL and not reduced):
                 return [results[i] for i in sorted(results)], rb
+            if failed:
+                failures += 1
+                if failures > MAX_ATTEMPTS:
+                    raise RuntimeError(f"round {task.round + 1}: the workers' allreduce failed {failures} times "
+                                       f"(HES_COLLECTIVE_TIMEOUT_S {self.settings.collective_timeout_s:g} s)")
+            if reduced:
+                self._group = None  # spent: a new one over the live workers
             task = self._with_members(without_decision(task))
+            if reduced:
+                self._form_group()
             header, decision = encode_counted(task, rb, task.kind.label, len(self.live))
             refs = {i: self.workers.step(i, header, decision) for i in self.live}
+
+    def _form_group(self) -> None:
+        """A gloo group over the live workers, unless they form it already. When a member fails to join, the group
+        stays unformed: the round's collective fails, the member's death is found, and the group is formed again."""
+        members = tuple(self.live)
+        if self._group == members:
+            return
+        self._generation += 1
+        self._group = None
+        try:
+            host, port = ray.get(self.workers.actors[members[0]].open_store.remote(),
+                                 timeout=self.settings.call_timeout_s)
+            ray.get([self.workers.actors[i].join.remote(
+                GroupSpec(self._generation, rank, len(members), host, port, self.settings.collective_timeout_s))
+                for rank, i in enumerate(members)], timeout=JOIN_TIMEOUT_S + self.settings.call_timeout_s)
+        except (RayError, GetTimeoutError):
+            return
+        self._group = members
+
+    def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
+        """A live replica's state at `version` (worker `source` first when given), counted as sync up."""
+        order = ([source] if source in self.live else []) + [i for i in self.live if i != source]
+        for i in order:
+            try:
+                data = ray.get(self.workers.actors[i].pull.remote(version), timeout=self.settings.call_timeout_s)
+            except (RayActorError, GetTimeoutError):
+                continue
+            if data is not None:
+                rb.add("sync", "up", len(data))
+                return decode_sync(data)
+        raise RuntimeError(f"cluster.full_rounds allreduce: no live worker holds the state of round {version} "
+                           "(every replica was lost at once); the job can resume from its last checkpoint")
 
     def _gather(self, refs: dict[int, ray.ObjectRef] | RelayCalls) -> tuple[dict[int, Reply | Failed], set[int]]:
         """The workers' replies, fetched together: one ray.wait and one ray.get for all of them, not one blocking
@@ -251,7 +320,8 @@ def ray_pool(cfg: JobConfig, parts: JobParts, counters: Counters, gpu_workers: i
     cluster.runtime_env uploaded already (the coordinator actor's); None uploads it from here."""
     n = cfg.cluster.workers
     specs = [WorkerSpec(parts.model, parts.hyper, parts.schedule, cfg.seed, worker_k(cfg), cfg.hybrid.combine, i, n,
-                        max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None)
+                        max(1, int(cfg.cluster.cpus_per_worker)), from_seed=cfg.model.init_from is None,
+                        allreduce=cfg.cluster.full_rounds == "allreduce")
              for i in range(n)]
     arrays = [parts.data.stored_train] * n
     if parts.partitions is not None:  # a worker is sent only its partition

@@ -12,12 +12,20 @@ gradient), and applying a chosen seed means drawing P normal numbers again, whic
 cores with the task's delivery and the worker's gradient. So when a full round is followed by a stochastic
 one (K trials, several times longer), the decisions wait and are applied under the stochastic round instead
 (BENCHMARKS.md, section 5, has the round times).
+
+With cluster.full_rounds allreduce (`pool.reduces`) the workers sum a full round's gradients among themselves and
+the decision only names it (`Decision.reduced`): the coordinator cannot apply it. Its state then lags: it applies
+what it can (seeds after a known gradient) and, when it needs the state (a resync, an evaluation, a checkpoint,
+the end), reads it from a live replica (`pool.pull`, counted as sync): the state at the version the replicas hold
+and the array of the decision they have not applied yet. The replica check compares the workers' digests with
+each other (the most common one is right) instead of with the coordinator's.
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +44,7 @@ class Pool(Protocol):
     """How a round's messages reach the workers: coordinator/pool.py (in this process), coordinator/ray_pool.py."""
     n_workers: int
     overlaps: bool  # send() returns while the workers compute (Ray); False in this process
+    reduces: bool  # cluster.full_rounds allreduce: full rounds are summed among the workers (pull reads the state)
 
     @property
     def alive(self) -> int:
@@ -63,6 +72,10 @@ class Pool(Protocol):
 
     def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result: ...
 
+    def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
+        """A live replica's state at `version` (the worker `source` when given), its bytes counted as sync up."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,13 +100,14 @@ class RoundLoop:
         self.rules = Rules(mode, combine, search.trials if search else "independent",
                            search.k if search else 0, pool.n_workers, schedule.assisted,
                            search.es_lr if search else 1.0, search.es_weights if search else "rank",
-                           search.job_seed if search else 0)
+                           search.job_seed if search else 0, pool.reduces)
         # full rounds so far, capped at guided_m: the gradients guided trials are drawn around (a quadratic
         # fit needs their number; counted here so that the combine does not wait for the state)
         self.subspace = min(search.history_m if search else 0,
                             sum(schedule.kind(i) == RoundKind.FULL for i in range(state.version)))
         self.pending = Decision(state.version - 1, DecisionKind.NONE)  # the workers have not received it yet
         self._unapplied: list[Decision] = []  # the coordinator's own state has not applied them yet, in order
+        self._workers_at = state.version  # the version the replicas hold (they have applied every decision sent)
 
     @property
     def state(self) -> HybridState:
@@ -101,10 +115,35 @@ class RoundLoop:
         self._settle()
         return self._state
 
-    def _settle(self) -> None:
+    def _settle(self, pull: bool = True) -> None:
+        """Apply the waiting decisions; a reduced one (allreduce) needs the replicas' state: read it when `pull`,
+        else stop there (the overlap must not wait for a worker)."""
         while self._unapplied:  # one at a time: if an apply fails, the state and the list still agree
+            if self._unapplied[0].reduced:
+                if pull:
+                    self._pull()
+                return
             self._state = apply_decision(self._state, self._unapplied[0], self.hyper)
             self._unapplied.pop(0)
+
+    def _pull(self, source: int | None = None) -> None:
+        """allreduce: the state from a live replica (`source` when given), then the decision the replicas have not
+        applied yet with the array they reduced for it."""
+        rb = RoundBytes()
+        s = self.pool.pull(self._workers_at, rb, source)
+        self.counters.add_bytes(rb)
+        device = self._state.theta.device
+        self._state = HybridState(s.version, torch.from_numpy(s.theta).to(device),
+                                  None if s.grad is None else torch.from_numpy(s.grad).to(device),
+                                  tuple(torch.from_numpy(h).to(device) for h in s.history), s.obs)
+        rest = [d for d in self._unapplied if d.round >= s.version]
+        for d in rest:
+            if d.reduced:
+                if s.reduced is None or d.round != s.version:
+                    raise RuntimeError(f"round {d.round + 1}: no replica holds the array the workers reduced")
+                d = replace(d, array=s.reduced, reduced=False)
+            self._state = apply_decision(self._state, d, self.hyper)
+        self._unapplied.clear()
 
     def _settle_under(self, t: int, task: Task) -> bool:
         """Apply the waiting decisions while the workers do round t? Not in a full round followed by a
@@ -127,8 +166,9 @@ class RoundLoop:
         assert t == expected, f"round {t} on a state at version {expected}"
         task = Task(t, kind, self.pending, want_digest)
         sent = self.pool.send(task)
+        self._workers_at = t
         if self._settle_under(t, task):
-            self._settle()  # while the workers work, when they work elsewhere
+            self._settle(pull=False)  # while the workers work, when they work elsewhere
         results, rb = self.pool.collect(sent, task, self.snapshot)
         results = self._drop_stale(t, results)
         if want_digest:
@@ -142,7 +182,7 @@ class RoundLoop:
         self.pending = decision
         self._unapplied.append(decision)
         if not self.pool.overlaps:
-            self._settle()  # nothing to overlap with: apply now, so the round's time holds its own update
+            self._settle(pull=False)  # nothing to overlap with: apply now, so the round's time holds its update
         seconds = time.perf_counter() - started
         improvements = sum(r.improvements for r in results)
         self.counters.add_round(kind.label, rb, seconds, improvements)
@@ -172,7 +212,8 @@ class RoundLoop:
         if self.pending.kind == DecisionKind.NONE:
             return
         gather = self.pending.kind == DecisionKind.LOCAL
-        task = Task(self.state.version, RoundKind.APPLY, self.pending, self.mode != "localsgd", gather)
+        task = Task(self.pending.round + 1, RoundKind.APPLY, self.pending, self.mode != "localsgd", gather)
+        self._workers_at = task.round
         results, rb = self.pool.round(task, self.snapshot)
         if task.want_digest:
             self._check_replicas(task, self._drop_stale(task.round, results), rb)
@@ -184,7 +225,7 @@ class RoundLoop:
                 self._state = HybridState(st.version, keep_frozen(theta, st.theta, self.hyper), st.grad, st.history,
                                           st.obs)
         self.counters.add_bytes(rb)
-        self.pending = Decision(self.state.version - 1, DecisionKind.NONE)
+        self.pending = Decision(task.round - 1, DecisionKind.NONE)
 
     def _drop_stale(self, t: int, results: list[Result]) -> list[Result]:
         fresh = [r for r in results if r.round == t]
@@ -192,8 +233,15 @@ class RoundLoop:
         return fresh
 
     def _check_replicas(self, task: Task, results: list[Result], rb: RoundBytes) -> list[Result]:
-        """Compare each worker's digest (taken after applying the previous decision) with ours."""
-        ours = digest(self.state.theta)
+        """Compare each worker's digest (taken after applying the previous decision) with ours; under allreduce,
+        with the most common one (ties: the lowest worker's), whose replica a resync then reads."""
+        source = None
+        if self.pool.reduces and results:
+            counts = Counter(r.digest for r in results)
+            right = max(results, key=lambda r: (counts[r.digest], -r.worker))
+            ours, source = right.digest, right.worker
+        else:
+            ours = digest(self.state.theta)
         out = []
         for r in results:
             self.counters.replica_checked += 1
@@ -201,6 +249,8 @@ class RoundLoop:
                 out.append(r)
                 continue
             self.counters.replica_mismatches += 1
+            if source is not None and self._unapplied:
+                self._pull(source)
             self.pool.resync(r.worker, self.snapshot(), rb)
             if task.kind == RoundKind.APPLY:
                 continue

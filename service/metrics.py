@@ -17,6 +17,7 @@ from coordinator.documents import JobStatus, RoundReport, Snapshot
 ROUND_KINDS = ("full", "stochastic")
 BYTE_KINDS = ("full", "stochastic", "sync")
 DIRECTIONS = ("up", "down")
+RING_DIRECTIONS = ("sent", "received")  # cluster.full_rounds allreduce: among the workers, all of them summed
 WORKER_STATES = ("alive", "restarting")
 # A stochastic round moves ~36 B per worker, a full round 4 B per parameter per worker and direction:
 # MLP 784-300-10 on 2 workers = 238,510 * 4 B * 2 * 2 = 3,816,160 B. Powers of 4 from 16 B to 4 GiB cover both.
@@ -32,6 +33,9 @@ class Metrics:
         self.rounds = Counter("hes_rounds_total", "Rounds completed, by job and kind", ["job", "kind"], registry=r)
         self.sent_bytes = Counter("hes_sent_bytes_total", "Payload bytes between coordinator and workers",
                                   ["job", "kind", "direction"], registry=r)
+        self.ring_bytes = Counter("hes_ring_bytes_total", "Bytes the workers' allreduce (cluster.full_rounds "
+                                  "allreduce) sent and received among themselves, every worker's summed, by round "
+                                  "kind", ["job", "kind", "direction"], registry=r)
         self.round_bytes = Histogram("hes_round_sent_bytes", "Payload bytes charged to one round's kind (all "
                                      "workers, both directions)", ["kind"], buckets=BYTE_BUCKETS, registry=r)
         self.round_seconds = Histogram("hes_round_duration_seconds", "Wall time of one round", ["kind"],
@@ -72,6 +76,8 @@ class Metrics:
             for kind in BYTE_KINDS:
                 for direction in DIRECTIONS:
                     self.sent_bytes.labels(job=job_id, kind=kind, direction=direction)
+            for direction in RING_DIRECTIONS:
+                self.ring_bytes.labels(job=job_id, kind="full", direction=direction)
             self.improvements.labels(job=job_id)
             self.progress.labels(job=job_id).set(0)
             self.episodes_rate.labels(job=job_id).set(0)
@@ -87,6 +93,10 @@ class Metrics:
                 for kind, n in by_kind.items():
                     self._grow(seen, f"bytes.{kind}.{direction}", n,
                                self.sent_bytes.labels(job=job_id, kind=kind, direction=direction))
+            ring = snapshot.bytes.ring.full
+            for direction, n in (("sent", ring.sent), ("received", ring.received)):
+                self._grow(seen, f"ring.full.{direction}", n,
+                           self.ring_bytes.labels(job=job_id, kind="full", direction=direction))
             self._grow(seen, "improvements", snapshot.improvements, self.improvements.labels(job=job_id))
             self._grow(seen, "worker_failures", snapshot.worker_failures, self.worker_failures)
             self.progress.labels(job=job_id).set(snapshot.progress.fraction)
@@ -153,6 +163,8 @@ class Metrics:
             for kind in BYTE_KINDS:
                 for direction in DIRECTIONS:
                     _discard(self.sent_bytes, job_id, kind, direction)
+            for direction in RING_DIRECTIONS:
+                _discard(self.ring_bytes, job_id, "full", direction)
             for metric in (self.improvements, self.progress, self.train_loss, self.dev_accuracy, self.eval_return,
                            self.episodes_rate):
                 _discard(metric, job_id)

@@ -18,6 +18,9 @@ the coordinator has unlinked its name by then), the worker returns the array thr
 
 A worker builds its training arrays on its own node when it can, or takes the shipped ones (workers/node_data.py,
 `WorkerData`).
+
+With cluster.full_rounds allreduce the job's live workers form a gloo group (workers/collective.py): the coordinator
+asks the new rank 0 to `open_store`, then every member to `join` it; `pull` gives the coordinator a replica's state.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ import numpy as np
 import ray
 import torch
 
+from workers.collective import Group, GroupSpec, open_store
 from workers.data import StoredTrain
-from workers.messages import decode_sync, decode_task, encode_result
+from workers.messages import decode_sync, decode_task, encode_result, encode_sync
 from workers.models import Model
 from workers.node_data import DataRecipe, DataReport, Origin, read_here
 from workers.replica import Replica, Schedule
@@ -51,6 +55,7 @@ class WorkerSpec:
     shared: str | None = None  # a file of 4P bytes in /dev/shm for the results' arrays (same node only)
     # Start at version 0 from the seed's parameters; False (model.init_from): no state until the first sync
     from_seed: bool = True
+    allreduce: bool = False  # cluster.full_rounds allreduce: full rounds are summed among the workers
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,10 @@ class WorkerActor:
                                spec.combine, spec.worker, spec.n_workers, device)
         if spec.from_seed:
             self.replica.start(spec.model.initial_parameters(spec.job_seed))
+        self.replica.allreduce = spec.allreduce
         self.device = device
         self.shared = open_shared(spec.shared, spec.model.num_parameters)
+        self.store: torch.distributed.TCPStore | None = None  # rank 0's, for the group being formed
 
     # No task events for the round calls: Ray would report each one to the GCS, per worker per round, many times
     # a stochastic round's payload (BENCHMARKS.md, section 6 measures it). `info` and `sync` keep them.
@@ -137,6 +144,26 @@ class WorkerActor:
 
     def sync(self, data: bytes) -> None:
         self.replica.sync(decode_sync(data))
+
+    def open_store(self) -> tuple[str, int]:
+        """As rank 0 of a new group: a store on a free port of this node's address; (address, port)."""
+        self.replica.group = None
+        host = ray.util.get_node_ip_address()
+        self.store = open_store(host)
+        return host, self.store.port
+
+    def join(self, spec: GroupSpec) -> int:
+        """Join the group at spec.host:spec.port (rank 0 joins the store it opened); the generation joined."""
+        self.replica.group = None  # a failed join leaves no group: the round fails and the group is formed again
+        store, self.store = (self.store, None) if spec.rank == 0 else (None, None)
+        self.replica.group = Group(spec, ray.util.get_node_ip_address(), store)
+        return spec.generation
+
+    def pull(self, version: int) -> bytes | None:
+        """The replica's state at `version` with the last reduced array (workers/replica.py Replica.pull), encoded;
+        None when it is not at that version."""
+        state = self.replica.pull(version)
+        return None if state is None else encode_sync(state)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(os.getpid(), ray.get_runtime_context().get_node_id(), self.device,

@@ -29,6 +29,15 @@ the observation's length: after a result's costs (status bit 0x40) <H count + (1
 es decision (kind byte's top bit) <H count + (1 + 2d) x f32 before the weights, the same 6 + 8d B (CartPole, d = 4:
 38 B each way).
 
+With cluster.full_rounds allreduce (workers/collective.py) a full round's gradient (and a localsgd average's
+parameters) is summed among the workers themselves and never crosses the coordinator's link: the result carries
+only its loss, examples and the bytes the worker's ring sent and received, and the decision only names it:
+    Result (full)     <fI + <QQ  summed loss, examples, ring bytes sent, received (status bit 0x20) = 7 + 24 B
+    decision          kind u8 with bit 0x40 (reduced), no array                                    =  1 B
+A worker whose collective failed (a peer died or hung) answers status COLLECTIVE_FAILED; the round is redone over a
+new group. The coordinator reads the state from a live replica when it needs it (`Sync.reduced`: the last reduced
+array, for the decision the workers have not applied yet), counted as sync.
+
 When the job's workers change (one left, or came back), the next task's header carries the live workers
 (flag 4, then <H count and count x <H slot = 2 + 2n B, counted as sync) and they split each minibatch among
 themselves from then on; a `Sync` carries them too (flag 2 of its header), for a worker that missed that task.
@@ -52,7 +61,10 @@ _COUNT = struct.Struct("<H")
 _COSTS = struct.Struct("<HHI")
 _STATUS_COSTS = 0x80  # in a stochastic result's status byte: every cost follows, not the best seed
 _STATUS_STATS = 0x40  # after the costs: observation statistics (objective.normalize)
+_STATUS_RING = 0x20  # a full or average result whose array was allreduced: the ring's bytes follow, no array
 _DECISION_STATS = 0x80  # in a decision's kind byte: observation statistics precede the array
+_DECISION_REDUCED = 0x40  # in a decision's kind byte: the array is the workers' allreduced one, not sent
+_RING = struct.Struct("<QQ")
 DIGEST_BYTES = 8
 _BEATS_CURRENT = 0x8000
 _IMPROVEMENTS_MAX = 0x7FFF
@@ -77,6 +89,7 @@ class RoundKind(enum.IntEnum):
 class Status(enum.IntEnum):
     OK = 0
     NEED_SYNC = 1  # the worker's cached version does not fit the task: send it the state
+    COLLECTIVE_FAILED = 2  # allreduce: a peer died or hung; the replica kept its state, the round must be redone
 
 
 FLAG_DIGEST = 1
@@ -110,6 +123,7 @@ class Result:
     digest: bytes = b""
     costs: tuple[float, ...] = ()  # every trial's cost (es, guided, shared trials); float32 values
     stats: tuple[float, ...] = ()  # objective.normalize: the round's observation statistics, float32 values
+    ring: tuple[int, int] | None = None  # allreduce: bytes this worker's ring (sent, received); the array stays
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,9 @@ class Sync:
     members: tuple[int, ...] | None = None  # the live workers (None: keep the replica's)
     history: tuple[np.ndarray, ...] = ()  # guided: the last full-round gradients, oldest first
     obs: np.ndarray | None = None  # objective.normalize: the observation totals (float64, HybridState.obs)
+    # allreduce, a replica's state read by the coordinator: the array the workers allreduced in round
+    # `version` (the decision they have not applied yet); None when there is none
+    reduced: np.ndarray | None = None
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -139,6 +156,9 @@ def _read_counted(data: bytes | memoryview, at: int) -> tuple[np.ndarray, int]:
 
 
 def encode_decision(d: Decision) -> bytes:
+    if d.reduced:
+        assert d.kind in ARRAY_DECISIONS and d.kind != DecisionKind.ES and d.stats is None
+        return bytes([int(d.kind) | _DECISION_REDUCED])
     if d.stats is not None:
         return bytes([int(d.kind) | _DECISION_STATS]) + _f32_counted(d.stats) + encode_decision(
             Decision(d.round, d.kind, d.seed, d.array))[1:]
@@ -171,7 +191,10 @@ def encode_task(t: Task) -> tuple[bytes, bytes]:
 def decode_task(header: bytes, decision: bytes | memoryview) -> Task:
     rnd, kind, flags = _TASK.unpack_from(header)
     members = _decode_members(header, _TASK.size)[0] if flags & FLAG_MEMBERS else None
-    dkind = DecisionKind(decision[0] & ~_DECISION_STATS)
+    dkind = DecisionKind(decision[0] & ~(_DECISION_STATS | _DECISION_REDUCED))
+    if decision[0] & _DECISION_REDUCED:
+        return Task(rnd, RoundKind(kind), Decision(rnd - 1, dkind, reduced=True), bool(flags & FLAG_DIGEST),
+                    bool(flags & FLAG_PARAMS), members)
     seed, array, stats, at = 0, None, None, 1
     if decision[0] & _DECISION_STATS:
         stats, at = _read_counted(decision, 1)
@@ -189,8 +212,9 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None,
     the payload is len(head) + array.nbytes. The digest is accounted as sync."""
     costs = r.status == Status.OK and kind == RoundKind.STOCHASTIC and bool(r.costs)
     stats = costs and bool(r.stats)
+    ring = r.status == Status.OK and r.ring is not None
     out = _RESULT.pack(r.round, r.worker, int(r.status) | (_STATUS_COSTS if costs else 0)
-                       | (_STATUS_STATS if stats else 0))
+                       | (_STATUS_STATS if stats else 0) | (_STATUS_RING if ring else 0))
     array = None
     if costs:
         out += _COSTS.pack(len(r.costs), min(r.improvements, 0xFFFF), r.examples)
@@ -203,7 +227,9 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None,
             out += _TRIALS.pack(r.seed, r.cost, field)
         else:
             out += _GRAD.pack(r.loss_sum, r.examples)
-            if r.array is not None:
+            if r.ring is not None:
+                out += _RING.pack(*r.ring)
+            elif r.array is not None:
                 array = np.ascontiguousarray(r.array, dtype="<f4")
     return out, array, r.digest
 
@@ -221,6 +247,10 @@ def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: Ro
         stats = _read_counted(head, at + _COSTS.size + 4 * n)[0] if status & _STATUS_STATS else ()
         return Result(rnd, worker, Status(status & ~(_STATUS_COSTS | _STATUS_STATS)), improvements=improvements,
                       examples=examples, digest=digest, costs=tuple(costs), stats=tuple(float(v) for v in stats))
+    ring = None
+    if status & _STATUS_RING:
+        status &= ~_STATUS_RING
+        ring = _RING.unpack_from(head, at + _GRAD.size)
     if status != Status.OK:
         return Result(rnd, worker, Status(status))
     if kind == RoundKind.STOCHASTIC:
@@ -231,23 +261,25 @@ def decode_result(head: bytes, array: np.ndarray | None, digest: bytes, kind: Ro
     if array is not None and (array.dtype != np.dtype("<f4") or array.ndim != 1):
         raise ValueError(f"round {rnd}, worker {worker}: expected float32 values, got {array.dtype} {array.shape}")
     # read-only (Ray hands out a view of the reply's buffer): the coordinator only reads it (combine copies)
-    return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest)
+    return Result(rnd, worker, Status.OK, loss_sum=loss_sum, examples=examples, array=array, digest=digest,
+                  ring=ring)
 
 
 _SYNC = struct.Struct("<IB")  # version, flags (1: a gradient follows theta, 2: the live workers precede theta,
 _SYNC_GRAD, _SYNC_MEMBERS, _SYNC_HISTORY = 1, 2, 4  # 4: <H count of history gradients after the members,
-_SYNC_OBS = 8  # 8: <H count and count x f64 observation totals after the history count)
+_SYNC_OBS = 8  # 8: <H count and count x f64 observation totals after the history count,
+_SYNC_REDUCED = 16  # 16: the last allreduced array after the history)
 
 
 def encode_sync(s: Sync) -> bytes:
     grad = b"" if s.grad is None else _f32(s.grad)
     flags = ((_SYNC_GRAD if grad else 0) | (_SYNC_MEMBERS if s.members is not None else 0)
              | (_SYNC_HISTORY if s.history else 0))
-    flags |= _SYNC_OBS if s.obs is not None else 0
+    flags |= (_SYNC_OBS if s.obs is not None else 0) | (_SYNC_REDUCED if s.reduced is not None else 0)
     history = _COUNT.pack(len(s.history)) if s.history else b""
     obs = b"" if s.obs is None else _COUNT.pack(len(s.obs)) + np.ascontiguousarray(s.obs, dtype="<f8").tobytes()
     return (_SYNC.pack(s.version, flags) + _encode_members(s.members) + history + obs + _f32(s.theta) + grad
-            + b"".join(_f32(h) for h in s.history))
+            + b"".join(_f32(h) for h in s.history) + (b"" if s.reduced is None else _f32(s.reduced)))
 
 
 def decode_sync(data: bytes) -> Sync:
@@ -263,13 +295,14 @@ def decode_sync(data: bytes) -> Sync:
         obs = np.frombuffer(data, dtype="<f8", count=n, offset=at + _COUNT.size).astype(np.float64)
         at += _COUNT.size + 8 * n
     arr = _owned(data, at)
-    parts = 1 + (1 if flags & _SYNC_GRAD else 0) + m
+    reduced = 1 if flags & _SYNC_REDUCED else 0
+    parts = 1 + (1 if flags & _SYNC_GRAD else 0) + m + reduced
     size = len(arr) // parts
     theta = arr[:size]
     grad = arr[size:2 * size] if flags & _SYNC_GRAD else None
     first = 2 if flags & _SYNC_GRAD else 1
     history = tuple(arr[(first + j) * size:(first + j + 1) * size] for j in range(m))
-    return Sync(version, theta, grad, members, history, obs)
+    return Sync(version, theta, grad, members, history, obs, arr[(parts - 1) * size:] if reduced else None)
 
 
 def _owned(buffer: bytes | memoryview, offset: int) -> np.ndarray:

@@ -16,17 +16,26 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from workers.collective import CollectiveFailed
 from workers.hybrid import apply_decision, batch_loss_and_grad_sum, local_step, run_trials, trial_costs
 from workers.messages import Result, RoundKind, Status, Sync, Task
 from workers.models import Model
 from workers.noise import trial_seed
 from workers.partition import share, share_sizes
 from workers.search import episode_costs, es_costs, round_seeds
-from workers.state import DecisionKind, HybridState, Hyper
+from workers.state import Decision, DecisionKind, HybridState, Hyper
+
+
+class Reducer(Protocol):
+    """The workers' own allreduce (workers/collective.py Group): sums a CPU float32 tensor in place over the job's
+    live workers; (bytes sent, bytes received); CollectiveFailed when a peer is gone."""
+
+    def allreduce_sum(self, values: torch.Tensor) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True)
@@ -122,18 +131,61 @@ class Replica:
         self.x = torch.as_tensor(x_train).to(self.device)
         self.y = torch.as_tensor(y_train).to(self.device)
         self.state: HybridState | None = None
+        # cluster.full_rounds allreduce: full rounds (and localsgd averages) are summed among the workers through
+        # `group` (None until the coordinator forms one, then the round fails and is redone); `reduced` holds the
+        # (round, batch-mean array) of the last one, which the next decision names instead of carrying it
+        self.allreduce = False
+        self.group: Reducer | None = None
+        self.reduced: tuple[int, np.ndarray] | None = None
+        # the state as the coordinator holds it: `state` without the local steps localsgd takes between averages
+        self.settled: HybridState | None = None
 
     def start(self, theta0: np.ndarray) -> None:
         """Version 0 from the initial parameters (which every node can derive from the job seed)."""
-        self.state = HybridState(0, torch.from_numpy(np.array(theta0, copy=True)).to(self.device), None)
+        self.state = self.settled = HybridState(0, torch.from_numpy(np.array(theta0, copy=True)).to(self.device),
+                                                None)
 
     def sync(self, s: Sync) -> None:
         if s.members is not None:
             self.members = s.members
         grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
         history = tuple(torch.from_numpy(np.array(h, copy=True)).to(self.device) for h in s.history)
-        self.state = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(self.device), grad,
-                                 history, None if s.obs is None else np.array(s.obs, copy=True))
+        self.state = self.settled = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(
+            self.device), grad, history, None if s.obs is None else np.array(s.obs, copy=True))
+
+    def pull(self, version: int) -> Sync | None:
+        """allreduce: the state at `version` as the coordinator holds it, with the array the workers reduced in that
+        round (for the decision not applied yet); None when this replica is not at `version`."""
+        st = self.settled
+        if st is None or st.version != version:
+            return None
+        reduced = self.reduced[1] if self.reduced is not None and self.reduced[0] == version else None
+        return Sync(st.version, st.theta.cpu().numpy(), None if st.grad is None else st.grad.cpu().numpy(),
+                    history=tuple(h.cpu().numpy() for h in st.history), obs=st.obs, reduced=reduced)
+
+    def _own_array(self, decision: Decision) -> Decision | None:
+        """A reduced decision with this replica's copy of its array; None when it has none (a restarted worker)."""
+        if not decision.reduced:
+            return decision
+        if self.reduced is None or self.reduced[0] != decision.round:
+            return None
+        return replace(decision, array=self.reduced[1], reduced=False)
+
+    def _reduce(self, values: torch.Tensor, examples: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """allreduce: the examples-weighted sum of `values` over the group divided by all examples (a batch-mean
+        gradient from summed gradients, or the average of parameters weighted by shard), and the ring's bytes;
+        None when the collective failed."""
+        if self.group is None:
+            return None
+        buf = torch.cat([values.detach().to("cpu", torch.float32), torch.tensor([float(examples)])])
+        try:
+            traffic = self.group.allreduce_sum(buf)
+        except CollectiveFailed:
+            self.group = None  # spent: the coordinator forms a new one before the round is redone
+            return None
+        total = buf[:-1]
+        total /= buf[-1]  # the same float32 division as the coordinator's combine
+        return total.numpy(), traffic
 
     def shard(self, t: int) -> np.ndarray:
         """This worker's examples of round t's minibatch (dirichlet: positions in its own partition)."""
@@ -146,9 +198,15 @@ class Replica:
             self.members = task.members
         st = self.state
         needed = task.round - 1 if task.decision.kind != DecisionKind.NONE else task.round
-        if st is None or st.version != needed:
+        decision = self._own_array(task.decision)
+        if st is None or st.version != needed or decision is None:
             return Result(task.round, self.worker, Status.NEED_SYNC)
-        st = self.state = apply_decision(st, task.decision, self.hyper)
+        settled = self.settled
+        st = self.state = apply_decision(st, decision, self.hyper)
+        if decision.kind == DecisionKind.LOCAL and settled is not None:
+            self.settled = replace(settled, version=st.version)  # the coordinator saw no local step
+        elif decision.kind != DecisionKind.NONE:
+            self.settled = st
         dig = digest(st.theta) if task.want_digest else b""
         t = task.round
         if task.kind == RoundKind.APPLY and task.want_params:  # localsgd's last gather, weighted by shard
@@ -187,9 +245,25 @@ class Replica:
         if task.kind == RoundKind.FULL:
             loss_sum, grad_sum = batch_loss_and_grad_sum(self.model, st.theta, self.x[idx], self.y[idx],
                                                          self.hyper.frozen)
+            if self.allreduce:
+                return self._reduced_result(t, grad_sum, loss_sum, len(idx), dig)
             return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx),
                           array=grad_sum.cpu().numpy(), digest=dig)
         loss_sum, theta = local_step(self.model, st.theta, self.x[idx], self.y[idx], self.hyper)
+        if task.kind == RoundKind.AVERAGE and self.allreduce:
+            res = self._reduced_result(t, theta * len(idx), loss_sum, len(idx), dig)
+            if res.status == Status.OK:  # a failed round is redone from the state before its local step
+                self.state = replace(st, theta=theta)
+            return res
         self.state = replace(st, theta=theta)
         array = theta.cpu().numpy() if task.kind == RoundKind.AVERAGE else None
         return Result(t, self.worker, loss_sum=loss_sum, examples=len(idx), array=array, digest=dig)
+
+    def _reduced_result(self, t: int, values: torch.Tensor, loss_sum: float, examples: int, dig: bytes) -> Result:
+        """A full or average round's result under allreduce: the scalars and the ring's bytes; the reduced array
+        stays here (`reduced`) for the decision that names it."""
+        out = self._reduce(values, examples)
+        if out is None:
+            return Result(t, self.worker, Status.COLLECTIVE_FAILED)
+        self.reduced = (t, out[0])
+        return Result(t, self.worker, loss_sum=loss_sum, examples=examples, digest=dig, ring=out[1])

@@ -137,3 +137,6 @@ class Decision:
     # ES with objective.normalize: the round's observation statistics (count, sums, sums of squares) over every
     # worker, float32, which every replica adds to its HybridState.obs
     stats: np.ndarray | None = None
+    # cluster.full_rounds allreduce: the array (GRAD, SET_GRAD, PARAMS) is the one the workers allreduced among
+    # themselves in that round; it does not travel, each replica applies its own copy
+    reduced: bool = False

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import chaos  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from sections import write_section  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +47,8 @@ def test_a_short_soak_survives_a_worker_kill_and_a_service_restart(tmp_path: Pat
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# BENCHMARKS\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
     block = chaos.render(report, "test", datetime.datetime.now().astimezone(), "test", "test")
-    chaos.write_section(out, block)
-    chaos.write_section(out, block)  # replaced, not appended twice
+    write_section(out, chaos.KEY, block)
+    write_section(out, chaos.KEY, block)  # replaced, not appended twice
     text = out.read_text()
     assert text.count(f"## {chaos.TITLE}") == 1 and "kept" in text and "1 of 1 SUCCEEDED" in text
     assert not list(Path("/tmp").glob(f"hes-chaos-*/state/jobs/{jid}"))  # the temp folder is gone

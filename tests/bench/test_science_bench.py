@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -13,16 +17,34 @@ import science  # noqa: E402
 from common import Context, JobSpec  # noqa: E402
 
 
-def test_the_es_step_timing_applies_a_real_es_decision() -> None:
+def es_step_and_its_seeds(family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """What science.es_step_case's decision (2 workers x 2 seeds) adds to the step of all-zero weights, the sum of
+    what its seeds add one at a time, what it adds with the weights doubled, and the model's number of weights (the
+    biases follow them)."""
     from workers.hybrid import apply_decision
 
+    state, decision, hyper = science.es_step_case(family, n_workers=2, k=4)
+    assert decision.array is not None and len(decision.array) == 4 and bool((decision.array != 0).all())
+    base = apply_decision(state, replace(decision, array=np.zeros(4, np.float32)), hyper).theta
+
+    def move(weights: np.ndarray) -> torch.Tensor:
+        after = apply_decision(state, replace(decision, array=weights.astype(np.float32)), hyper)
+        assert after.version == 2
+        return after.theta - base
+
+    singles = sum(move(np.where(np.arange(4) == i, decision.array, 0)) for i in range(4))
+    return move(decision.array), singles, move(2 * decision.array), hyper.num_weights
+
+
+def test_the_es_step_timing_applies_a_real_es_decision() -> None:
     moves = {}
     for family in ("lowrank", "gaussian"):
-        state, decision, hyper = science.es_step_case(family, n_workers=1, k=2)
-        after = apply_decision(state, decision, hyper)
-        assert after.version == 2 and bool(after.theta.isfinite().all())
-        moves[family] = after.theta - state.theta
-        assert float(moves[family].abs().max()) > 0  # the step moved the weights
+        moves[family], singles, doubled, n_weights = es_step_and_its_seeds(family)
+        # the step is the weighted sum of its seeds' directions, on the weights only (atol: theta's float32 rounding)
+        assert torch.allclose(singles, moves[family], rtol=1e-4, atol=1e-5)
+        assert torch.allclose(doubled, 2 * moves[family], rtol=1e-4, atol=1e-5)
+        assert torch.count_nonzero(moves[family][:n_weights]) > n_weights // 2
+        assert not bool(moves[family][n_weights:].any())
     assert not bool((moves["lowrank"] == moves["gaussian"]).all())  # each family draws its own noise
     science.apply_seconds("lowrank", n_workers=1, k=2, repeats=1)  # times that step; its seconds go to make bench
 

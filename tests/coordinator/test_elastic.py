@@ -43,9 +43,10 @@ def own_cluster() -> Iterator[Any]:
             ray.init(address=shared, namespace="hes", log_to_driver=False)
 
 
-def cfg() -> dict:
+def cfg(full_rounds: str = "server") -> dict:
     return small_config("elastic", 5, model={"hidden": [32]}, train={"epochs": 2},
-                        hybrid={"k": 4, "replica_check_every": 3}, cluster={"workers": 2, "cpus_per_worker": 1})
+                        hybrid={"k": 4, "replica_check_every": 3},
+                        cluster={"workers": 2, "cpus_per_worker": 1, "full_rounds": full_rounds})
 
 
 def wait_alive(actor: Any) -> None:
@@ -56,13 +57,15 @@ def wait_alive(actor: Any) -> None:
         time.sleep(0.2)
 
 
-def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: Any, tmp_path: Path,
+@pytest.mark.parametrize("full_rounds", ["server", "allreduce"])
+def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: Any, tmp_path: Path, full_rounds: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """allreduce: the group is formed again over the worker left (a group of one), then over both."""
     torch.set_num_threads(1)
     monkeypatch.setattr(membership_module, "REJOIN_POLL_S", 0.0)  # look for the missing worker every round
     head = ray.get_runtime_context().get_node_id()
     seen: dict[str, Any] = {"gradients": {}}
-    job = Job(validate_config(cfg()), tmp_path, pool_factory=ray_pool)
+    job = Job(validate_config(cfg(full_rounds)), tmp_path, pool_factory=ray_pool)
 
     def on_round(event, progress) -> None:  # type: ignore[no-untyped-def]
         pool = job.pool
@@ -82,7 +85,7 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
             seen["grown"] = event.round
             seen["nodes"] = {i.node for i in ray.get([a.info.remote() for a in pool.actors])}  # type: ignore[union-attr]
         if event.kind == "full":  # the combined gradient is the whole batch's mean, however many workers
-            seen["gradients"][event.round] = (pool.alive, job._loop.pending.array.copy())  # type: ignore[union-attr]
+            seen["gradients"][event.round] = (pool.alive, job.state.grad.numpy().copy())  # type: ignore[union-attr]
         seen["theta"][event.round + 1] = job.state.theta.numpy().copy()
 
     seen["theta"] = {0: job.state.theta.numpy().copy()}  # the parameters each round starts from

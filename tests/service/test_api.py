@@ -36,6 +36,8 @@ BLACKBOX = {
     "hes_eval_return": ("gauge", {"job"}),
     "hes_worker_episodes_per_second": ("gauge", {"job"}),
 }
+# an allreduce job's (cluster.full_rounds allreduce) ring bytes: declared per job, zero in server mode
+RING = {"hes_ring_bytes": ("counter", {"job", "kind", "direction"})}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +106,8 @@ def test_job_succeeds_with_history_and_model(http: httpx.Client, finished: dict[
 def test_metrics_carry_the_contract(http: httpx.Client, finished: dict[str, Any]) -> None:
     families = metric_families(http)
     hes = {name: f for name, f in families.items() if name.startswith("hes_")}
-    assert set(hes) == set(CONTRACT) | set(BLACKBOX)
-    for name, (kind, labels) in (CONTRACT | BLACKBOX).items():
+    assert set(hes) == set(CONTRACT) | set(BLACKBOX) | set(RING)
+    for name, (kind, labels) in (CONTRACT | BLACKBOX | RING).items():
         assert hes[name].type == kind, name
         assert hes[name].samples or name in BLACKBOX, name
         for s in hes[name].samples:

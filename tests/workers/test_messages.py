@@ -62,3 +62,22 @@ def test_need_sync_and_sync_round_trip() -> None:
     assert s.version == 9 and np.array_equal(s.theta, theta) and np.array_equal(s.grad, grad)
     assert decode_sync(encode_sync(Sync(0, theta, None))).grad is None
     assert s.theta.flags.writeable and s.grad is not None and s.grad.flags.writeable
+
+
+def test_allreduce_round_trip_carries_no_array() -> None:
+    """cluster.full_rounds allreduce: the decision names the workers' own sum (1 B), the result carries the
+    ring's bytes instead of the gradient, a sync read from a replica carries the array not applied yet."""
+    header, decision = encode_task(Task(8, RoundKind.FULL, Decision(7, DecisionKind.GRAD, reduced=True)))
+    assert len(decision) == 1
+    assert decode_task(header, decision).decision == Decision(7, DecisionKind.GRAD, reduced=True)
+    res = Result(8, 2, loss_sum=3.5, examples=500, digest=b"12345678", ring=(2 * 10**9, 2 * 10**9 + 1))
+    head, array, digest = encode_result(res, RoundKind.FULL)
+    assert array is None and payload_size(head, array) == 7 + 8 + 16
+    assert decode_result(head, array, digest, RoundKind.FULL) == res
+    failed = encode_result(Result(8, 2, Status.COLLECTIVE_FAILED), RoundKind.FULL)
+    assert decode_result(*failed, RoundKind.FULL).status == Status.COLLECTIVE_FAILED
+    theta, grad, reduced = (np.full(5, v, np.float32) for v in (1, 2, 3))
+    s = decode_sync(encode_sync(Sync(9, theta, grad, history=(grad,), reduced=reduced)))
+    assert np.array_equal(s.theta, theta) and np.array_equal(s.history[0], grad)
+    assert s.reduced is not None and np.array_equal(s.reduced, reduced)
+    assert decode_sync(encode_sync(Sync(9, theta, None))).reduced is None
