@@ -20,14 +20,16 @@ from coordinator.relays import AUTO_MIN_PER_NODE, use_relays
 pytestmark = pytest.mark.slow
 
 
-def cfg(relays: bool) -> dict:
+def cfg(relays: bool, full_rounds: str = "server") -> dict:
     return small_config("relays", 7, train={"epochs": 2},
                         hybrid={"k": 2, "replica_check_every": 3},
-                        cluster={"workers": 3, "cpus_per_worker": 0.5, "relays": relays})
+                        cluster={"workers": 3, "cpus_per_worker": 0.5, "relays": relays, "full_rounds": full_rounds})
 
 
-def test_relays_change_no_bit_and_no_byte_and_call_once_per_node(ray_cluster: object, tmp_path: Path) -> None:
-    direct = Job(validate_config(cfg(False)), tmp_path / "direct", pool_factory=ray_pool)
+@pytest.mark.parametrize("full_rounds", ["server", "allreduce"])
+def test_relays_change_no_bit_and_no_byte_and_call_once_per_node(ray_cluster: object, tmp_path: Path,
+                                                                 full_rounds: str) -> None:
+    direct = Job(validate_config(cfg(False, full_rounds)), tmp_path / "direct", pool_factory=ray_pool)
     r1 = direct.run()
     calls: list[int] = []
     nodes: set[str] = set()
@@ -39,7 +41,7 @@ def test_relays_change_no_bit_and_no_byte_and_call_once_per_node(ray_cluster: ob
         if event.round == 0:
             nodes.update(i.node for i in ray.get([a.info.remote() for a in pool.actors]))
 
-    relayed = Job(validate_config(cfg(True)), tmp_path / "relayed", pool_factory=ray_pool)
+    relayed = Job(validate_config(cfg(True, full_rounds)), tmp_path / "relayed", pool_factory=ray_pool)
     r2 = relayed.run(on_round=look)
     assert r1.status == r2.status == "SUCCEEDED"
     assert np.array_equal(direct.state.theta.numpy(), relayed.state.theta.numpy())
