@@ -13,6 +13,7 @@ soft node affinity, so that a relay for a node that has just gone is placed else
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ RELAY_MARGIN_S = 30.0  # a relay answers within the workers' call timeout plus t
 AUTO_MIN_PER_NODE = 4  # cluster.relays auto: relays once a node holds this many of the job's workers
 
 
-def use_relays(setting: bool | str, nodes: list[str | None]) -> bool:
+def use_relays(setting: bool | str, nodes: Sequence[str | None]) -> bool:
     """cluster.relays for workers placed on `nodes` (each worker's). auto turns them on where the calls they save
     outweigh the hop they add (BENCHMARKS.md, "Fan-out"): the workers span several nodes, whose relays then
     fan out side by side, and some node holds AUTO_MIN_PER_NODE of them. On one node a relay only moves the
