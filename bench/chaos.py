@@ -66,13 +66,16 @@ class Plan:
     start_timeout_s: float = 180.0  # until every job has done a round
     end_timeout_s: float = 1200.0  # until every job has ended, after the window
     seed: int = 12
+    # cluster.full_rounds of job i: full_rounds[i % len]; both ways are soaked (allreduce: the workers' gloo group)
+    full_rounds: tuple[str, ...] = ("server", "allreduce")
 
     def job(self, i: int) -> dict[str, Any]:
         return {"name": f"chaos-{i}", "seed": 100 + i, "data": {"dataset": "digits"},
                 "model": {"arch": "mlp", "hidden": [32], "activation": "sigmoid"},
                 "train": {"epochs": self.epochs, "batch_size": 100, "lr": 1.0, "l2": 1e-4},
                 "hybrid": {"mode": "hybrid", "r": 2, "k": 4, "sigma": 1.0, "combine": "argmin"},
-                "cluster": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0}}
+                "cluster": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0,
+                            "full_rounds": self.full_rounds[i % len(self.full_rounds)]}}
 
 
 @dataclass
@@ -550,7 +553,9 @@ def render(report: Report, command: str, started_at: datetime.datetime, version:
         twin = report.twins.get(jid, {})
         a, b = dev(job), dev(twin)
         same = (job.get("result") or {}).get("final") == (twin.get("result") or {}).get("final") and a == a
-        job_rows.append([f"{jid} ({plan.job(i)['name']}, seed {plan.job(i)['seed']})", job.get("status", "?"),
+        spec = plan.job(i)
+        job_rows.append([f"{jid} ({spec['name']}, seed {spec['seed']}, full rounds {spec['cluster']['full_rounds']})",
+                         job.get("status", "?"),
                          job.get("restarts", 0), (job.get("result") or {}).get("worker_failures", "n/a"),
                          f"{100 * a:.2f}%" if a == a else "n/a",
                          f"{100 * b:.2f}%" if b == b else f"n/a ({twin.get('status', 'not run')})",

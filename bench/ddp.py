@@ -2,10 +2,12 @@
 
     python bench/ddp.py --address HOST:PORT --config paper-hes-r2 --set data.path=... --workers 3 --out run.json
 
-Same model (workers/models.py, the same initial parameters), data (workers/data.py, read on each worker's node),
-global batch, learning rate, L2 term (2 * lr * l2 * W on the weights) and epochs as `hes train`; each of the
-workers takes its share of every global minibatch and DDP averages the gradients. Rank 0 evaluates dev accuracy
-after each epoch; the history (epoch, seconds since training began, dev accuracy) goes to --out as JSON.
+Same model (workers/models.py, the same initial parameters), data (the job's own loader, coordinator/parts.py
+load_data, read on each worker's node: data.classes keeps the same examples), global batch, learning rate, L2 term
+(2 * lr * l2 * W on the weights) and epochs as `hes train`; each of the workers takes its share of every global
+minibatch and DDP averages the gradients. Rank 0 evaluates dev accuracy after each epoch and times its steps
+(forward, backward with DDP's allreduce, update; not Ray Train's start-up nor the evaluations); the history (epoch,
+seconds since training began, dev accuracy), the steps and their seconds go to --out as JSON (DdpRun).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,39 @@ import torch
 import torch.nn.functional as F
 
 from coordinator.config import load_config
-from workers.data import load_dataset
+from coordinator.parts import load_data
 from workers.models import build_model
 
 
+@dataclass(frozen=True)
+class Epoch:
+    epoch: int
+    seconds: float  # since training began
+    dev_accuracy: float
+
+
+@dataclass(frozen=True)
+class DdpRun:
+    """What one run wrote to --out."""
+    history: list[Epoch]
+    seconds: float  # training seconds, to the end of the last epoch's evaluation
+    wall_seconds: float  # trainer.fit() as a whole, Ray Train's start-up included
+    steps: int
+    step_seconds: float  # the steps' own seconds, summed (rank 0)
+    parameters: int  # P
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> DdpRun:
+        doc = json.loads(path.read_text())
+        return cls(**{**doc, "history": [Epoch(**h) for h in doc["history"]]})
+
+
 def train_loop(loop: dict[str, Any]) -> None:
-    """One DDP worker: the global minibatch's share, averaged gradients, the job's update rule. Rank 0 writes the
-    history to loop["history"] (the sandbox's hosts share one file system)."""
+    """One DDP worker: the global minibatch's share, averaged gradients, the job's update rule. Rank 0 writes its
+    history and step times to loop["history"] (the sandbox's hosts share one file system)."""
     import ray.train
     from torch.nn.parallel import DistributedDataParallel
 
@@ -39,7 +68,7 @@ def train_loop(loop: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     ctx = ray.train.get_context()
     rank, size = ctx.get_world_rank(), ctx.get_world_size()
-    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.dev_size, cfg.seed)
+    data = load_data(cfg)
     model = build_model(cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.init, data.image_side)
     net = Flat(model)
     net.theta.data = torch.from_numpy(model.initial_parameters(cfg.seed))
@@ -48,10 +77,11 @@ def train_loop(loop: dict[str, Any]) -> None:
     xd, yd = torch.from_numpy(data.x_dev), torch.from_numpy(data.y_dev)
     lr, l2, batch, nw = cfg.train.lr, cfg.train.l2, cfg.train.batch_size, model.num_weights
     rounds = len(x) // batch
-    history, started = [], time.perf_counter()
+    history, started, step_seconds = [], time.perf_counter(), 0.0
     for epoch in range(1, cfg.train.epochs + 1):
         order = torch.from_numpy(np.random.default_rng(cfg.seed + epoch).permutation(len(x)))
         for r in range(rounds):
+            step_started = time.perf_counter()
             mine = order[r * batch:(r + 1) * batch][rank::size]
             loss = F.cross_entropy(ddp(x[mine]), y[mine])
             ddp.zero_grad()
@@ -61,12 +91,15 @@ def train_loop(loop: dict[str, Any]) -> None:
                 decay = 2.0 * lr * l2 * theta[:nw]
                 theta.sub_(lr * grad)
                 theta[:nw].sub_(decay)
+            step_seconds += time.perf_counter() - step_started
         if rank == 0:
             with torch.no_grad():
                 dev = float((net(xd).argmax(1) == yd).float().mean())
             history.append({"epoch": epoch, "seconds": time.perf_counter() - started, "dev_accuracy": dev})
     if rank == 0:
-        Path(loop["history"]).write_text(json.dumps(history))
+        Path(loop["history"]).write_text(json.dumps({"history": history, "steps": rounds * cfg.train.epochs,
+                                                     "step_seconds": step_seconds,
+                                                     "parameters": model.num_parameters}))
 
 
 class Flat(torch.nn.Module):
@@ -108,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     if result.error is not None:
         raise result.error
-    history = json.loads(Path(args.out).read_text())
-    Path(args.out).write_text(json.dumps({"history": history, "wall_seconds": wall,
-                                          "seconds": history[-1]["seconds"] if history else 0.0}))
+    rank0 = json.loads(Path(args.out).read_text())
+    history = [Epoch(**h) for h in rank0["history"]]
+    DdpRun(history, history[-1].seconds if history else 0.0, wall, rank0["steps"], rank0["step_seconds"],
+           rank0["parameters"]).write(Path(args.out))
     return 0
 
 

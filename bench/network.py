@@ -11,14 +11,18 @@ predicts 100 Mbit/s and 10 Mbit/s.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from common import ROOT, Context, code, table
+from ddp import DdpRun
+
+from coordinator.documents import JobResult
 
 sys.path.insert(0, str(ROOT / "deploy"))
 import netlab  # noqa: E402
@@ -50,6 +54,11 @@ class Row:
     busiest: int  # bytes in the busiest direction of the busiest host link
     busiest_host: str
     status: str = "SUCCEEDED"
+    workers: int = WORKERS
+    rounds: int = 0  # full rounds (H-ES: result.json rounds.full; DDP: its steps)
+    round_seconds: float = float("nan")  # seconds in those rounds (seconds.full_rounds; DDP: its steps' time)
+    parameters: int = 0  # P, the model's parameters
+    ring_sent: int = 0  # bytes the workers' allreduce sent, all workers' (result.json bytes.ring.full.sent)
 
     def to_reach(self, target: float) -> float:
         return next((s for s, acc in self.history if acc >= target), float("nan"))
@@ -59,38 +68,59 @@ class Row:
         return self.history[-1][1] if self.history else float("nan")
 
 
-def run_row(lab: netlab.Lab, ctx: Context, label: str, preset: str, sets: tuple[str, ...], epochs: int) -> Row:
-    out = ctx.work / f"net-{lab.link}-{label.replace(' ', '_').replace('=', '')}"
-    out.mkdir(parents=True, exist_ok=True)
+def run_row(lab: netlab.Lab, ctx: Context, label: str, preset: str, sets: tuple[str, ...], epochs: int,
+            workers: int = WORKERS) -> Row:
+    """One row as a user runs it on the head host (DDP when `label` is DDP: `sets` go to bench/ddp.py, so they may
+    name data keys only), with the busiest host link's bytes around it."""
+    slug = label.replace(" ", "_").replace("=", "").replace(",", "")
+    out = Path(tempfile.mkdtemp(prefix=f"net-{lab.link}-{workers}w-{slug}-", dir=ctx.work))
     common = ["--set", f"data.path={ctx.mnist}", "--set", f"train.epochs={epochs}"]
+    for s in sets:
+        common += ["--set", s]
     if label == DDP:
         cmd = [f"{lab.venv}/bin/python", str(ROOT / "bench" / "ddp.py"), "--address", lab.ray_address,
-               "--config", preset, *common, "--workers", str(WORKERS), "--out", str(out / "ddp.json")]
+               "--config", preset, *common, "--workers", str(workers), "--out", str(out / "ddp.json")]
     else:
         cmd = [f"{lab.venv}/bin/hes", "train", "--config", preset, "--out", str(out), *common,
-               "--set", f"cluster.address={lab.ray_address}", "--set", f"cluster.workers={WORKERS}"]
-        for s in sets:
-            cmd += ["--set", s]
+               "--set", f"cluster.address={lab.ray_address}", "--set", f"cluster.workers={workers}"]
     before = [lab.link_bytes(i) for i in range(1, lab.hosts + 1)]
     done = subprocess.run(["ip", "netns", "exec", lab.host(1), *cmd], env=lab.env(), cwd=ROOT, capture_output=True,
                           text=True, timeout=JOB_TIMEOUT)
     after = [lab.link_bytes(i) for i in range(1, lab.hosts + 1)]
     moved = [max(a.tx - b.tx, a.rx - b.rx) for a, b in zip(after, before, strict=True)]
     busiest = max(range(len(moved)), key=lambda i: moved[i])
+    row = Row(label, lab.link, epochs, float("nan"), [], moved[busiest], lab.host(busiest + 1), workers=workers)
     if label == DDP:
         if done.returncode != 0:
             raise RuntimeError(f"{label} at {lab.link}: {done.stderr[-800:]}")
-        doc = json.loads((out / "ddp.json").read_text())
-        history = [(h["seconds"], h["dev_accuracy"]) for h in doc["history"]]
-        seconds, status = float(doc["seconds"]), "SUCCEEDED"
-    else:
-        if not (out / "result.json").is_file():
-            raise RuntimeError(f"{label} at {lab.link}: no result.json: {done.stdout[-800:]}")
-        result = json.loads((out / "result.json").read_text())
-        with open(out / "history.csv") as f:
-            history = [(float(r["seconds"]), float(r["dev_accuracy"])) for r in csv.DictReader(f)]
-        seconds, status = float(result["seconds"]["total"]), result["status"]
-    return Row(label, lab.link, epochs, seconds, history, moved[busiest], lab.host(busiest + 1), status)
+        ddp = DdpRun.read(out / "ddp.json")
+        row.history = [(h.seconds, h.dev_accuracy) for h in ddp.history]
+        row.seconds, row.rounds, row.round_seconds = ddp.seconds, ddp.steps, ddp.step_seconds
+        row.parameters = ddp.parameters
+        return row
+    if not (out / "result.json").is_file():
+        raise RuntimeError(f"{label} at {lab.link}: no result.json: {done.stdout[-800:]}")
+    result = JobResult.model_validate_json((out / "result.json").read_text())
+    with open(out / "history.csv") as f:
+        row.history = [(float(r["seconds"]), float(r["dev_accuracy"])) for r in csv.DictReader(f)]
+    row.seconds, row.status, row.rounds = result.seconds.total, result.status.value, result.rounds.full
+    row.round_seconds, row.parameters = result.seconds.full_rounds, result.num_parameters or 0
+    row.ring_sent = result.bytes.ring.full.sent
+    return row
+
+
+def run_row_or_failed(lab: netlab.Lab, ctx: Context, label: str, preset: str, sets: tuple[str, ...], epochs: int,
+                      workers: int = WORKERS) -> Row:
+    """run_row, with a row that could not run (the job failed, timed out, or the sandbox broke) as a FAILED row
+    that its table reports."""
+    try:
+        return run_row(lab, ctx, label, preset, sets, epochs, workers)
+    except (RuntimeError, subprocess.TimeoutExpired, netlab.LabError) as e:
+        return Row(label, lab.link, epochs, float("nan"), [], 0, "-", f"FAILED: {str(e)[-300:]}", workers)
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def measure(ctx: Context) -> tuple[list[Row], list[str]]:
@@ -100,11 +130,8 @@ def measure(ctx: Context) -> tuple[list[Row], list[str]]:
         netlab.up(lab)
         try:
             for label, preset, sets in ROWS:
-                try:
-                    rows.append(run_row(lab, ctx, label, preset, sets, epochs))
-                except (RuntimeError, subprocess.TimeoutExpired, netlab.LabError) as e:  # reported in its row
-                    rows.append(Row(label, link, epochs, float("nan"), [], 0, "-", f"FAILED: {str(e)[-300:]}"))
-                loads.append(f"{link} {label}: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+                rows.append(run_row_or_failed(lab, ctx, label, preset, sets, epochs))
+                loads.append(f"{link} {label}: {load_average()}")
         finally:
             netlab.down(lab.prefix)
     return rows, loads

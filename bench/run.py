@@ -14,7 +14,9 @@ science (issue 15: the IID, non-IID and fine-tuning comparisons of "Beyond the p
 the local backend, two jobs side by side; about 70 minutes on 2 cores), blackbox (issue 23: CartPole-v1 and
 Acrobot-v1 on 1, 2, 4 Ray workers against a plain OpenAI-ES loop and EvoTorch's PGPE; about 17 minutes),
 network (issue 20: the paper MLP over namespace hosts with tc-limited links, H-ES against Ray Train's DDP; root,
-about 40 minutes). With --only, the other sections already in --out are kept as they were.
+about 40 minutes), allreduce (issue 21: full rounds through the server, a gloo ring and DDP at N = 2, 3, 6 over
+100 Mbit/s and 10 Mbit/s links, and the time to 95% dev; root, about 20 minutes). With --only, the other sections
+already in --out are kept as they were.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import accuracy
+import allreduce
 import blackbox
 import fanout
 import fast_trials
@@ -67,6 +70,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], str]]] = {
     "blackbox": ("Black-box objectives: a policy trained by its episode returns (issue 23)", blackbox.run),
     "network": ("Over a real network: a head and 3 worker hosts, links of 1 Gbit/s, 100 Mbit/s and 10 Mbit/s "
                 "(issue 20)", network.run),
+    "allreduce": ("Full rounds among the workers: server, allreduce and Ray Train DDP over the network sandbox "
+                  "(issue 21)", allreduce.run),
 }
 
 

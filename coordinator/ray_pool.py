@@ -180,6 +180,8 @@ class RayPool(PoolCore):
         while True:
             before = list(self.live)
             replies, late = self._gather(refs)
+            if self.reduces and len(replies) < len(refs):
+                state()  # a worker died or hangs: the coordinator reads the state now, while a replica holds it
             results, failed = {}, False
             for i in (refs.slots if isinstance(refs, RelayCalls) else list(refs)):
                 ref = refs.get(i) if isinstance(refs, dict) else None
@@ -215,14 +217,15 @@ class RayPool(PoolCore):
         members = tuple(self.live)
         if self._group == members:
             return
+        ranks = self.workers.by_node(members)  # neighbours in the ring share a node: one crossing per node link
         self._generation += 1
         self._group = None
         try:
-            host, port = ray.get(self.workers.actors[members[0]].open_store.remote(),
+            host, port = ray.get(self.workers.actors[ranks[0]].open_store.remote(),
                                  timeout=self.settings.call_timeout_s)
             ray.get([self.workers.actors[i].join.remote(
-                GroupSpec(self._generation, rank, len(members), host, port, self.settings.collective_timeout_s))
-                for rank, i in enumerate(members)], timeout=JOIN_TIMEOUT_S + self.settings.call_timeout_s)
+                GroupSpec(self._generation, rank, len(ranks), host, port, self.settings.collective_timeout_s))
+                for rank, i in enumerate(ranks)], timeout=JOIN_TIMEOUT_S + self.settings.call_timeout_s)
         except (RayError, GetTimeoutError):
             return
         self._group = members
@@ -230,16 +233,20 @@ class RayPool(PoolCore):
     def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
         """A live replica's state at `version` (worker `source` first when given), counted as sync up."""
         order = ([source] if source in self.live else []) + [i for i in self.live if i != source]
+        why = []
         for i in order:
             try:
                 data = ray.get(self.workers.actors[i].pull.remote(version), timeout=self.settings.call_timeout_s)
-            except (RayActorError, GetTimeoutError):
+            except (RayActorError, GetTimeoutError) as e:
+                why.append(f"worker {i} did not answer ({type(e).__name__})")
                 continue
             if data is not None:
                 rb.add("sync", "up", len(data))
                 return decode_sync(data)
+            why.append(f"worker {i} holds another round")
         raise RuntimeError(f"cluster.full_rounds allreduce: no live worker holds the state of round {version} "
-                           "(every replica was lost at once); the job can resume from its last checkpoint")
+                           f"({'; '.join(why)}): every replica was lost at once; `hes train --resume` continues the "
+                           "job from its last checkpoint")
 
     def _gather(self, refs: dict[int, ray.ObjectRef] | RelayCalls) -> tuple[dict[int, Reply | Failed], set[int]]:
         """The workers' replies, fetched together: one ray.wait and one ray.get for all of them, not one blocking

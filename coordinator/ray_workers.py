@@ -152,6 +152,15 @@ class RayWorkers:
         """Whether worker i's bundle has a node."""
         return bool(placement_group_table(self.pg)["bundles_to_node_id"].get(i))
 
+    def by_node(self, slots: tuple[int, ...]) -> list[int]:
+        """The slots ordered so that those on one node come together (nodes in order of their first slot), as Ray
+        Train orders its ranks: a ring over them crosses each node's link once each way."""
+        nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+        first: dict[str, int] = {}
+        for i in slots:
+            first.setdefault(nodes.get(i, ""), i)
+        return sorted(slots, key=lambda i: (first[nodes.get(i, "")], i))
+
     def answers(self, i: int) -> bool:
         try:
             ray.get(self.actors[i].info.remote(), timeout=PROBE_S)

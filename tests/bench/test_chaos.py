@@ -1,4 +1,5 @@
-"""`make chaos` in short: bench/chaos.py's soak with one job, an 8 s fault window with one worker kill and one
+"""`make chaos` in short: bench/chaos.py's soak with one job (cluster.full_rounds allreduce), an 8 s fault window
+with one worker kill and one
 service restart, its fault-free twin, and the section it writes (into a copy, never the repository's file)."""
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def own_processes() -> set[int]:
 
 def test_a_short_soak_survives_a_worker_kill_and_a_service_restart(tmp_path: Path) -> None:
     # enough epochs that the job outlives the fault window on an idle machine too (50 ended in 3 s)
+    # allreduce: the killed worker's peer fails its collective and the group is formed again (server mode's kills
+    # are tests/coordinator/test_ray.py's)
     plan = chaos.Plan(jobs=1, epochs=300, window_s=8, worker_kill_every_s=(3.0, 3.0), coordinator_kill_at=None,
-                      service_restart_at=0.6, node_removal_at=None, end_timeout_s=300)
+                      service_restart_at=0.6, node_removal_at=None, end_timeout_s=300, full_rounds=("allreduce",))
     # in a process of its own: the soak's Ray token settings and clusters must not outlive it in this one,
     # which the session's other Ray tests share
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
