@@ -180,10 +180,11 @@ class RayPool(PoolCore):
         while True:
             before = list(self.live)
             replies, late = self._gather(refs)
-            if self.reduces and len(replies) < len(refs):
+            slots = refs.slots if isinstance(refs, RelayCalls) else list(refs)
+            if self.reduces and any(not isinstance(replies.get(i), tuple) for i in slots):
                 state()  # a worker died or hangs: the coordinator reads the state now, while a replica holds it
             results, failed = {}, False
-            for i in (refs.slots if isinstance(refs, RelayCalls) else list(refs)):
+            for i in slots:
                 ref = refs.get(i) if isinstance(refs, dict) else None
                 res = self._collect(i, ref, task, rb, replies.get(i), 0.0 if i in late else None)
                 if reduced and res is not None and res.status != Status.OK:
