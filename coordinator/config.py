@@ -264,10 +264,9 @@ class ClusterConfig(_Strict):
         "call per node per round instead of one per worker, and the relay returns its node's replies together; "
         "bytes and results are the same. A relay adds one hop to every round and moves the calls to its own "
         "process, so `auto` turns relays on only when the workers span several nodes (whose relays fan out side "
-        "by side) and one of them holds at least 4 workers, where they cut the coordinator's CPU per round by "
-        "about half and its growth per worker to a fifth (BENCHMARKS.md, \"Fan-out\"); with one worker per node "
-        "they only add the hop. A relay that dies is made again; its workers are recovered as after any failed "
-        "call."))
+        "by side) and one of them holds at least 4 workers, where they cut the coordinator's CPU per round and "
+        "how fast it grows with the workers (BENCHMARKS.md, \"Fan-out\"); with one worker per node they save no "
+        "call. A relay that dies is made again; its workers are recovered as after any failed call."))
     full_rounds: Literal["server", "allreduce"] = Field(default="server", description=(
         "How full rounds (and localsgd averages) travel. `server`: every worker sends its gradient to the "
         "coordinator, which sends the mean back (2 x workers x 4P bytes through the coordinator's link per round). "
