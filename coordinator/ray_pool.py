@@ -218,7 +218,7 @@ class RayPool(PoolCore):
         members = tuple(self.live)
         if self._group == members:
             return
-        ranks = self.workers.by_node(members)  # neighbours in the ring share a node: one crossing per node link
+        ranks = members  # rank = place among the live slots, which RayWorkers lays out by node
         self._generation += 1
         self._group = None
         try:

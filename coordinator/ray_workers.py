@@ -82,11 +82,19 @@ class RayWorkers:
             raise ClusterTooSmall(f"cluster.workers: {len(specs)} workers could not be placed within "
                                   f"{PLACEMENT_TIMEOUT_S:.0f} s (CPUs busy with other jobs?)")
         self.data = data
+        # worker slot i takes bundle self.bundle[i]: the bundles by node, so that consecutive slots share a node and
+        # a ring over the slots in order (allreduce) crosses each node's link once each way, whatever the placement
+        nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+        first: dict[str, int] = {}
+        for b in range(len(specs)):
+            first.setdefault(nodes.get(b, ""), b)
+        self.bundle = list(range(len(specs)))
+        if len(set(self.gpus)) == 1:  # alike bundles only (a mixed job's GPU bundles come first, in slot order)
+            self.bundle.sort(key=lambda b: (first[nodes.get(b, "")], b))
         self.shared: dict[int, SharedBuffer] = {}
         if shared_memory:
             here = ray.get_runtime_context().get_node_id()
-            nodes = placement_group_table(self.pg)["bundles_to_node_id"]
-            self.shared = shared_buffers([i for i in range(len(specs)) if nodes.get(i) == here],
+            self.shared = shared_buffers([i for i in range(len(specs)) if nodes.get(self.bundle[i]) == here],
                                          specs[0].model.num_parameters)
         self.specs = [replace(sp, shared=self.shared[i].path) if i in self.shared else sp
                       for i, sp in enumerate(specs)]
@@ -113,7 +121,7 @@ class RayWorkers:
             raise RuntimeError(f"cluster: a worker actor failed to start: {e}") from None
 
     def _spawn(self, i: int) -> ray.actor.ActorHandle:
-        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.bundle[i])
         options = {"num_cpus": self.cpus, "num_gpus": self.gpus[i], "scheduling_strategy": strategy,
                    "max_restarts": -1, "max_task_retries": 0,
                    "runtime_env": with_env_vars(self.runtime_env, worker_env(self.specs[i].model.num_parameters))}
@@ -150,16 +158,7 @@ class RayWorkers:
 
     def placed(self, i: int) -> bool:
         """Whether worker i's bundle has a node."""
-        return bool(placement_group_table(self.pg)["bundles_to_node_id"].get(i))
-
-    def by_node(self, slots: tuple[int, ...]) -> list[int]:
-        """The slots ordered so that those on one node come together (nodes in order of their first slot), as Ray
-        Train orders its ranks: a ring over them crosses each node's link once each way."""
-        nodes = placement_group_table(self.pg)["bundles_to_node_id"]
-        first: dict[str, int] = {}
-        for i in slots:
-            first.setdefault(nodes.get(i, ""), i)
-        return sorted(slots, key=lambda i: (first[nodes.get(i, "")], i))
+        return bool(placement_group_table(self.pg)["bundles_to_node_id"].get(self.bundle[i]))
 
     def answers(self, i: int) -> bool:
         try:
