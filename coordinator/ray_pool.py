@@ -127,7 +127,7 @@ class RayPool(PoolCore):
         if use_relays(relays, self.workers.nodes()):
             env = with_env_vars(self.workers.runtime_env,
                                 {"RAY_max_direct_call_object_size": str(INLINE_RETURN_LIMIT), **NOT_NICED})
-            self.relays = Relays(self.workers.pg, self.workers.actors, env, self.settings.call_timeout_s)
+            self.relays = Relays(self.workers.nodes, self.workers.actors, env, self.settings.call_timeout_s)
             try:
                 self.relays.start(self.live)
             except BaseException:

@@ -154,7 +154,7 @@ class RayWorkers:
     def nodes(self) -> list[str | None]:
         """Each worker's node, as its bundle has it (None while it has none)."""
         table = placement_group_table(self.pg)["bundles_to_node_id"]
-        return [table.get(i) or None for i in range(len(self.actors))]
+        return [table.get(self.bundle[i]) or None for i in range(len(self.actors))]
 
     def placed(self, i: int) -> bool:
         """Whether worker i's bundle has a node."""

@@ -13,13 +13,12 @@ soft node affinity, so that a relay for a node that has just gone is placed else
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayError
-from ray.util.placement_group import PlacementGroup, placement_group_table
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # What a lost actor or node raises (a dead actor, or a reply lost with its node); any other error, such as a
@@ -116,9 +115,10 @@ class Relays:
     """The relays of one job's workers: grouped by the node of each worker's placement-group bundle (read again
     when the live workers change or a call failed, since a lost node's bundles move)."""
 
-    def __init__(self, pg: PlacementGroup, actors: list[ray.actor.ActorHandle], runtime_env: dict,
-                 call_timeout_s: float) -> None:
-        self.pg, self.actors, self.runtime_env = pg, actors, runtime_env  # `actors`: the pool's list, kept current
+    def __init__(self, nodes: Callable[[], list[str | None]], actors: list[ray.actor.ActorHandle],
+                 runtime_env: dict, call_timeout_s: float) -> None:
+        """`nodes`: each worker slot's node now (RayWorkers.nodes); `actors`: the pool's list, kept current."""
+        self.nodes, self.actors, self.runtime_env = nodes, actors, runtime_env
         self.call_timeout_s = call_timeout_s
         self.relays: dict[str, _Relay] = {}
         self.groups: dict[str, list[int]] = {}
@@ -130,11 +130,11 @@ class Relays:
         ray.get([self._relay(node).actor.info.remote() for node in self.groups])
 
     def _group(self, live: list[int]) -> None:
-        nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+        nodes = self.nodes()
         here = ray.get_runtime_context().get_node_id()
         groups: dict[str, list[int]] = {}
         for i in live:  # a bundle between nodes has none: any relay reaches its actor
-            groups.setdefault(nodes.get(i) or here, []).append(i)
+            groups.setdefault(nodes[i] or here, []).append(i)
         self.groups, self._live = groups, tuple(live)
         for node in [n for n in self.relays if n not in groups]:  # its workers moved or left
             ray.kill(self.relays.pop(node).actor, no_restart=True)
