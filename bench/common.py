@@ -160,7 +160,7 @@ class ObservedPool(Generic[P]):
 
     def __init__(self, inner: P) -> None:
         self.inner = inner
-        self.n_workers, self.overlaps = inner.n_workers, inner.overlaps
+        self.n_workers, self.overlaps, self.reduces = inner.n_workers, inner.overlaps, inner.reduces
 
     @property
     def alive(self) -> int:
@@ -199,6 +199,9 @@ class ObservedPool(Generic[P]):
 
     def round(self, task: Task, state: Callable[[], Sync]) -> tuple[list[Result], RoundBytes]:
         return self.collect(self.send(task), task, state)
+
+    def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
+        return self.inner.pull(version, rb, source)
 
     def resync(self, worker: int, state: Sync, rb: RoundBytes) -> None:
         self.inner.resync(worker, state, rb)

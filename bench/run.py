@@ -4,8 +4,9 @@ Run:  .venv/bin/python bench/run.py --mnist ../shared/data/mnist --out BENCHMARK
 Sections (all by default, about 40 minutes on 2 cores): table (the paper's Fig. 7 in process), rounds
 (engine vs plain PyTorch), ray (2 workers: hybrid, stale, localsgd, backprop), bytes (payload per round,
 three models), overhead (1 Ray worker vs in process), wire (Ray's framing captured with tshark), seeds
-(five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (1 to 32 tiny workers, about
-5 minutes), noise (the generator against NumPy's, a minute), gpu (`make gpu-check`; says so without a GPU),
+(five seeds of the r=2 rows and the reference, about 35 minutes more), fanout (4 to 32 tiny workers on 4
+nodes, direct and through relays, about 6 minutes), noise (the generator against NumPy's, a minute), gpu
+(`make gpu-check`; says so without a GPU),
 fast-trials (issue 13: low-rank and Gaussian trials, seconds, accuracy over seeds, payload, memory; about 45
 minutes), own-model (issue 14: the examples/ jobs against backprop, stale and localsgd; about 20 minutes),
 worker-memory (issue 15: peak memory of one worker's rounds per mode, fresh processes, about a minute),

@@ -259,6 +259,14 @@ class ClusterConfig(_Strict):
         "Passed to Ray for the job's actors, e.g. `{py_modules: [./mypkg]}` or `{working_dir: .}`, so that "
         "model.factory and data.factory import on every node; local paths are uploaded by the driver (`hes "
         "train` only: the service runs no code sent with a job)."))
+    relays: bool | Literal["auto"] = Field(default="auto", description=(
+        "Fan each round out through a relay actor per node (no CPU of its own): the coordinator makes one Ray "
+        "call per node per round instead of one per worker, and the relay returns its node's replies together; "
+        "bytes and results are the same. A relay adds one hop to every round and moves the calls to its own "
+        "process, so `auto` turns relays on only when the workers span several nodes (whose relays fan out side "
+        "by side) and one of them holds at least 4 workers, where they cut the coordinator's CPU per round and "
+        "how fast it grows with the workers (BENCHMARKS.md, \"Fan-out\"); with one worker per node they save no "
+        "call. A relay that dies is made again; its workers are recovered as after any failed call."))
     full_rounds: Literal["server", "allreduce"] = Field(default="server", description=(
         "How full rounds (and localsgd averages) travel. `server`: every worker sends its gradient to the "
         "coordinator, which sends the mean back (2 x workers x 4P bytes through the coordinator's link per round). "

@@ -6,6 +6,8 @@ a large decision (a full round's gradient) is `ray.put` once and its reference p
 but every worker still receives it, so it counts once per worker, e.g. 238,510 params * 4 B = 954,040 B
 (+ 1 B kind) per worker. Ray's own framing is not payload; `make bench` measures it on the wire.
 Workers on the coordinator's own node return their arrays through shared memory (coordinator/shared_buffers.py).
+With cluster.relays, `send` makes one call per node, to its relay (coordinator/relays.py), which returns its
+workers' replies together; a worker whose call failed there is recovered as one whose direct call failed.
 
 Faults. Worker actors restart as often as they die (`max_restarts=-1`); a restarted one comes back at version 0
 and is resynced (bytes counted as sync); its deaths are counted by the membership. A worker that does not answer a
@@ -42,6 +44,7 @@ from coordinator.membership import Membership
 from coordinator.parts import JobParts, worker_k
 from coordinator.pool_core import MAX_ATTEMPTS, PoolCore, decode_counted, encode_counted, without_decision
 from coordinator.ray_workers import (
+    INLINE_RETURN_LIMIT,
     NOT_NICED,
     ActorRecord,
     ClusterTooSmall,
@@ -49,7 +52,8 @@ from coordinator.ray_workers import (
     actor_record,
     worker_env,
 )
-from coordinator.runtime_env import resolve
+from coordinator.relays import Failed, RelayCalls, Relays, use_relays
+from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE
 from coordinator.ship_data import recipe, ship
 from workers.actor import WorkerData, WorkerSpec
@@ -93,8 +97,9 @@ Reply = tuple[bytes, np.ndarray | str | None, bytes]  # what WorkerActor.step re
 
 @dataclass
 class Sent:
-    """What `send` started: a call per live worker, the bytes so far, the task as sent."""
-    refs: dict[int, ray.ObjectRef]
+    """What `send` started: a call per live worker (or per node, through its relay), the bytes so far, the task
+    as sent."""
+    refs: dict[int, ray.ObjectRef] | RelayCalls
     rb: RoundBytes
     task: Task
 
@@ -104,9 +109,9 @@ class RayPool(PoolCore):
 
     def __init__(self, specs: list[WorkerSpec], data: list[WorkerData], cpus: float, gpus: float,
                  counters: Counters, settings: PoolSettings | None = None, gpu_workers: int | None = None,
-                 runtime_env: dict | None = None) -> None:
+                 runtime_env: dict | None = None, relays: bool | str = False) -> None:
         """The worker actors (coordinator/ray_workers.py RayWorkers: `data`, `gpus`, `gpu_workers` and
-        `runtime_env` are its) and the job's membership."""
+        `runtime_env` are its), the job's membership and, with `relays` (cluster.relays), a relay per node."""
         self.n_workers, self.counters = len(specs), counters
         self.settings = settings or PoolSettings.from_env()
         self.workers = RayWorkers(specs, data, cpus, gpus, counters, self.settings.shared_memory, gpu_workers,
@@ -117,6 +122,17 @@ class RayPool(PoolCore):
         self.reduces = any(sp.allreduce for sp in specs)
         self._group: tuple[int, ...] | None = None  # allreduce: the members of the workers' group, when formed
         self._generation = 0
+        self.calls = self.last_calls = 0  # the remote calls `send` made: in all, and for the last round
+        self.relays: Relays | None = None
+        if use_relays(relays, self.workers.nodes()):
+            env = with_env_vars(self.workers.runtime_env,
+                                {"RAY_max_direct_call_object_size": str(INLINE_RETURN_LIMIT), **NOT_NICED})
+            self.relays = Relays(self.workers.nodes, self.workers.actors, env, self.settings.call_timeout_s)
+            try:
+                self.relays.start(self.live)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def actors(self) -> list[ray.actor.ActorHandle]:
@@ -136,7 +152,15 @@ class RayPool(PoolCore):
         rb = RoundBytes()
         header, decision = encode_counted(task, rb, decision_label(task.decision, task.kind.label), len(self.live))
         arg = ray.put(decision) if len(decision) > PUT_THRESHOLD else decision
-        return Sent({i: self.workers.step(i, header, arg) for i in self.live}, rb, task)
+        refs: dict[int, ray.ObjectRef] | RelayCalls
+        if self.relays is not None:
+            refs = self.relays.send(self.live, header, arg)
+            self.last_calls = len(refs.calls)
+        else:
+            refs = {i: self.workers.step(i, header, arg) for i in self.live}
+            self.last_calls = len(refs)
+        self.calls += self.last_calls
+        return Sent(refs, rb, task)
 
     def _with_members(self, task: Task) -> Task:
         """The task, carrying the live workers when they changed since the workers last heard them."""
@@ -156,10 +180,12 @@ class RayPool(PoolCore):
         while True:
             before = list(self.live)
             replies, late = self._gather(refs)
-            if self.reduces and len(replies) < len(refs):
+            slots = refs.slots if isinstance(refs, RelayCalls) else list(refs)
+            if self.reduces and any(not isinstance(replies.get(i), tuple) for i in slots):
                 state()  # a worker died or hangs: the coordinator reads the state now, while a replica holds it
             results, failed = {}, False
-            for i, ref in refs.items():
+            for i in slots:
+                ref = refs.get(i) if isinstance(refs, dict) else None
                 res = self._collect(i, ref, task, rb, replies.get(i), 0.0 if i in late else None)
                 if reduced and res is not None and res.status != Status.OK:
                     failed = True  # the whole round is redone together: a lone rerun would wait for its peers
@@ -223,11 +249,15 @@ class RayPool(PoolCore):
                            f"({'; '.join(why)}): every replica was lost at once; `hes train --resume` continues the "
                            "job from its last checkpoint")
 
-    def _gather(self, refs: dict[int, ray.ObjectRef]) -> tuple[dict[int, Reply], set[int]]:
+    def _gather(self, refs: dict[int, ray.ObjectRef] | RelayCalls) -> tuple[dict[int, Reply | Failed], set[int]]:
         """The workers' replies, fetched together: one ray.wait and one ray.get for all of them, not one blocking
         get per worker in turn, a fixed cost per call that a round of many workers pays many times (BENCHMARKS.md,
         "Fan-out"); and the workers that did not answer within the call timeout, counted from the send. When a
-        reply is an error (its actor died), none is returned: each worker's own get then finds out who died."""
+        reply is an error (its actor died), none is returned: each worker's own get then finds out who died.
+        Through relays: their answers, one per node, each worker's failure marked in it."""
+        if isinstance(refs, RelayCalls):
+            assert self.relays is not None
+            return self.relays.gather(refs), set()
         order = list(refs)
         ready, _ = ray.wait([refs[i] for i in order], num_returns=len(order),
                             timeout=self.settings.call_timeout_s)
@@ -240,24 +270,33 @@ class RayPool(PoolCore):
             return {}, late
         return dict(zip(answered, values, strict=True)), late
 
-    def _collect(self, i: int, ref: ray.ObjectRef, task: Task, rb: RoundBytes, reply: Reply | None = None,
-                 timeout: float | None = None) -> Result | None:
+    def _collect(self, i: int, ref: ray.ObjectRef | None, task: Task, rb: RoundBytes,
+                 reply: Reply | Failed | None = None, timeout: float | None = None) -> Result | None:
         """Worker i's answer; NEED_SYNC when it died and came back (or restarted since its last call); None when
-        it cannot come back and has left the job. `reply`: its answer when it was fetched already; `timeout`: how
-        long to wait for it (default: the call timeout)."""
+        it cannot come back and has left the job. `reply`: its answer when it was fetched already (a relay's
+        marker when its call failed); `timeout`: how long to wait for it (default: the call timeout)."""
+        if isinstance(reply, Failed):
+            return self._lost(i, task, reply.hung)
         try:
             if reply is None:
-                reply = ray.get(ref, timeout=self.settings.call_timeout_s if timeout is None else timeout)
-            head, array, digest = reply
+                assert ref is not None, f"worker {i}: neither a reply nor a call"
+                got: Reply = ray.get(ref, timeout=self.settings.call_timeout_s if timeout is None else timeout)
+            else:
+                got = reply
+            head, array, digest = got
             array = self.workers.array(i, array)
         except (RayActorError, GetTimeoutError) as e:
-            if isinstance(e, GetTimeoutError):  # hung: kill it; Ray restarts it, at version 0
-                self.workers.kill(i)
-            return Result(task.round, i, Status.NEED_SYNC) if self.membership.recover(i) else None
+            return self._lost(i, task, isinstance(e, GetTimeoutError))
         res = decode_counted((head, array, digest), task.kind, rb)
         if res.status == Status.NEED_SYNC:
             self.membership.count_deaths(i)  # a restart between two calls, which no call saw fail
         return res
+
+    def _lost(self, i: int, task: Task, hung: bool) -> Result | None:
+        """Worker i's call failed: NEED_SYNC once it answers again, None when it left the job."""
+        if hung:  # kill it; Ray restarts it, at version 0
+            self.workers.kill(i)
+        return Result(task.round, i, Status.NEED_SYNC) if self.membership.recover(i) else None
 
     def _step(self, i: int, header: bytes, decision: bytes, task: Task, rb: RoundBytes) -> Result | None:
         return self._collect(i, self.workers.step(i, header, decision), task, rb)
@@ -277,6 +316,8 @@ class RayPool(PoolCore):
         raise RuntimeError(f"worker {i} could not be synced in round {self.membership.round + 1}")
 
     def close(self) -> None:
+        if self.relays is not None:
+            self.relays.close()
         self.workers.close()
 
 
@@ -295,4 +336,5 @@ def ray_pool(cfg: JobConfig, parts: JobParts, counters: Counters, gpu_workers: i
         arrays = [parts.data.stored_train.take(p) for p in parts.partitions]
     return RayPool(specs, ship(arrays, recipe(cfg), parts.partitions), cfg.cluster.cpus_per_worker,
                    cfg.cluster.gpus_per_worker, counters, PoolSettings.from_env(), gpu_workers,
-                   runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env))
+                   runtime_env if runtime_env is not None else resolve(cfg.cluster.runtime_env),
+                   cfg.cluster.relays)

@@ -151,6 +151,11 @@ class RayWorkers:
     def record(self, i: int) -> ActorRecord:
         return actor_record(self.actors[i])
 
+    def nodes(self) -> list[str | None]:
+        """Each worker's node, as its bundle has it (None while it has none)."""
+        table = placement_group_table(self.pg)["bundles_to_node_id"]
+        return [table.get(self.bundle[i]) or None for i in range(len(self.actors))]
+
     def placed(self, i: int) -> bool:
         """Whether worker i's bundle has a node."""
         return bool(placement_group_table(self.pg)["bundles_to_node_id"].get(self.bundle[i]))

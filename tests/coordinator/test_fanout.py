@@ -38,12 +38,18 @@ def test_replies_fetched_together_change_no_byte_and_no_bit(ray_cluster: object,
     assert per_round <= 32  # a stochastic round's reply stays a few dozen bytes per worker
 
 
-def test_slope_and_verdict() -> None:
-    points = [fanout.Point(n, 1.0 + 0.25 * n, 0.5 + 0.1 * n, 2.0, 21, 6, 30) for n in fanout.WORKERS]
-    b, a = fanout.slope([float(p.workers) for p in points], [p.wall_ms for p in points])
+def test_slopes_and_verdicts() -> None:
+    def point(n: int, relays: bool, cpu: float) -> fanout.Point:
+        return fanout.Point(n, relays, n // fanout.NODES, fanout.NODES if relays else n, 1.0 + 0.25 * n, cpu,
+                            cpu + 0.1, 0.5, 2.0, 21, 6, 30)
+
+    points = [point(n, relays, 0.5 + (0.02 if relays else 0.25) * n)
+              for n in fanout.WORKERS for relays in (False, True)]
+    b, a = fanout.slope([float(p.workers) for p in points[::2]], [p.wall_ms for p in points[::2]])
     assert b == pytest.approx(0.25) and a == pytest.approx(1.0)
     text = fanout.render(points)
-    assert "**0.250 ms per added worker**" in text and "**meets**" in text
-    assert "**0.100 ms per worker**" in text and "| 32 |" in text
-    slow = [fanout.Point(n, 1.0 + n, 0.5, 2.0, 21, 6, 30) for n in fanout.WORKERS]
-    assert "**misses**" in fanout.render(slow)
+    assert "**0.020 ms per added worker**" in text and "against 0.250 ms" in text
+    assert "**meets** for the thread" in text and "| 32 | relays | 8 | 4 |" in text
+    assert "1.00x at 1 per node" in text
+    slow = [point(n, relays, 0.5 + 0.1 * n) for n in fanout.WORKERS for relays in (False, True)]
+    assert "**misses** for the thread" in fanout.render(slow)
