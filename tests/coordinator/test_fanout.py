@@ -19,7 +19,7 @@ from configs import small_config
 
 def tiny(workers: int) -> dict:
     return small_config("fanout", hybrid={"k": 1, "replica_check_every": 3},
-                        cluster={"workers": workers, "cpus_per_worker": 0.25})
+                        cluster={"workers": workers, "cpus_per_worker": 0.25, "relays": False})  # direct calls
 
 
 @pytest.mark.slow
