@@ -58,13 +58,14 @@ from coordinator.shared_buffers import SHM_DISABLE
 from coordinator.ship_data import recipe, ship
 from workers.actor import WorkerData, WorkerSpec
 from workers.collective import JOIN_TIMEOUT_S, GroupSpec
-from workers.messages import Result, RoundKind, Status, Sync, Task, decode_sync
+from workers.messages import Result, RoundKind, Status, Sync, Task, decode_sync, result_status
 
 __all__ = ["NOT_NICED", "SHM_DISABLE", "ActorRecord", "ClusterTooSmall", "PoolSettings", "RayPool", "actor_record",
            "ray_pool", "worker_env"]
 
 PUT_THRESHOLD = 4096  # decisions larger than this go through the object store once per round
 REDUCED_KINDS = (RoundKind.FULL, RoundKind.AVERAGE)  # the rounds allreduce sums among the workers
+SECURE_AFTER_S = 0.5  # allreduce: a round slower than this looks whether a worker is restarting (one GCS call each)
 
 
 @dataclass(frozen=True)
@@ -179,10 +180,13 @@ class RayPool(PoolCore):
         failures = 0
         while True:
             before = list(self.live)
+            if self.reduces:
+                self._secure_state(refs, state)
             replies, late = self._gather(refs)
             slots = refs.slots if isinstance(refs, RelayCalls) else list(refs)
-            if self.reduces and any(not isinstance(replies.get(i), tuple) for i in slots):
-                state()  # a worker died or hangs: the coordinator reads the state now, while a replica holds it
+            if self.reduces and any(not isinstance(r := replies.get(i), tuple) or result_status(r[0]) != Status.OK
+                                    for i in slots):
+                state()  # a worker died, hangs or came back empty: read the state now, while a replica holds it
             results, failed = {}, False
             for i in slots:
                 ref = refs.get(i) if isinstance(refs, dict) else None
@@ -211,6 +215,20 @@ class RayPool(PoolCore):
                 self._form_group()
             header, decision = encode_counted(task, rb, task.kind.label, len(self.live))
             refs = {i: self.workers.step(i, header, decision) for i in self.live}
+
+    def _secure_state(self, refs: dict[int, ray.ObjectRef] | RelayCalls, state: Callable[[], Sync]) -> None:
+        """allreduce: when some worker has not answered within SECURE_AFTER_S and Ray has it restarting or dead, read
+        the state from a live replica now: a call to a restarting actor waits for it, and a second death meanwhile
+        would take the last replica that holds the state."""
+        if isinstance(refs, RelayCalls):
+            calls = [(slots, ref) for _, slots, ref in refs.calls]
+        else:
+            calls = [([i], ref) for i, ref in refs.items()]
+        ready, _ = ray.wait([ref for _, ref in calls], num_returns=len(calls), timeout=SECURE_AFTER_S)
+        done = set(ready)
+        waiting = [i for slots, ref in calls if ref not in done for i in slots]
+        if any(self.workers.record(i).state != "ALIVE" for i in waiting):
+            state()
 
     def _form_group(self) -> None:
         """A gloo group over the live workers, unless they form it already. When a member fails to join, the group

@@ -234,6 +234,11 @@ def encode_result(r: Result, kind: RoundKind) -> tuple[bytes, np.ndarray | None,
     return out, array, r.digest
 
 
+def result_status(head: bytes) -> Status:
+    """A result's status from its head alone, before it is decoded."""
+    return Status(_RESULT.unpack_from(head)[2] & ~(_STATUS_COSTS | _STATUS_STATS | _STATUS_RING))
+
+
 def payload_size(head: bytes, array: np.ndarray | None) -> int:
     return len(head) + (0 if array is None else int(array.nbytes))
 
