@@ -3,7 +3,6 @@ the gradient never reaches the coordinator, the replicas stay bitwise equal, and
 mode does (not to the bit: the ring sums in another order)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import ray
 from configs import small_config
+from faults import thawed_after
 
 from coordinator.config import ConfigError, validate_config
 from coordinator.job import Job
@@ -100,12 +100,8 @@ def test_a_hung_worker_ends_the_collective_in_seconds(ray_cluster: object, tmp_p
             os.kill(stopped[0], signal.SIGSTOP)
 
     job = Job(validate_config(raw), tmp_path / "hung", pool_factory=ray_pool)
-    try:
+    with thawed_after(stopped):
         r = job.run(on_round=freeze)
-    finally:
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     assert stopped and r.status == "SUCCEEDED" and r.worker_failures == 1
     assert r.replica_checks.mismatches == 0
     assert np.array_equal(load_checkpoint(tmp_path / "hung")[0], theta_clean)

@@ -1,7 +1,6 @@
 """The Ray path on a real two-node cluster: bitwise agreement with in-process, bytes, replica repair, failures."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import signal
@@ -13,6 +12,7 @@ import pytest
 import ray
 import torch
 from configs import small_config
+from faults import thawed_after
 
 from coordinator.actor import start_job
 from coordinator.config import validate_config
@@ -158,12 +158,8 @@ def test_hung_worker_is_killed_restarted_and_the_job_carries_on(ray_cluster: obj
             stopped.append(pid)
 
     job = Job(validate_config(cfg(2)), tmp_path / "hung", pool_factory=ray_pool)
-    try:
+    with thawed_after(stopped):
         r = job.run(on_round=freeze)
-    finally:
-        for pid in stopped:  # let it die if the pool did not kill it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     assert stopped and r.status == "SUCCEEDED" and r.worker_failures == 1  # killed by the pool, restarted
     assert np.array_equal(job.state.theta.numpy(), clean.state.theta.numpy())
 

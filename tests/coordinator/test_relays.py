@@ -2,7 +2,6 @@
 and a relay killed mid-job changes neither."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import ray
 from configs import small_config
+from faults import thawed_after
 
 from coordinator.config import validate_config
 from coordinator.job import Job
@@ -78,12 +78,8 @@ def test_a_killed_relay_and_a_hung_worker_change_no_bit(ray_cluster: object, tmp
             later.extend(relay.actor for relay in pool.relays.relays.values())
 
     job = Job(validate_config(cfg(True)), tmp_path / "killed", pool_factory=ray_pool)
-    try:
+    with thawed_after(stopped):
         r = job.run(on_round=kill)
-    finally:
-        for pid in stopped:  # let it die if the pool did not kill it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     assert r.status == "SUCCEEDED" and len(killed) == 2 and stopped
     assert r.worker_failures == 1  # the hung worker, killed by the pool; the relays' workers lived
     assert r.replica_checks.mismatches == 0
