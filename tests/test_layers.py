@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_SIDE = {"coordinator/actor.py", "coordinator/ray_pool.py", "coordinator/ray_workers.py", "coordinator/local_ray.py",
-            "workers/actor.py", "coordinator/runtime_env.py", "coordinator/ship_data.py"}
+            "workers/actor.py", "coordinator/runtime_env.py", "coordinator/ship_data.py", "coordinator/relays.py"}
 
 
 def top_imports(path: Path) -> set[str]:
