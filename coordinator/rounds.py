@@ -35,7 +35,7 @@ from coordinator.accounting import Counters, RoundBytes
 from coordinator.combine import Rules, combine, round_loss, weighted_mean
 from workers.hybrid import apply_decision
 from workers.messages import Result, RoundKind, Sync, Task
-from workers.replica import Schedule, digest
+from workers.replica import Schedule, digest, state_sync, synced_state
 from workers.state import Decision, DecisionKind, Diverged, HybridState, Hyper, require_finite
 from workers.steps import keep_frozen
 
@@ -132,10 +132,7 @@ class RoundLoop:
         rb = RoundBytes()
         s = self.pool.pull(self._workers_at, rb, source)
         self.counters.add_bytes(rb)
-        device = self._state.theta.device
-        self._state = HybridState(s.version, torch.from_numpy(s.theta).to(device),
-                                  None if s.grad is None else torch.from_numpy(s.grad).to(device),
-                                  tuple(torch.from_numpy(h).to(device) for h in s.history), s.obs)
+        self._state = synced_state(s, self._state.theta.device)
         rest = [d for d in self._unapplied if d.round >= s.version]
         for d in rest:
             if d.reduced:
@@ -153,10 +150,7 @@ class RoundLoop:
         return self.schedule.kind(t + 1) != RoundKind.STOCHASTIC
 
     def snapshot(self) -> Sync:
-        st = self.state
-        g = None if st.grad is None else st.grad.cpu().numpy()
-        return Sync(st.version, st.theta.cpu().numpy(), g, history=tuple(h.cpu().numpy() for h in st.history),
-                    obs=st.obs)
+        return state_sync(self.state)
 
     def run_round(self, t: int) -> RoundEvent:
         started = time.perf_counter()

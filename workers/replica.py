@@ -113,6 +113,21 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return order
 
 
+def state_sync(st: HybridState, reduced: np.ndarray | None = None) -> Sync:
+    """A state as the Sync message that carries it (the coordinator's snapshot, a replica's pull)."""
+    return Sync(st.version, st.theta.cpu().numpy(), None if st.grad is None else st.grad.cpu().numpy(),
+                history=tuple(h.cpu().numpy() for h in st.history), obs=st.obs, reduced=reduced)
+
+
+def synced_state(s: Sync, device: torch.device) -> HybridState:
+    """The state a Sync carries, in arrays of its own on `device` (a replica's sync, the coordinator's pull)."""
+    def own(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, copy=True)).to(device)
+
+    return HybridState(s.version, own(s.theta), None if s.grad is None else own(s.grad),
+                       tuple(own(h) for h in s.history), None if s.obs is None else np.array(s.obs, copy=True))
+
+
 def digest(theta: torch.Tensor) -> bytes:
     """8 bytes of blake2b over the parameter bytes: equal iff the replicas agree (to 2^-64)."""
     return hashlib.blake2b(theta.detach().cpu().numpy().tobytes(), digest_size=8).digest()
@@ -148,10 +163,7 @@ class Replica:
     def sync(self, s: Sync) -> None:
         if s.members is not None:
             self.members = s.members
-        grad = None if s.grad is None else torch.from_numpy(np.array(s.grad, copy=True)).to(self.device)
-        history = tuple(torch.from_numpy(np.array(h, copy=True)).to(self.device) for h in s.history)
-        self.state = self.settled = HybridState(s.version, torch.from_numpy(np.array(s.theta, copy=True)).to(
-            self.device), grad, history, None if s.obs is None else np.array(s.obs, copy=True))
+        self.state = self.settled = synced_state(s, self.device)
 
     def pull(self, version: int) -> Sync | None:
         """allreduce: the state at `version` as the coordinator holds it, with the array the workers reduced in that
@@ -160,8 +172,7 @@ class Replica:
         if st is None or st.version != version:
             return None
         reduced = self.reduced[1] if self.reduced is not None and self.reduced[0] == version else None
-        return Sync(st.version, st.theta.cpu().numpy(), None if st.grad is None else st.grad.cpu().numpy(),
-                    history=tuple(h.cpu().numpy() for h in st.history), obs=st.obs, reduced=reduced)
+        return state_sync(st, reduced)
 
     def _own_array(self, decision: Decision) -> Decision | None:
         """A reduced decision with this replica's copy of its array; None when it has none (a restarted worker)."""
