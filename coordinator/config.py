@@ -274,7 +274,8 @@ class ClusterConfig(_Strict):
         "link, whatever the number of workers); the coordinator receives only the losses and sends the seeds, and "
         "reads the parameters from a worker when it evaluates, checkpoints or repairs one. A worker that dies or "
         "loses its link ends the collective within HES_COLLECTIVE_TIMEOUT_S (30 s) and the round is redone over "
-        "the live workers. Needs the `ray` backend."))
+        "the live workers; when every worker is lost at once the job goes back to its last checkpoint and redoes "
+        "the rounds since. Needs the `ray` backend."))
     backend: Literal["ray", "local"] = Field(default="ray", description=(
         "`ray`: each worker is a Ray actor. `local`: the `cluster.workers` replicas run in this process one "
         "after another, each applying every decision itself as an actor does, so the job ends bitwise equal to "

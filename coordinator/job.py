@@ -4,6 +4,7 @@ Runs in `hes train` (cluster.workers: 0, in this process) and inside the coordin
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -49,7 +50,7 @@ from coordinator.outputs import (
 )
 from coordinator.parts import JobParts, build_parts, worker_k
 from coordinator.pool import LocalPool, ReplicaPool
-from coordinator.rounds import Pool, RoundEvent, RoundLoop
+from coordinator.rounds import Pool, ReplicasLost, RoundEvent, RoundLoop
 from workers.blackbox import evaluate_return
 from workers.hybrid import batch_loss_and_grad_sum, evaluate
 from workers.messages import RoundKind
@@ -59,6 +60,7 @@ from workers.state import Diverged, HybridState, require_finite, require_finite_
 from workers.steps import keep_frozen
 
 log = logging.getLogger("hes.job")
+MAX_REWINDS = 3  # allreduce: times a job goes back to its checkpoint after losing every replica, before it fails
 
 
 @dataclass
@@ -196,6 +198,7 @@ class Job:
             version, self.history, self.progress.counters = meta.version, meta.history, meta.counters
             obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
+        self._checkpointed = resume  # this job's checkpoint is in its folder (a resumed one's, from the start)
         self._state = HybridState(version, torch.from_numpy(theta0),
                                   None if grad0 is None else torch.from_numpy(grad0), history, obs)
         self._loop: RoundLoop | None = None
@@ -235,37 +238,19 @@ class Job:
         p.status, started = JobStatus.RUNNING, time.perf_counter()
         seconds_before = c.seconds["total"]
         pool = self.pool = self.pool_factory(self.cfg, self.parts, c)
-        loop = self._loop = RoundLoop(self.state, self.hyper, self.schedule, self.cfg.hybrid.mode,
-                                      self.cfg.hybrid.combine, pool, c, self.cfg.hybrid.replica_check_every)
-        rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
+        loop = self._loop = self._round_loop(pool)
         try:
-            for t in range(self.state.version, p.total_rounds):
-                if self.stop_requested or self.target_reached:
+            while True:
+                try:
+                    self._rounds(loop, on_round, on_epoch, seconds_before, started)
+                    loop.flush()
                     break
-                diagnose = self.cfg.hybrid.diagnostics and self.schedule.kind(t) == RoundKind.STOCHASTIC
-                before = self.state.theta.clone() if diagnose else None
-                event = loop.run_round(t)  # self.state is read only where needed: reading it applies the
-                p.round, p.epoch = t + 1, (t + 1) // rpe  # round's decision, which Ray rounds overlap
-                if before is not None:
-                    self._diagnose(t, before, event.improvements, pool.n_workers)
-                c.seconds["total"] = seconds_before + time.perf_counter() - started
-                if math.isfinite(event.loss) and self.hyper.objective is not None:
-                    p.latest["trial_return"] = -event.loss  # the best trial's mean return (its cost is minus it)
-                elif math.isfinite(event.loss):
-                    p.latest["batch_loss"] = event.loss
-                if (t + 1) % rpe == 0:
-                    row = self._end_epoch(p.epoch, t + 1)
-                    if on_epoch:
-                        on_epoch(row)
-                elif every and (t + 1) % every == 0:
-                    require_finite_parameters(self.state.theta, t + 1)  # the last checkpoint stays finite
-                    self._checkpoint()
-                if on_round:
-                    on_round(event, p)
-            loop.flush()
+                except ReplicasLost as err:  # allreduce: the state is gone with its replicas
+                    loop = self._loop = self._rewind(pool, err)
         finally:
             try:
-                self._state = loop.state  # localsgd's last gather may have moved it
+                with contextlib.suppress(ReplicasLost):  # the job failed with its state: keep the last one known
+                    self._state = loop.state  # localsgd's last gather may have moved it
             finally:
                 self._loop = None
                 pool.close()
@@ -275,8 +260,69 @@ class Job:
         ended = f"stopped after round {p.round} of {p.total_rounds}" if stopped else c.workers_note
         if self.target_reached:
             ended = "; ".join(m for m in (f"reached objective.target_return in round {p.round}", ended) if m)
-        p.message = "; ".join(m for m in (ended, restarts_note(p.restarts)) if m)
+        p.message = "; ".join(m for m in (ended, c.rewinds_note, restarts_note(p.restarts)) if m)
         return self._finish()
+
+    def _round_loop(self, pool: Pool) -> RoundLoop:
+        return RoundLoop(self._state, self.hyper, self.schedule, self.cfg.hybrid.mode, self.cfg.hybrid.combine, pool,
+                         self.progress.counters, self.cfg.hybrid.replica_check_every)
+
+    def _rounds(self, loop: RoundLoop, on_round: Callable[[RoundEvent, Progress], None] | None,
+                on_epoch: Callable[[HistoryRow], None] | None, seconds_before: float, started: float) -> None:
+        """The rounds from the state's version to the end, or to a stop or the objective's target."""
+        p, c = self.progress, self.progress.counters
+        rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
+        assert self.pool is not None
+        for t in range(self.state.version, p.total_rounds):
+            if self.stop_requested or self.target_reached:
+                break
+            diagnose = self.cfg.hybrid.diagnostics and self.schedule.kind(t) == RoundKind.STOCHASTIC
+            before = self.state.theta.clone() if diagnose else None
+            event = loop.run_round(t)  # self.state is read only where needed: reading it applies the
+            p.round, p.epoch = t + 1, (t + 1) // rpe  # round's decision, which Ray rounds overlap
+            if before is not None:
+                self._diagnose(t, before, event.improvements, self.pool.n_workers)
+            c.seconds["total"] = seconds_before + time.perf_counter() - started
+            if math.isfinite(event.loss) and self.hyper.objective is not None:
+                p.latest["trial_return"] = -event.loss  # the best trial's mean return (its cost is minus it)
+            elif math.isfinite(event.loss):
+                p.latest["batch_loss"] = event.loss
+            if (t + 1) % rpe == 0:
+                row = self._end_epoch(p.epoch, t + 1)
+                if on_epoch:
+                    on_epoch(row)
+            elif every and (t + 1) % every == 0:
+                require_finite_parameters(self.state.theta, t + 1)  # the last checkpoint stays finite
+                self._checkpoint()
+            if on_round:
+                on_round(event, p)
+
+    def _rewind(self, pool: Pool, err: ReplicasLost) -> RoundLoop:
+        """allreduce, every replica lost at once: back to this job's last checkpoint (or its start), a new round
+        loop from there; the workers are given that state and redo the rounds since, bitwise as they were."""
+        p, c = self.progress, self.progress.counters
+        if len(c.rewinds) >= MAX_REWINDS:
+            raise RuntimeError(f"{err}; the job was rewound to its checkpoint {len(c.rewinds)} times already (at "
+                               f"most {MAX_REWINDS}); `hes train --resume` continues it from its last checkpoint")
+        lost = p.round + 1
+        if self._checkpointed:
+            theta, grad, meta = load_checkpoint(self.out)
+            history = tuple(torch.from_numpy(h) for h in load_history(self.out))
+            version, rows, then = meta.version, meta.history, meta.counters
+            obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
+        else:
+            theta, grad, history, obs = initial_theta(self.cfg, self.model), None, (), None
+            version, rows, then = 0, [], Counters()
+        log.warning("job %s: %s; rewound to round %d", self.cfg.name, err, version)
+        c.rewind_to(then, lost, version)
+        self.history = rows
+        p.round, p.epoch = version, version // self.schedule.rounds_per_epoch
+        self.target_reached = False
+        for values in self._diag.values():
+            values.clear()
+        self._state = HybridState(version, torch.from_numpy(theta), None if grad is None else torch.from_numpy(grad),
+                                  history, obs)
+        return self._round_loop(pool)
 
     def _end_epoch(self, epoch: int, rounds_done: int) -> HistoryRow:
         theta = self.state.theta  # applies the epoch's last decision (not evaluation time)
@@ -361,6 +407,7 @@ class Job:
                             test_accuracy=test_acc, test_loss=test_loss)
 
     def _checkpoint(self) -> None:
+        self._checkpointed = True  # the folder's checkpoint is this job's from here on (a rewind goes back to it)
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
         obs = None if self.state.obs is None else self.state.obs.tolist()
         meta = CheckpointMeta(self.state.version, self.history, self.progress.counters, obs)

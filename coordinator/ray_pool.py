@@ -53,6 +53,7 @@ from coordinator.ray_workers import (
     worker_env,
 )
 from coordinator.relays import Failed, RelayCalls, Relays, use_relays
+from coordinator.rounds import ReplicasLost
 from coordinator.runtime_env import resolve, with_env_vars
 from coordinator.shared_buffers import SHM_DISABLE
 from coordinator.ship_data import recipe, ship
@@ -263,9 +264,8 @@ class RayPool(PoolCore):
                 rb.add("sync", "up", len(data))
                 return decode_sync(data)
             why.append(f"worker {i} holds another round")
-        raise RuntimeError(f"cluster.full_rounds allreduce: no live worker holds the state of round {version} "
-                           f"({'; '.join(why)}): every replica was lost at once; `hes train --resume` continues the "
-                           "job from its last checkpoint")
+        raise ReplicasLost(f"cluster.full_rounds allreduce: no live worker holds the state of round {version} "
+                           f"({'; '.join(why)}): every replica was lost at once")
 
     def _gather(self, refs: dict[int, ray.ObjectRef] | RelayCalls) -> tuple[dict[int, Reply | Failed], set[int]]:
         """The workers' replies, fetched together: one ray.wait and one ray.get for all of them, not one blocking

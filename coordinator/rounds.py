@@ -40,6 +40,11 @@ from workers.state import Decision, DecisionKind, Diverged, HybridState, Hyper, 
 from workers.steps import keep_frozen
 
 
+class ReplicasLost(RuntimeError):
+    """allreduce: no live replica holds the state the coordinator needs (every one was lost at once); the job
+    rewinds to its last checkpoint (coordinator/job.py)."""
+
+
 class Pool(Protocol):
     """How a round's messages reach the workers: coordinator/pool.py (in this process), coordinator/ray_pool.py."""
     n_workers: int
@@ -73,7 +78,8 @@ class Pool(Protocol):
     def rerun(self, worker: int, task: Task, rb: RoundBytes) -> Result: ...
 
     def pull(self, version: int, rb: RoundBytes, source: int | None = None) -> Sync:
-        """A live replica's state at `version` (the worker `source` when given), its bytes counted as sync up."""
+        """A live replica's state at `version` (the worker `source` when given), its bytes counted as sync up;
+        ReplicasLost when none holds it."""
         ...
 
     def close(self) -> None: ...
@@ -137,7 +143,7 @@ class RoundLoop:
         for d in rest:
             if d.reduced:
                 if s.reduced is None or d.round != s.version:
-                    raise RuntimeError(f"round {d.round + 1}: no replica holds the array the workers reduced")
+                    raise ReplicasLost(f"round {d.round + 1}: no replica holds the array the workers reduced")
                 d = replace(d, array=s.reduced, reduced=False)
             self._state = apply_decision(self._state, d, self.hyper)
         self._unapplied.clear()

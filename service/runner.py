@@ -56,6 +56,8 @@ class Runner:
                 continue
             log.info("reattached to job %s", rec.id)
             self.handles[rec.id] = handle
+            if rec.stop_requested:  # asked before the restart: the request may not have reached the coordinator
+                handle.request_stop()
         self.metrics.set_jobs(self.store.counts())
 
     def tick(self) -> None:
@@ -185,15 +187,22 @@ class Runner:
             self.store.update(rec.id, message=message)
 
     def _fail(self, rec: JobRecord, message: str) -> None:
+        self._end(rec, JobStatus.FAILED, message)
+
+    def _end(self, rec: JobRecord, status: JobStatus, message: str) -> None:
+        """End a job the service ends itself (no coordinator to report a result), with what it had done."""
         self.metrics.finish(rec.id)
-        self.store.update(rec.id, status=JobStatus.FAILED, message=message, finished_at=now(),
-                          history=read_records(Path(rec.out_dir)),
-                          result=_ended(rec, JobStatus.FAILED, message))
+        self.store.update(rec.id, status=status, message=message, finished_at=now(),
+                          history=read_records(Path(rec.out_dir)), result=_ended(rec, status, message))
 
     def _restart_or_fail(self, rec: JobRecord, why: str) -> None:
         """A running job lost its coordinator: queue it again (it resumes from its latest checkpoint, or starts
         over when it has none) while it has restarts left, else fail it."""
         limit = self.settings.job_max_restarts
+        if rec.stop_requested:  # it was on its way to STOPPED: a restart would run it on
+            self._end(rec, JobStatus.STOPPED, f"stopped: {why} after the stop was requested; its last "
+                                              "checkpoint is kept")
+            return
         if rec.restarts >= limit:
             self._fail(rec, f"{why}; it was restarted {rec.restarts} times already (HES_JOB_MAX_RESTARTS={limit})"
                             + _resume_hint(Path(rec.out_dir)))
@@ -221,8 +230,9 @@ class Runner:
                 self.store.update(job_id, status=JobStatus.STOPPED, message=message, finished_at=now(),
                                   result=_ended(rec, JobStatus.STOPPED, message))
                 return self.store.get(job_id)
-            self.store.update(job_id, message="stop requested: the job ends STOPPED after its current "
-                                              "round, keeping its checkpoint")
+            self.store.update(job_id, stop_requested=True,
+                              message="stop requested: the job ends STOPPED after its current round, keeping its "
+                                      "checkpoint")
             answer = self.store.get(job_id)
         if not handle.request_stop():  # a dead coordinator: the next poll restarts or fails the job
             log.warning("job %s: its coordinator did not take the stop request", job_id)

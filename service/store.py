@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT,
     finished_at TEXT,
     updated_at TEXT NOT NULL,
-    restarts INTEGER NOT NULL DEFAULT 0
+    restarts INTEGER NOT NULL DEFAULT 0,
+    stop_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
@@ -58,6 +59,7 @@ class JobRecord:
     finished_at: str | None = None
     updated_at: str = field(default_factory=now)
     restarts: int = 0  # times its coordinator died and the job was restarted from its checkpoint
+    stop_requested: bool = False  # a stop was asked of its coordinator: kept so that no restart loses it
 
     @property
     def terminal(self) -> bool:
@@ -79,6 +81,8 @@ class Store:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
         if "restarts" not in columns:  # a store written before jobs were restarted automatically
             self._db.execute("ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0")
+        if "stop_requested" not in columns:  # a store written before stop requests were kept
+            self._db.execute("ALTER TABLE jobs ADD COLUMN stop_requested INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -152,6 +156,7 @@ class Store:
             if k in _TYPED and d[k] is not None:
                 d[k] = _TYPED[k].model_validate(d[k])
         d["status"] = JobStatus(d["status"])
+        d["stop_requested"] = bool(d["stop_requested"])
         return JobRecord(**d)
 
 

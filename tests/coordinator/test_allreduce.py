@@ -14,6 +14,7 @@ import ray
 from configs import small_config
 from faults import thawed_after
 
+from coordinator import job as job_module
 from coordinator.config import ConfigError, validate_config
 from coordinator.job import Job
 from coordinator.outputs import load_checkpoint
@@ -132,6 +133,37 @@ def test_stop_and_resume_is_bitwise_the_uninterrupted_allreduce_job(ray_cluster:
     assert resumed.state.version == 9
     assert resumed.run().status == "SUCCEEDED"
     assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
+
+
+def test_every_replica_lost_at_once_rewinds_to_the_checkpoint_and_ends_bitwise(
+        ray_cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All three workers SIGKILLed right after a full round: the state they reduced is gone with them, so the job
+    goes back to its last checkpoint, gives the restarted workers that state and redoes the rounds since. It ends
+    bitwise where the undisturbed job ends, its rounds counted once. Past MAX_REWINDS the job fails instead."""
+    raw = cfg("hybrid", "allreduce", train={"epochs": 2, "checkpoint_every": 4})
+    clean, theta_clean = run(raw, tmp_path / "clean")
+
+    def kill_all(job: Job) -> Any:
+        killed: list[int] = []
+
+        def on_round(event, progress) -> None:  # type: ignore[no-untyped-def]
+            if event.round == 6 and not killed:  # a full round: its gradient is on the replicas only (once: the
+                killed.extend(pids(job))  # redone round 6 is left alone)
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+        return on_round
+
+    job = Job(validate_config(raw), tmp_path / "lost", pool_factory=ray_pool)
+    r = job.run(on_round=kill_all(job))
+    assert r.status == "SUCCEEDED", r.message
+    assert "every replica was lost in round 8: rewound to round 4 and redone" in r.message
+    assert r.rounds == clean.rounds and r.worker_failures == 3 and r.replica_checks.mismatches == 0
+    assert np.array_equal(load_checkpoint(tmp_path / "lost")[0], theta_clean)
+
+    monkeypatch.setattr(job_module, "MAX_REWINDS", 0)
+    failing = Job(validate_config(raw), tmp_path / "failing", pool_factory=ray_pool)
+    with pytest.raises(RuntimeError, match=r"every replica was lost at once; .* `hes train --resume` continues it"):
+        failing.run(on_round=kill_all(failing))
 
 
 def test_allreduce_needs_ray_workers() -> None:

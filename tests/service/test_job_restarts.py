@@ -3,7 +3,8 @@
 The service is killed (SIGKILL) or stopped (SIGTERM) mid-job and started again on the same state folder,
 or the job's coordinator actor is killed under a running service: the job resumes from its checkpoint,
 recomputes the rounds after it bitwise as they were, and ends SUCCEEDED with the undisturbed run's
-accuracy. Past HES_JOB_MAX_RESTARTS it ends FAILED, saying so.
+accuracy. Past HES_JOB_MAX_RESTARTS it ends FAILED, saying so. A job whose coordinator dies after a stop was requested
+ends STOPPED: the request is kept in the store, not lost with the coordinator.
 """
 from __future__ import annotations
 
@@ -96,3 +97,24 @@ def test_killed_coordinator_restarts_until_the_limit(make_server: Callable[..., 
     assert failed["status"] == "FAILED"
     assert "HES_JOB_MAX_RESTARTS=1" in failed["message"] and "coordinator died" in failed["message"]
     assert "checkpoint" in failed["message"]  # where to resume it by hand
+
+
+def test_a_stop_requested_before_the_coordinator_dies_ends_the_job_stopped(make_server: Callable[..., Server],
+                                                                          tmp_path: Path) -> None:
+    """The coordinator is frozen (SIGSTOP) so that it never takes the request, then killed: no restart."""
+    server = make_server(tmp_path / "state")
+    with server.client() as c:
+        jid = submit(c, LONG_JOB)
+        wait_for_job(c, jid, past_epoch(1))
+        pid = coordinator_pid(server)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            r = c.post(f"/v1/jobs/{jid}/stop")
+            assert r.status_code == 202, r.text
+            assert r.json()["message"].startswith("stop requested")
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        job = wait_for_job(c, jid, terminal, timeout=120)
+    assert job["status"] == "STOPPED", job["message"]
+    assert job["restarts"] == 0 and "after the stop was requested" in job["message"]
+    assert "checkpoint is kept" in job["message"] and job["result"]["status"] == "STOPPED"

@@ -110,3 +110,26 @@ def test_store_is_wal_and_survives_reopening(tmp_path: Path) -> None:
     assert store.counts() == {**dict.fromkeys(JobStatus, 0), "PENDING": 1, "RUNNING": 1, "SUCCEEDED": 1}
     assert store.delete("c") and not store.delete("c")
     assert [r.id for r in store.all()] == ["a", "b"]
+
+
+def test_a_store_of_an_older_version_opens_with_its_jobs_and_keeps_a_stop_request(tmp_path: Path) -> None:
+    """A jobs.db written before restarts and stop requests were columns: opened, its rows read with the defaults."""
+    import sqlite3
+
+    db = tmp_path / "jobs.db"
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, "
+                "message TEXT NOT NULL DEFAULT '', config TEXT NOT NULL, progress TEXT NOT NULL, "
+                "history TEXT NOT NULL DEFAULT '[]', result TEXT, out_dir TEXT NOT NULL, created_at TEXT NOT NULL, "
+                "started_at TEXT, finished_at TEXT, updated_at TEXT NOT NULL)")
+    old.execute("INSERT INTO jobs (id, name, status, config, progress, out_dir, created_at, updated_at) "
+                "VALUES ('a', 'old', 'RUNNING', '{}', ?, '/tmp/a', 't0', 't0')", (Snapshot().model_dump_json(),))
+    old.commit()
+    old.close()
+    store = Store(db)
+    a = store.get("a")
+    assert a is not None and a.status is JobStatus.RUNNING and a.restarts == 0 and a.stop_requested is False
+    store.update("a", stop_requested=True)
+    store.close()
+    again = Store(db).get("a")
+    assert again is not None and again.stop_requested is True
