@@ -3,8 +3,10 @@ the gradient never reaches the coordinator, the replicas stay bitwise equal, and
 mode does (not to the bit: the ring sums in another order)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +32,35 @@ def cfg(mode: str, full_rounds: str, workers: int = 3, train: dict[str, Any] | N
                         cluster={"workers": workers, "cpus_per_worker": 0.5, "full_rounds": full_rounds})
 
 
-def run(raw: dict, out: Path) -> tuple[object, np.ndarray]:
+def run(raw: dict, out: Path) -> tuple[Any, np.ndarray]:
     job = Job(validate_config(raw), out, pool_factory=ray_pool)
     result = job.run()
     return result, load_checkpoint(out)[0]
 
 
+TWO_EPOCHS = cfg("hybrid", "allreduce", train={"epochs": 2, "checkpoint_every": 4})
+Undisturbed = Callable[[dict], tuple[Any, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> Undisturbed:
+    """A config's undisturbed run (result, final parameters), run once for the module's tests that end bitwise
+    where it ends."""
+    done: dict[str, tuple[Any, np.ndarray]] = {}
+
+    def get(raw: dict) -> tuple[Any, np.ndarray]:
+        key = json.dumps(raw, sort_keys=True)
+        if key not in done:
+            done[key] = run(raw, tmp_path_factory.mktemp("undisturbed"))
+        return done[key]
+    return get
+
+
 @pytest.mark.parametrize("mode", ["backprop", "hybrid"])
 def test_allreduce_trains_as_the_server_does_and_the_gradient_stays_off_the_coordinator(
-        ray_cluster: object, tmp_path: Path, mode: str) -> None:
+        ray_cluster: object, undisturbed: Undisturbed, tmp_path: Path, mode: str) -> None:
     server, theta_s = run(cfg(mode, "server"), tmp_path / "server")
-    ring, theta_r = run(cfg(mode, "allreduce"), tmp_path / "ring")
+    ring, theta_r = undisturbed(cfg(mode, "allreduce"))
     assert server.status == ring.status == "SUCCEEDED"
     assert ring.replica_checks.checked > 0 and ring.replica_checks.mismatches == 0
     # the same training, up to the ring's order of summation
@@ -60,12 +80,13 @@ def pids(job: Job) -> list[int]:
     return [i.pid for i in ray.get([a.info.remote() for a in job.pool.actors])]  # type: ignore[union-attr]
 
 
-def test_a_worker_killed_in_full_and_stochastic_rounds_changes_nothing(ray_cluster: object, tmp_path: Path) -> None:
+def test_a_worker_killed_in_full_and_stochastic_rounds_changes_nothing(ray_cluster: object, undisturbed: Undisturbed,
+                                                                       tmp_path: Path) -> None:
     """SIGKILL in the middle of the job, three times: its peers' allreduce fails at once (the connection resets),
     the worker is restarted and given the state read from a live replica, the group is formed again and the round
     redone: the job ends bitwise where the undisturbed allreduce job ends."""
-    raw = cfg("hybrid", "allreduce", train={"epochs": 2})
-    clean, theta_clean = run(raw, tmp_path / "clean")
+    raw = TWO_EPOCHS
+    clean, theta_clean = undisturbed(raw)
     killed: list[int] = []
 
     def kill(event, progress) -> None:  # type: ignore[no-untyped-def]
@@ -85,12 +106,12 @@ def test_a_worker_killed_in_full_and_stochastic_rounds_changes_nothing(ray_clust
     assert np.array_equal(load_checkpoint(tmp_path / "kill")[0], theta_clean)
 
 
-def test_a_hung_worker_ends_the_collective_in_seconds(ray_cluster: object, tmp_path: Path,
+def test_a_hung_worker_ends_the_collective_in_seconds(ray_cluster: object, undisturbed: Undisturbed, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGSTOP, as a wedged worker or a cut link: its peers' allreduce gives up after HES_COLLECTIVE_TIMEOUT_S,
     the pool kills the hung one after HES_WORKER_TIMEOUT_S, and the round is redone over a new group."""
     raw = cfg("backprop", "allreduce")
-    clean, theta_clean = run(raw, tmp_path / "clean")
+    clean, theta_clean = undisturbed(raw)
     monkeypatch.setenv("HES_WORKER_TIMEOUT_S", "5")
     monkeypatch.setenv("HES_COLLECTIVE_TIMEOUT_S", "2")
     stopped: list[int] = []
@@ -117,11 +138,12 @@ def test_localsgd_averages_are_allreduced(ray_cluster: object, tmp_path: Path) -
     assert ring.bytes.ring.full.sent == ring.bytes.ring.full.received > 0
 
 
-def test_stop_and_resume_is_bitwise_the_uninterrupted_allreduce_job(ray_cluster: object, tmp_path: Path) -> None:
+def test_stop_and_resume_is_bitwise_the_uninterrupted_allreduce_job(ray_cluster: object, undisturbed: Undisturbed,
+                                                                     tmp_path: Path) -> None:
     """The checkpoint holds the state read from a replica; the resumed job's new workers are synced from it."""
-    raw = validate_config(cfg("hybrid", "allreduce", train={"epochs": 2}))
-    whole = Job(raw, tmp_path / "whole", pool_factory=ray_pool)
-    assert whole.run().status == "SUCCEEDED"
+    raw = validate_config(TWO_EPOCHS)
+    whole, theta_whole = undisturbed(TWO_EPOCHS)
+    assert whole.status == "SUCCEEDED"
     part = Job(raw, tmp_path / "part", pool_factory=ray_pool)
 
     def stop_at_8(event, progress) -> None:  # type: ignore[no-untyped-def]
@@ -132,16 +154,16 @@ def test_stop_and_resume_is_bitwise_the_uninterrupted_allreduce_job(ray_cluster:
     resumed = Job(raw, tmp_path / "part", resume=True, pool_factory=ray_pool)
     assert resumed.state.version == 9
     assert resumed.run().status == "SUCCEEDED"
-    assert np.array_equal(resumed.state.theta.numpy(), whole.state.theta.numpy())
+    assert np.array_equal(resumed.state.theta.numpy(), theta_whole)
 
 
 def test_every_replica_lost_at_once_rewinds_to_the_checkpoint_and_ends_bitwise(
-        ray_cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        ray_cluster: object, undisturbed: Undisturbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """All three workers SIGKILLed right after a full round: the state they reduced is gone with them, so the job
     goes back to its last checkpoint, gives the restarted workers that state and redoes the rounds since. It ends
     bitwise where the undisturbed job ends, its rounds counted once. Past MAX_REWINDS the job fails instead."""
-    raw = cfg("hybrid", "allreduce", train={"epochs": 2, "checkpoint_every": 4})
-    clean, theta_clean = run(raw, tmp_path / "clean")
+    raw = TWO_EPOCHS
+    clean, theta_clean = undisturbed(raw)
 
     def kill_all(job: Job) -> Any:
         killed: list[int] = []

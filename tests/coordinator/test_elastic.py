@@ -23,9 +23,10 @@ from workers.messages import RoundKind
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def own_cluster() -> Iterator[Any]:
-    """Two nodes of 1 CPU; the driver joins the head. A session's shared cluster is left and rejoined after."""
+    """Two nodes of 1 CPU; the driver joins the head. A session's shared cluster is left and rejoined after. A test
+    leaves it as it found it, a head and one node of 1 CPU (the node it removed replaced by the one it added)."""
     from ray.cluster_utils import Cluster
 
     shared = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
