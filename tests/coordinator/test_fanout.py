@@ -25,16 +25,16 @@ def tiny(workers: int) -> dict:
 @pytest.mark.slow
 def test_replies_fetched_together_change_no_byte_and_no_bit(ray_cluster: object, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    together = Job(validate_config(tiny(6)), tmp_path / "together", pool_factory=ray_pool)
+    together = Job(validate_config(tiny(4)), tmp_path / "together", pool_factory=ray_pool)
     r1 = together.run()
     # One blocking get per worker in turn, as the pool did before: nothing prefetched, nobody late.
     monkeypatch.setattr(RayPool, "_gather", lambda self, refs: ({}, set()))
-    one_by_one = Job(validate_config(tiny(6)), tmp_path / "one-by-one", pool_factory=ray_pool)
+    one_by_one = Job(validate_config(tiny(4)), tmp_path / "one-by-one", pool_factory=ray_pool)
     r2 = one_by_one.run()
     assert np.array_equal(together.state.theta.numpy(), one_by_one.state.theta.numpy())
     assert r1.bytes == r2.bytes
     assert r1.replica_checks.mismatches == 0 and r1.replica_checks.checked > 0
-    per_round = r1.bytes.stochastic.up / (r1.rounds.stochastic * 6)
+    per_round = r1.bytes.stochastic.up / (r1.rounds.stochastic * 4)
     assert per_round <= 32  # a stochastic round's reply stays a few dozen bytes per worker
 
 

@@ -96,7 +96,8 @@ def test_rest_submit_from_another_host(lab: netlab.Lab) -> None:
 
 
 def test_host_without_ray_token_cannot_join_or_run(lab: netlab.Lab) -> None:
-    outsider = lab.env(ray_token=False)
+    # a refused driver asks the GCS again 20 times a second apart by default; 3 times tell as much
+    outsider = lab.env(ray_token=False) | {"RAY_NUM_REDIS_GET_RETRIES": "3"}
     probe = ("import sys, ray\ntry:\n    ray.init(address=sys.argv[1], log_to_driver=False)\n"
              "    print('RAN', ray.get(ray.remote(lambda: 1).remote(), timeout=30))\n"
              "except Exception as e:\n    print('REFUSED', type(e).__name__, str(e)[:200])")

@@ -55,32 +55,42 @@ def coordinator_pid(server: Server) -> int:
     raise AssertionError("no CoordinatorActor process among the service's processes")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_service_killed_mid_job_resumes_to_the_same_result(make_server: Callable[..., Server], tmp_path: Path,
-                                                           sig: signal.Signals) -> None:
+def end_service(server: Server, sig: signal.Signals) -> None:
+    """SIGKILL to the service's process group, or SIGTERM to the service (a graceful stop); then whatever is left
+    of the group goes too, so that the next service is alone."""
+    assert server.proc is not None
+    pgid = server.proc.pid
+    os.killpg(pgid, sig) if sig == signal.SIGKILL else server.proc.send_signal(sig)
+    server.proc.wait(60)
+    for pid in group_pids(pgid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_service_killed_or_stopped_mid_job_resumes_to_the_same_result(make_server: Callable[..., Server],
+                                                                     tmp_path: Path) -> None:
+    """SIGKILL, then (on the next service) SIGTERM, each in the middle of a job; both jobs end as the undisturbed
+    one does."""
     state = tmp_path / "state"
-    first = make_server(state)
-    with first.client() as c:
+    server = make_server(state)
+    with server.client() as c:
         reference = wait_for_job(c, submit(c, JOB), terminal)
         assert reference["status"] == "SUCCEEDED", reference["message"]
         jid = submit(c, JOB)
         wait_for_job(c, jid, past_epoch(3))
-    assert first.proc is not None
-    pgid = first.proc.pid
-    os.killpg(pgid, sig) if sig == signal.SIGKILL else first.proc.send_signal(sig)
-    first.proc.wait(60)
-    for pid in group_pids(pgid):  # what a graceful stop left behind goes too: the next service is alone
-        os.kill(pid, signal.SIGKILL)
-
-    second = make_server(state)
-    with second.client() as c:
-        job = wait_for_job(c, jid, terminal, timeout=300)
-    assert job["status"] == "SUCCEEDED", job["message"]
-    assert job["restarts"] == 1 and "restarted 1 time from its checkpoint" in job["message"]
-    assert job["result"]["restarts"] == 1
-    # the rounds after the checkpoint are recomputed bitwise as they were: the same model, the same figures
-    assert job["result"]["final"] == reference["result"]["final"]
-    assert job["progress"]["round"] == reference["progress"]["round"]
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        end_service(server, sig)
+        server = make_server(state)
+        with server.client() as c:
+            job = wait_for_job(c, jid, terminal, timeout=300)
+            if sig == signal.SIGKILL:  # the next job, for the SIGTERM
+                jid = submit(c, JOB)
+                wait_for_job(c, jid, past_epoch(3))
+        assert job["status"] == "SUCCEEDED", (sig.name, job["message"])
+        assert job["restarts"] == 1 and "restarted 1 time from its checkpoint" in job["message"], sig.name
+        assert job["result"]["restarts"] == 1
+        # the rounds after the checkpoint are recomputed bitwise as they were: the same model, the same figures
+        assert job["result"]["final"] == reference["result"]["final"], sig.name
+        assert job["progress"]["round"] == reference["progress"]["round"]
 
 
 def test_killed_coordinator_restarts_until_the_limit(make_server: Callable[..., Server], tmp_path: Path) -> None:
