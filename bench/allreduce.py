@@ -224,7 +224,7 @@ def render(got: Measured, plan: Plan, started: float) -> str:
                      "accuracy is measured after each epoch: a time to 95% is the end of the first epoch that "
                      "reached it. H-ES seconds are result.json's (from the job's start, workers' start-up "
                      "included); DDP's from its first step. The epochs are capped so that the section fits in "
-                     "about 20 minutes: a row that needs more says so.\n\n"
+                     "about half an hour: a row that needs more says so.\n\n"
                      + tta_table(got.tta, plan.tta_epochs) + "\n")
     parts += [f"Load average before / after each row (other engineers' work shares the 2 cores): "
               f"{'; '.join(got.loads)}.\n", f"Section measured in {time.time() - started:.0f} s.\n"]

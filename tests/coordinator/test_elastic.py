@@ -44,10 +44,10 @@ def own_cluster() -> Iterator[Any]:
             ray.init(address=shared, namespace="hes", log_to_driver=False)
 
 
-def cfg(full_rounds: str = "server") -> dict:
+def cfg(full_rounds: str = "server", relays: bool = False) -> dict:
     return small_config("elastic", 5, model={"hidden": [32]}, train={"epochs": 2},
                         hybrid={"k": 4, "replica_check_every": 3},
-                        cluster={"workers": 2, "cpus_per_worker": 1, "full_rounds": full_rounds})
+                        cluster={"workers": 2, "cpus_per_worker": 1, "full_rounds": full_rounds, "relays": relays})
 
 
 def wait_alive(actor: Any) -> None:
@@ -58,15 +58,18 @@ def wait_alive(actor: Any) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("full_rounds", ["server", "allreduce"])
+@pytest.mark.parametrize(("full_rounds", "relays"), [("server", False), ("allreduce", False), ("server", True)],
+                         ids=["server", "allreduce", "server-relays"])
 def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: Any, tmp_path: Path, full_rounds: str,
+                                                                  relays: bool,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """allreduce: the group is formed again over the worker left (a group of one), then over both."""
+    """allreduce: the group is formed again over the worker left (a group of one), then over both. relays: the relay
+    of the lost node goes with it, its worker is recovered as after any failed call, and the new node gets one."""
     torch.set_num_threads(1)
     monkeypatch.setattr(membership_module, "REJOIN_POLL_S", 0.0)  # look for the missing worker every round
     head = ray.get_runtime_context().get_node_id()
     seen: dict[str, Any] = {"gradients": {}}
-    job = Job(validate_config(cfg(full_rounds)), tmp_path, pool_factory=ray_pool)
+    job = Job(validate_config(cfg(full_rounds, relays)), tmp_path, pool_factory=ray_pool)
 
     def on_round(event, progress) -> None:  # type: ignore[no-untyped-def]
         pool = job.pool
@@ -85,6 +88,7 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
         if "shrunk" in seen and "grown" not in seen and pool.alive == 2:  # type: ignore[union-attr]
             seen["grown"] = event.round
             seen["nodes"] = {i.node for i in ray.get([a.info.remote() for a in pool.actors])}  # type: ignore[union-attr]
+            seen["relayed"] = None if pool.relays is None else set(pool.relays.relays)  # type: ignore[union-attr]
         if event.kind == "full":  # the combined gradient is the whole batch's mean, however many workers
             seen["gradients"][event.round] = (pool.alive, job.state.grad.numpy().copy())  # type: ignore[union-attr]
         seen["theta"][event.round + 1] = job.state.theta.numpy().copy()
@@ -97,6 +101,7 @@ def test_a_lost_node_shrinks_the_job_and_a_new_node_grows_it_back(own_cluster: A
     assert seen["message"] == "ran on 1 of 2 workers from round 5" and seen["workers"] == (1, 1)
     assert r.message == f"ran on 1 of 2 workers in rounds 5 to {grown}"
     assert len(seen["nodes"]) == 2 and head in seen["nodes"]  # back on the new node
+    assert seen["relayed"] == (seen["nodes"] if relays else None)  # a relay on each node the workers are on
     assert r.worker_failures == 1  # the node's loss killed the worker once
     assert r.replica_checks.checked > 0 and r.replica_checks.mismatches == 0
     assert r.bytes.sync > 0
