@@ -47,8 +47,8 @@ class Counters:
     episodes: int = 0  # a black-box job's trial episodes (config objective), every worker's
     # [round, live workers, configured workers] from each round (1-based) where the job's workers changed
     membership: list[list[int]] = field(default_factory=list)
-    # [round lost in, round rewound to] for each time every replica was lost (allreduce) and the job went back to
-    # its last checkpoint
+    # [rounds done when it was lost, round rewound to] for each time every replica was lost (allreduce) and the job
+    # went back to its last checkpoint
     rewinds: list[list[int]] = field(default_factory=list)
 
     def add_bytes(self, rb: RoundBytes) -> None:
@@ -67,17 +67,17 @@ class Counters:
     def workers_changed(self, round_: int, live: int, configured: int) -> None:
         self.membership.append([round_, live, configured])
 
-    def rewind_to(self, then: Counters, lost: int, back_to: int) -> None:
+    def rewind_to(self, then: Counters, done: int, back_to: int) -> None:
         """Back to a checkpoint's count of the training done (`then`'s rounds, improvements, episodes): the rounds
         after it are redone. The bytes, seconds, faults and checks since stay counted: they were spent."""
         self.rounds, self.improvements, self.episodes = dict(then.rounds), then.improvements, then.episodes
-        self.rewinds.append([lost, back_to])
+        self.rewinds.append([done, back_to])
 
     @property
     def rewinds_note(self) -> str:
-        """E.g. "every replica was lost in round 9: rewound to round 6 and redone"; empty when it never was."""
-        return "; ".join(f"every replica was lost in round {lost}: rewound to round {back} and redone"
-                         for lost, back in self.rewinds)
+        """E.g. "every replica was lost after round 9: rewound to round 6 and redone"; empty when it never was."""
+        return "; ".join(f"every replica was lost after round {done}: rewound to round {back} and redone"
+                         for done, back in self.rewinds)
 
     @property
     def workers_note(self) -> str:

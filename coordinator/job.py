@@ -60,7 +60,7 @@ from workers.state import Diverged, HybridState, require_finite, require_finite_
 from workers.steps import keep_frozen
 
 log = logging.getLogger("hes.job")
-MAX_REWINDS = 3  # allreduce: times a job goes back to its checkpoint after losing every replica, before it fails
+MAX_REWINDS = 3  # allreduce: times a job goes back to one checkpoint after losing every replica, before it fails
 
 
 @dataclass
@@ -244,6 +244,7 @@ class Job:
                 try:
                     self._rounds(loop, on_round, on_epoch, seconds_before, started)
                     loop.flush()
+                    self._state = loop.state  # allreduce: a stop mid-epoch may leave it to read from a replica
                     break
                 except ReplicasLost as err:  # allreduce: the state is gone with its replicas
                     loop = self._loop = self._rewind(pool, err)
@@ -301,10 +302,6 @@ class Job:
         """allreduce, every replica lost at once: back to this job's last checkpoint (or its start), a new round
         loop from there; the workers are given that state and redo the rounds since, bitwise as they were."""
         p, c = self.progress, self.progress.counters
-        if len(c.rewinds) >= MAX_REWINDS:
-            raise RuntimeError(f"{err}; the job was rewound to its checkpoint {len(c.rewinds)} times already (at "
-                               f"most {MAX_REWINDS}); `hes train --resume` continues it from its last checkpoint")
-        lost = p.round + 1
         if self._checkpointed:
             theta, grad, meta = load_checkpoint(self.out)
             history = tuple(torch.from_numpy(h) for h in load_history(self.out))
@@ -313,8 +310,12 @@ class Job:
         else:
             theta, grad, history, obs = initial_theta(self.cfg, self.model), None, (), None
             version, rows, then = 0, [], Counters()
+        tries = sum(back == version for _, back in c.rewinds)  # a job that gets no further than its checkpoint
+        if tries >= MAX_REWINDS:
+            raise RuntimeError(f"{err}; the job was rewound to round {version} {tries} times already (at most "
+                               f"{MAX_REWINDS}); `hes train --resume` continues it from its last checkpoint")
         log.warning("job %s: %s; rewound to round %d", self.cfg.name, err, version)
-        c.rewind_to(then, lost, version)
+        c.rewind_to(then, p.round, version)
         self.history = rows
         p.round, p.epoch = version, version // self.schedule.rounds_per_epoch
         self.target_reached = False
@@ -407,12 +408,12 @@ class Job:
                             test_accuracy=test_acc, test_loss=test_loss)
 
     def _checkpoint(self) -> None:
-        self._checkpointed = True  # the folder's checkpoint is this job's from here on (a rewind goes back to it)
         grad = None if self.state.grad is None else self.state.grad.cpu().numpy()
         obs = None if self.state.obs is None else self.state.obs.tolist()
         meta = CheckpointMeta(self.state.version, self.history, self.progress.counters, obs)
         save_checkpoint(self.out, self.state.theta.cpu().numpy(), grad, meta,
                         tuple(h.cpu().numpy() for h in self.state.history))
+        self._checkpointed = True  # the folder's checkpoint is this job's from here on (a rewind goes back to it)
 
     def _finish(self) -> JobResult:
         p, c, theta = self.progress, self.progress.counters, self.state.theta

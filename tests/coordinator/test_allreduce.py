@@ -178,13 +178,14 @@ def test_every_replica_lost_at_once_rewinds_to_the_checkpoint_and_ends_bitwise(
     job = Job(validate_config(raw), tmp_path / "lost", pool_factory=ray_pool)
     r = job.run(on_round=kill_all(job))
     assert r.status == "SUCCEEDED", r.message
-    assert "every replica was lost in round 8: rewound to round 4 and redone" in r.message
+    assert "every replica was lost after round 7: rewound to round 4 and redone" in r.message
     assert r.rounds == clean.rounds and r.worker_failures == 3 and r.replica_checks.mismatches == 0
     assert np.array_equal(load_checkpoint(tmp_path / "lost")[0], theta_clean)
 
     monkeypatch.setattr(job_module, "MAX_REWINDS", 0)
     failing = Job(validate_config(raw), tmp_path / "failing", pool_factory=ray_pool)
-    with pytest.raises(RuntimeError, match=r"every replica was lost at once; .* `hes train --resume` continues it"):
+    with pytest.raises(RuntimeError, match=r"every replica was lost at once; the job was rewound to round 4 0 times "
+                                           r"already .* `hes train --resume` continues it"):
         failing.run(on_round=kill_all(failing))
 
 
