@@ -187,20 +187,13 @@ class Job:
                                                             self.parts.schedule)
         self.progress = Progress(epochs=cfg.train.epochs,
                                  total_rounds=cfg.train.epochs * self.schedule.rounds_per_epoch, restarts=restarts)
-        self.history: list[HistoryRow] = []
-        grad0, version, obs = None, 0, None
-        history: tuple[torch.Tensor, ...] = ()
-        if not resume:  # a resumed job continues from its checkpoint, not from model.init_from
-            theta0 = initial_theta(cfg, self.model)
-        else:
-            theta0, grad0, meta = load_checkpoint(self.out)
-            history = tuple(torch.from_numpy(h) for h in load_history(self.out))
-            version, self.history, self.progress.counters = meta.version, meta.history, meta.counters
-            obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
+        # a resumed job continues from its checkpoint, not from model.init_from
+        self._state, self.history, counters = self._starting_point(resume)
+        if resume:
+            version = self._state.version
+            self.progress.counters = counters
             self.progress.round, self.progress.epoch = version, version // self.schedule.rounds_per_epoch
         self._checkpointed = resume  # this job's checkpoint is in its folder (a resumed one's, from the start)
-        self._state = HybridState(version, torch.from_numpy(theta0),
-                                  None if grad0 is None else torch.from_numpy(grad0), history, obs)
         self._loop: RoundLoop | None = None
         self.pool_factory = pool_factory or local_pool
         self.pool: Pool | None = None
@@ -244,14 +237,14 @@ class Job:
                 try:
                     self._rounds(loop, on_round, on_epoch, seconds_before, started)
                     loop.flush()
-                    self._state = loop.state  # allreduce: a stop mid-epoch may leave it to read from a replica
+                    self._state = loop.state  # localsgd's last gather may have moved it; allreduce may read it
                     break
                 except ReplicasLost as err:  # allreduce: the state is gone with its replicas
                     loop = self._loop = self._rewind(pool, err)
         finally:
             try:
-                with contextlib.suppress(ReplicasLost):  # the job failed with its state: keep the last one known
-                    self._state = loop.state  # localsgd's last gather may have moved it
+                with contextlib.suppress(ReplicasLost):  # a failed job: its state as far as it can be read
+                    self._state = loop.state
             finally:
                 self._loop = None
                 pool.close()
@@ -273,7 +266,6 @@ class Job:
         """The rounds from the state's version to the end, or to a stop or the objective's target."""
         p, c = self.progress, self.progress.counters
         rpe, every = self.schedule.rounds_per_epoch, self.cfg.train.checkpoint_every
-        assert self.pool is not None
         for t in range(self.state.version, p.total_rounds):
             if self.stop_requested or self.target_reached:
                 break
@@ -282,7 +274,7 @@ class Job:
             event = loop.run_round(t)  # self.state is read only where needed: reading it applies the
             p.round, p.epoch = t + 1, (t + 1) // rpe  # round's decision, which Ray rounds overlap
             if before is not None:
-                self._diagnose(t, before, event.improvements, self.pool.n_workers)
+                self._diagnose(t, before, event.improvements, loop.pool.n_workers)
             c.seconds["total"] = seconds_before + time.perf_counter() - started
             if math.isfinite(event.loss) and self.hyper.objective is not None:
                 p.latest["trial_return"] = -event.loss  # the best trial's mean return (its cost is minus it)
@@ -302,14 +294,8 @@ class Job:
         """allreduce, every replica lost at once: back to this job's last checkpoint (or its start), a new round
         loop from there; the workers are given that state and redo the rounds since, bitwise as they were."""
         p, c = self.progress, self.progress.counters
-        if self._checkpointed:
-            theta, grad, meta = load_checkpoint(self.out)
-            history = tuple(torch.from_numpy(h) for h in load_history(self.out))
-            version, rows, then = meta.version, meta.history, meta.counters
-            obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
-        else:
-            theta, grad, history, obs = initial_theta(self.cfg, self.model), None, (), None
-            version, rows, then = 0, [], Counters()
+        state, rows, then = self._starting_point(self._checkpointed)
+        version = state.version
         tries = sum(back == version for _, back in c.rewinds)  # a job that gets no further than its checkpoint
         if tries >= MAX_REWINDS:
             raise RuntimeError(f"{err}; the job was rewound to round {version} {tries} times already (at most "
@@ -321,9 +307,20 @@ class Job:
         self.target_reached = False
         for values in self._diag.values():
             values.clear()
-        self._state = HybridState(version, torch.from_numpy(theta), None if grad is None else torch.from_numpy(grad),
-                                  history, obs)
+        self._state = state
         return self._round_loop(pool)
+
+    def _starting_point(self, saved: bool) -> tuple[HybridState, list[HistoryRow], Counters]:
+        """The state a run starts from, with the history rows and counters that go with it: the folder's checkpoint
+        when `saved`, else the job's initial parameters (model.init_from or the seed)."""
+        if not saved:
+            return HybridState(0, torch.from_numpy(initial_theta(self.cfg, self.model)), None), [], Counters()
+        theta, grad, meta = load_checkpoint(self.out)
+        history = tuple(torch.from_numpy(h) for h in load_history(self.out))
+        obs = None if meta.obs is None else np.array(meta.obs, dtype=np.float64)
+        state = HybridState(meta.version, torch.from_numpy(theta), None if grad is None else torch.from_numpy(grad),
+                            history, obs)
+        return state, meta.history, meta.counters
 
     def _end_epoch(self, epoch: int, rounds_done: int) -> HistoryRow:
         theta = self.state.theta  # applies the epoch's last decision (not evaluation time)

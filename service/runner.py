@@ -227,8 +227,7 @@ class Runner:
             if handle is None:  # queued, or its coordinator is being created: that one is killed once it exists
                 message = ("stopped while it was being restarted; its last checkpoint is kept" if rec.restarts
                            else "stopped before it started")
-                self.store.update(job_id, status=JobStatus.STOPPED, message=message, finished_at=now(),
-                                  result=_ended(rec, JobStatus.STOPPED, message))
+                self._end(rec, JobStatus.STOPPED, message)
                 return self.store.get(job_id)
             self.store.update(job_id, stop_requested=True,
                               message="stop requested: the job ends STOPPED after its current round, keeping its "
